@@ -1,0 +1,21 @@
+"""The exceptions MicroscopyMatching raises on purpose.
+
+Every refusal of user input (unreadable or hostile file, wrong shape, box outside
+the image, ...) is an :class:`InputError` whose message is written for a biologist:
+it names the file or the value and says what is wrong with it. The app shows the
+message as it is; the CLI prints it and skips the file.
+"""
+
+from __future__ import annotations
+
+
+class MMError(Exception):
+    """Base class of every error raised on purpose by :mod:`mm_core`."""
+
+
+class InputError(MMError, ValueError):
+    """User input that cannot be used, with a message that says why."""
+
+
+class ModelUnavailableError(MMError, RuntimeError):
+    """Model weights or hardware needed by an engine or head cannot be had."""

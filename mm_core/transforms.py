@@ -1,0 +1,130 @@
+"""Array transforms shared by every engine, head and task.
+
+Numpy in, numpy out. This is the one place for percentile normalisation, map
+resizing and exemplar-box validation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.transform import resize
+
+from mm_core.errors import InputError
+
+#: Default percentiles of :func:`normalize` (as in Cellpose and StarDist).
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
+
+def normalize(image: np.ndarray, low: float = DEFAULT_PERCENTILES[0],
+              high: float = DEFAULT_PERCENTILES[1]) -> np.ndarray:
+    """Percentile-normalise an image, per channel.
+
+    The ``low`` percentile maps to 0 and the ``high`` one to 1; values are not
+    clipped. A constant channel (or one whose percentiles coincide) becomes all
+    zeros instead of dividing by zero. NaN and inf are treated as missing and
+    set to 0 after normalisation.
+
+    Parameters
+    ----------
+    image : ndarray
+        ``(H, W)`` or ``(H, W, C)`` array of any real dtype.
+    low, high : float
+        Percentiles in [0, 100], ``low < high``.
+
+    Returns
+    -------
+    ndarray
+        float32 array of the same shape.
+    """
+    if not 0 <= low < high <= 100:
+        raise InputError(f"normalisation percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim not in (2, 3):
+        raise InputError(f"expected a 2-D image (H, W) or (H, W, C), got an array of shape {img.shape}")
+    chans = img[..., None] if img.ndim == 2 else img
+    out = np.zeros_like(chans, dtype=np.float32)
+    for c in range(chans.shape[-1]):
+        ch = chans[..., c]
+        finite = np.isfinite(ch)
+        if not finite.any():
+            continue
+        lo, hi = np.percentile(ch[finite], [low, high])
+        if hi - lo > 1e-12 * max(1.0, abs(hi)):
+            out[..., c] = (ch - lo) / (hi - lo)
+        out[..., c][~finite] = 0.0
+    return out[..., 0] if img.ndim == 2 else out
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Return a single-channel float32 view: the channel mean for ``(H, W, C)``."""
+    img = np.asarray(image, dtype=np.float32)
+    return img if img.ndim == 2 else img.mean(axis=-1)
+
+
+def resize_map(arr: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Resize a ``(h, w)`` or ``(C, h, w)`` map to ``shape`` = ``(H, W)`` (float32)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    shape = tuple(int(s) for s in shape)
+    if arr.shape[-2:] == shape:
+        return arr
+    out_shape = shape if arr.ndim == 2 else (arr.shape[0], *shape)
+    return resize(arr, out_shape, order=order, mode="edge", anti_aliasing=False,
+                  preserve_range=True).astype(np.float32)
+
+
+def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0) -> np.ndarray | None:
+    """Validate exemplar boxes and clip them to the image.
+
+    Parameters
+    ----------
+    boxes : array-like of shape (N, 4) or (4,), or None
+        ``x0, y0, x1, y1`` in pixels (``x`` = column, ``y`` = row; ``x1``/``y1``
+        exclusive). ``None`` or an empty list means automatic mode.
+    image_shape : tuple of int
+        ``(H, W)`` of the image the boxes were drawn on.
+    min_size : float
+        Smallest accepted width and height after clipping, in pixels.
+
+    Returns
+    -------
+    ndarray or None
+        ``(N, 4)`` float32 array of clipped boxes, or ``None`` for automatic mode.
+
+    Raises
+    ------
+    InputError
+        A box that is malformed, lies outside the image or is smaller than
+        ``min_size`` once clipped.
+    """
+    if boxes is None:
+        return None
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return None
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise InputError(f"exemplar boxes must be given as x0, y0, x1, y1; got an array of shape {np.shape(boxes)}")
+    if not np.isfinite(arr).all():
+        raise InputError("an exemplar box has a missing or non-numeric coordinate")
+    h, w = image_shape[:2]
+    out = []
+    for x0, y0, x1, y1 in arr:
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
+        desc = f"({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+        if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            raise InputError(f"exemplar box {desc} lies outside the {w}x{h} image")
+        cx0, cy0, cx1, cy1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+        if cx1 - cx0 < min_size or cy1 - cy0 < min_size:
+            raise InputError(f"exemplar box {desc} is empty or smaller than {min_size:g} pixels inside the {w}x{h} image")
+        out.append((cx0, cy0, cx1, cy1))
+    return np.asarray(out, dtype=np.float32)
+
+
+def scale_boxes(boxes: np.ndarray | None, factor_yx: tuple[float, float]) -> np.ndarray | None:
+    """Scale ``x0, y0, x1, y1`` boxes by ``(fy, fx)`` (e.g. when an image is resized)."""
+    if boxes is None:
+        return None
+    fy, fx = factor_yx
+    return np.asarray(boxes, np.float32) * np.array([fx, fy, fx, fy], np.float32)

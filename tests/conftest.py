@@ -1,0 +1,24 @@
+"""Shared fixtures: the development data in ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ../shared/data; skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"development data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def shared_path(*parts: str) -> Path:
+    """Path inside ../shared/data, for parametrising; may not exist."""
+    return SHARED_DATA.joinpath(*parts)

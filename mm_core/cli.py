@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--boxes", metavar="CSV", help="CSV with header image,x0,y0,x1,y1 "
                        "(image = file name without extension" + ("; 'first' = first frame)" if what == "track" else ")"))
         p.add_argument("--channels", type=int, nargs="+", default=None,
-                       help="channels to use (0-based) for multi-channel images; default: a composite")
+                       help="channels to use (0-based) for multi-channel images; default: RGB stays RGB, "
+                       "other multi-channel images become a composite")
 
     common(sub.add_parser("segment", help="instance segmentation: <base>.tif labels + <base>.csv measurements"), "segment")
     common(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv"), "count")

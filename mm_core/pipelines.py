@@ -74,19 +74,18 @@ class TrackResult:
         return int((parents.value_counts() >= 2).sum())
 
 
-def _as_image(image) -> np.ndarray:
+def _as_image(image, name: str = "the image", allow_constant: bool = False) -> np.ndarray:
     """Accept a path or an array; return the normalised float32 image."""
-    if isinstance(image, (str, Path)):
-        from mm_core.io import read_image
+    from mm_core.io import check_content, read_image
 
+    if isinstance(image, (str, Path)):
         image = read_image(image).data
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
-        raise InputError(f"expected a 2-D grayscale (H, W) or RGB (H, W, 3) image, got shape {arr.shape}")
-    if min(arr.shape[:2]) < 8:
-        raise InputError(f"the image is {arr.shape[1]}x{arr.shape[0]} pixels; at least 8x8 is needed")
+        raise InputError(f"{name}: expected a 2-D grayscale (H, W) or RGB (H, W, 3) image, got shape {arr.shape}")
+    check_content(arr, name, allow_constant=allow_constant)
     return normalize(arr)
 
 
@@ -184,7 +183,7 @@ def track(frames: Sequence[np.ndarray] | np.ndarray, boxes=None, engine: str | E
     """
     from mm_core.heads.tracking import track_frames
 
-    frames = [_as_image(f) for f in frames]
+    frames = [_as_image(f, f"frame {t}", allow_constant=True) for t, f in enumerate(frames)]
     if len(frames) < 2:
         raise InputError(f"tracking needs a sequence of at least 2 frames, got {len(frames)}")
     shape0 = frames[0].shape

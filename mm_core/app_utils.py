@@ -1,0 +1,296 @@
+"""Helpers of the Gradio app (``app.py``) that need no browser and no Gradio.
+
+Loading an upload into a preview, turning annotator boxes into exemplar boxes,
+per-request output folders, and the task runs that write downloads. The app only
+wires these to widgets; the tests call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mm_core import viz
+from mm_core.errors import InputError
+from mm_core.transforms import scale_boxes
+
+log = logging.getLogger("mm_core.app")
+
+#: Root of the per-request output folders (one sub-folder per upload or run).
+OUTPUT_ROOT = Path(os.environ.get("MM_APP_OUTPUT_ROOT", Path(tempfile.gettempdir()) / "mm_app"))
+#: Output folders older than this many seconds are deleted.
+MAX_AGE_S = float(os.environ.get("MM_APP_MAX_AGE_S", "3600"))
+#: Pixel limit per image or frame for uploads to the app (smaller than the library's).
+MAX_PIXELS = int(os.environ.get("MM_APP_MAX_PIXELS", str(4096 * 4096)))
+#: Frame limit for time-lapse uploads to the app.
+MAX_FRAMES = int(os.environ.get("MM_APP_MAX_FRAMES", "300"))
+#: Longest side of the picture shown in the box annotator.
+PREVIEW_SIDE = 1024
+
+ProgressFn = Callable[[float, str], None]
+
+
+def new_request_dir(root: Path | None = None) -> Path:
+    """Create a fresh output folder under ``root`` and clean up old ones."""
+    root = Path(root or OUTPUT_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    cleanup_old(root, MAX_AGE_S)
+    out = root / uuid.uuid4().hex
+    out.mkdir()
+    return out
+
+
+def cleanup_old(root: Path, max_age_s: float = MAX_AGE_S, now: float | None = None) -> int:
+    """Delete sub-folders of ``root`` last modified more than ``max_age_s`` ago; return how many."""
+    now = time.time() if now is None else now
+    n = 0
+    for sub in Path(root).iterdir() if Path(root).is_dir() else ():
+        try:
+            if sub.is_dir() and not sub.is_symlink() and now - sub.stat().st_mtime > max_age_s:
+                shutil.rmtree(sub, ignore_errors=True)
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+@dataclass
+class Loaded:
+    """An upload ready to run: raw frames, the preview shown for drawing boxes."""
+
+    frames: list  #: raw float32 arrays (one for an image, T for a time-lapse)
+    name: str
+    preview: str  #: PNG path shown in the annotator (first frame)
+    preview_scale: float  #: preview pixels per image pixel
+    summary: str  #: one line describing the upload
+    info: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.frames[0].shape[:2])
+
+
+def write_preview(image: np.ndarray, path: Path, max_side: int = PREVIEW_SIDE) -> tuple[Path, float]:
+    """Write a normalised 8-bit PNG of ``image`` (raw intensities) for display."""
+    rgb = viz.to_rgb8(viz.display_image(image))
+    im = Image.fromarray(rgb)
+    scale = 1.0
+    if max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+    im.save(path)
+    return Path(path), scale
+
+
+def load_upload(path: str | Path, sequence: bool, out_dir: Path) -> Loaded:
+    """Read an uploaded file with :mod:`mm_core.io` and write its preview into ``out_dir``.
+
+    Raises
+    ------
+    InputError
+        Whatever :mod:`mm_core.io` refuses, or a sequence with fewer than 2 frames.
+    """
+    from mm_core.io import read_image, read_sequence
+
+    path = Path(path)
+    if sequence:
+        seq = read_sequence(path, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS)
+        frames = list(seq.frames)
+        if len(frames) < 2:
+            raise InputError(
+                f"{path.name} holds {len(frames)} frame; tracking needs a time-lapse of at least 2 frames"
+            )
+        dtype, what = seq.dtype, f"{len(frames)} frames"
+    else:
+        img = read_image(path, max_pixels=MAX_PIXELS)
+        frames = [img.data]
+        dtype = img.dtype
+        what = f"{img.n_channels} channel{'s' if img.n_channels != 1 else ''}"
+    h, w = frames[0].shape[:2]
+    preview, scale = write_preview(frames[0], out_dir / "preview.png")
+    summary = f"{path.name}: {w}×{h} px, {dtype}, {what}"
+    return Loaded(frames=frames, name=path.stem, preview=str(preview), preview_scale=scale, summary=summary)
+
+
+def example_thumbnail(path: str | Path, sequence: bool, out_dir: Path, side: int = 160) -> Path:
+    """Write (once) a small PNG of an example file for the examples gallery."""
+    from mm_core.io import read_image, read_sequence
+
+    path = Path(path)
+    out = Path(out_dir) / f"{path.stem}_{'seq' if sequence else 'img'}_{side}.png"
+    if not out.exists() or out.stat().st_mtime < path.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        first = read_sequence(path).frames[0] if sequence else read_image(path).data
+        write_preview(first, out, max_side=side)
+    return out
+
+
+def boxes_from_annotation(value, preview_scale: float = 1.0) -> np.ndarray | None:
+    """Exemplar boxes ``(N, 4)`` (``x0, y0, x1, y1``, x1/y1 exclusive) from a BBoxAnnotator value.
+
+    The annotator gives ``(image_path, [(left, top, right, bottom, label), ...])`` with
+    inclusive corner pixels of the preview; ``None`` or no box means automatic mode.
+    """
+    if not value or len(value) < 2 or not value[1]:
+        return None
+    rows = []
+    for ann in value[1]:
+        left, top, right, bottom = (float(v) for v in ann[:4])
+        x0, x1 = sorted((left, right))
+        y0, y1 = sorted((top, bottom))
+        rows.append((x0, y0, x1 + 1.0, y1 + 1.0))
+    boxes = np.asarray(rows, np.float32)
+    if preview_scale != 1.0:
+        boxes = scale_boxes(boxes, (1.0 / preview_scale, 1.0 / preview_scale))
+    return boxes
+
+
+def mode_line(boxes: np.ndarray | None) -> str:
+    """What the run will do, in words, for the line under the annotator."""
+    if boxes is None or len(boxes) == 0:
+        return (
+            "**Automatic mode** — no box drawn: the engine finds the repeated structures by itself. "
+            "Draw a box around one example object to switch to exemplar mode."
+        )
+    n = len(boxes)
+    return (
+        f"**Exemplar mode** — {n} box{'es' if n > 1 else ''}: "
+        f"objects that match {'them' if n > 1 else 'it'} are found."
+    )
+
+
+def _export(what: str, fn, *args) -> Path | None:
+    """Run one export; a missing export module is logged, not fatal to the run."""
+    try:
+        return fn(*args)
+    except ImportError as exc:  # pragma: no cover - only while mm_core.export is missing
+        log.warning("export of %s unavailable: %s", what, exc)
+        return None
+
+
+def save_segmentation(result, raw: np.ndarray, out_dir: Path, stem: str) -> list[Path]:
+    """Write label TIFF, per-object CSV and ImageJ ROI zip; return the written paths."""
+    from mm_core import export
+
+    files = [
+        _export("labels", export.write_labels, out_dir / f"{stem}_labels.tif", result.labels),
+        _export(
+            "measurements", export.write_measurements, out_dir / f"{stem}_objects.csv", result.labels, raw
+        ),
+    ]
+    if result.n_objects:
+        files.append(_export("ROIs", export.write_imagej_rois, out_dir / f"{stem}_rois.zip", result.labels))
+    return [Path(f) for f in files if f is not None]
+
+
+def save_count(result, out_dir: Path, stem: str) -> list[Path]:
+    """Write density TIFF, count CSV and centre-point CSV; return the written paths."""
+    from mm_core import export
+
+    files = [
+        _export("density", export.write_density, out_dir / f"{stem}_density.tif", result.density),
+        _export(
+            "count",
+            export.write_counts,
+            out_dir / f"{stem}_count.csv",
+            [(stem, round(float(result.count), 2))],
+        ),
+        _export("points", export.write_points, out_dir / f"{stem}_points.csv", result.points),
+    ]
+    return [Path(f) for f in files if f is not None]
+
+
+def track_table(masks: np.ndarray, tracks: pd.DataFrame) -> pd.DataFrame:
+    """One row per object per frame: ``track_id, frame, x, y, area, parent``."""
+    from skimage.measure import regionprops_table
+
+    parts = []
+    for t, frame in enumerate(np.asarray(masks)):
+        if not frame.any():
+            continue
+        p = regionprops_table(frame.astype(np.int32), properties=("label", "centroid", "area"))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "track_id": p["label"],
+                    "frame": t,
+                    "x": p["centroid-1"],
+                    "y": p["centroid-0"],
+                    "area": p["area"],
+                }
+            )
+        )
+    cols = ["track_id", "frame", "x", "y", "area", "parent"]
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    table = pd.concat(parts, ignore_index=True)
+    parent = dict(zip(tracks["label"].astype(int), tracks["parent"].astype(int))) if len(tracks) else {}
+    table["parent"] = table["track_id"].map(parent).fillna(0).astype(int)
+    return table[cols].sort_values(["track_id", "frame"], ignore_index=True)
+
+
+def save_tracking(result, out_dir: Path, stem: str) -> list[Path]:
+    """Write the CTC result zip and the tracks CSV; return the written paths."""
+    from mm_core import export
+
+    files = [
+        _export("CTC zip", export.write_ctc_zip, out_dir / f"{stem}_ctc.zip", result.masks, result.tracks)
+    ]
+    csv = out_dir / f"{stem}_tracks.csv"
+    track_table(result.masks, result.tracks).to_csv(csv, index=False, float_format="%.2f")
+    files.append(csv)
+    return [Path(f) for f in files if f is not None]
+
+
+# ---- pictures (re-rendered from cached results, no re-run) -------------------------------------
+
+
+def segmentation_view(
+    result, opacity: float, boxes: np.ndarray | None = None, display: np.ndarray | None = None
+) -> np.ndarray:
+    """Coloured instances with outlines over the image (``display``, default the
+    normalised input), exemplar boxes in yellow."""
+    base = result.image if display is None else display
+    return viz.upscale_nearest(
+        viz.draw_boxes(viz.overlay_labels(base, result.labels, opacity=opacity), boxes)
+    )
+
+
+def count_view(
+    result, opacity: float, boxes: np.ndarray | None = None, display: np.ndarray | None = None
+) -> np.ndarray:
+    """Density heat-map, centre dots and exemplar boxes (the count is shown next to it)."""
+    base = result.image if display is None else display
+    img = viz.overlay_heatmap(base, result.density, opacity=opacity)
+    img = viz.draw_points(
+        img,
+        result.points["y"].to_numpy(),
+        result.points["x"].to_numpy(),
+        radius=max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10))),
+    )
+    return viz.upscale_nearest(viz.draw_boxes(img, boxes))
+
+
+def map_view(result_image: np.ndarray, maps) -> np.ndarray:
+    """The engine's match map (first display map, else foreground) as a heat-map over the image."""
+    return viz.upscale_nearest(viz.match_map_image(result_image, maps))
+
+
+def big_number_html(value: float, caption: str) -> str:
+    """HTML for a number shown in large type."""
+    num = f"{value:,.1f}" if isinstance(value, float) else f"{value:,d}"
+    return (
+        f"<div class='mm-big'><span class='mm-big-num' data-testid='mm-count'>{num}</span>"
+        f"<span class='mm-big-cap'>{caption}</span></div>"
+    )

@@ -1,0 +1,440 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright.
+
+The app runs in a subprocess on a free loopback port (module-scoped fixture). Each
+test uploads a file, optionally draws an exemplar box by mouse drag on the
+annotator, runs, and checks what appears on screen and in the downloads.
+Screenshots go to ``test-artifacts/``. Page-load and time-to-result are printed
+(run with ``-s`` to see them); they are not asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytestmark = pytest.mark.browser
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO / "test-artifacts"
+EXAMPLES = REPO / "examples"
+META = json.loads((EXAMPLES / "examples.json").read_text())
+RESULT_TIMEOUT_MS = 120_000
+
+
+def _ensure_chromium() -> Path:
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(
+            "Debian chromium is missing at /usr/bin/chromium and cannot be installed "
+            "(needs root and apt-get): `apt-get install chromium`"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode != 0:
+            pytest.skip(f"`{' '.join(cmd)}` failed: {proc.stderr[-500:]}")
+    if not CHROMIUM.exists():
+        pytest.skip("apt-get installed chromium but /usr/bin/chromium is missing")
+    return CHROMIUM
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``python app.py`` on a free loopback port; yields the URL."""
+    port = _free_port()
+    out_root = tmp_path_factory.mktemp("app_out")
+    log_path = tmp_path_factory.mktemp("app_log") / "app.log"
+    env = dict(
+        os.environ,
+        GRADIO_ANALYTICS_ENABLED="False",
+        MM_APP_OUTPUT_ROOT=str(out_root),
+        MM_APP_MAX_FILE_SIZE="3mb",
+        PYTHONUNBUFFERED="1",
+    )
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    t0 = time.time()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                if time.time() - t0 > 120:
+                    pytest.fail(f"app did not answer within 120 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+        print(f"\n[timing] app start-up to first answer: {time.time() - t0:.1f} s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print(f"\n[app log tail]\n{log_path.read_text()[-1500:]}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = _ensure_chromium()
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(exe), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.requested = []
+    pg.on("request", lambda r: pg.requested.append(r.url))
+    t0 = time.time()
+    pg.goto(server)
+    pg.wait_for_selector("#seg-run", timeout=60_000)
+    pg.load_time = time.time() - t0
+    yield pg
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    ctx.close()
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def upload(page, tab: str, path: Path) -> None:
+    page.set_input_files(f"#{tab}-upload input[type=file]", str(path))
+
+
+def click_example(page, tab: str, name: str) -> None:
+    """Click the thumbnail of example ``name`` in the tab's examples gallery."""
+    page.locator(f"#{tab}-examples button.thumbnail-item").filter(has_text=name).first.click()
+
+
+def wait_annotator_image(page, tab: str) -> None:
+    sel = f"#{tab}-annotator .image-frame img"
+    page.wait_for_function(
+        "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0 }",
+        arg=sel,
+        timeout=60_000,
+    )
+
+
+def draw_box(page, tab: str, box) -> None:
+    """Drag a box ``x0, y0, x1, y1`` (image pixels) on the annotator, as a user would."""
+    page.click(f"#{tab}-annotator button[aria-label=exemplar]")
+    img = page.locator(f"#{tab}-annotator .image-frame img")
+    nw, nh = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    bb = img.bounding_box()
+
+    def client(x, y):
+        return bb["x"] + x / (nw - 1) * bb["width"], bb["y"] + y / (nh - 1) * bb["height"]
+
+    x0, y0, x1, y1 = box
+    page.mouse.move(*client(x0, y0))
+    page.mouse.down()
+    page.mouse.move(*client(x1, y1), steps=6)
+    page.mouse.up()
+    page.wait_for_function(
+        "s => document.querySelector(s).innerText.includes('Exemplar mode')",
+        arg=f"#{tab}-mode",
+        timeout=10_000,
+    )
+
+
+def run_and_wait(page, tab: str) -> tuple[float, float]:
+    """Click Run; return (seconds until the result is on screen, the big number shown)."""
+    sel = f"#{tab}-count"
+    before = page.inner_html(sel)
+    t0 = time.time()
+    page.click(f"#{tab}-run")
+    page.wait_for_function(
+        "([s, b]) => { const e = document.querySelector(s);"
+        " return e && e.innerHTML !== b && e.querySelector('.mm-big-num') }",
+        arg=[sel, before],
+        timeout=RESULT_TIMEOUT_MS,
+    )
+    page.wait_for_function(
+        "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0 }",
+        arg=f"#{tab}-{'anim' if tab == 'track' else 'overlay'} img",
+        timeout=30_000,
+    )
+    dt = time.time() - t0
+    return dt, float(page.inner_text(f"#{tab}-count .mm-big-num").replace(",", ""))
+
+
+def downloads(page, tab: str) -> dict[str, bytes]:
+    """Fetch every file listed in the tab's download box: ``{file name: bytes}``."""
+    page.wait_for_selector(f"#{tab}-files a", timeout=30_000)
+    out = {}
+    for a in page.locator(f"#{tab}-files a").all():
+        href = a.get_attribute("href")
+        name = a.get_attribute("download") or href.rsplit("/", 1)[-1]
+        resp = page.request.get(href)
+        assert resp.ok, href
+        out[name] = resp.body()
+    return out
+
+
+def toast_text(page) -> str:
+    page.wait_for_selector("[data-testid=toast-body]", timeout=30_000)
+    return " ".join(page.locator("[data-testid=toast-body]").all_inner_texts())
+
+
+def first_object_box(labels: np.ndarray, pad: int = 3):
+    """Box ``x0, y0, x1, y1`` around a median-sized object of a label image."""
+    from skimage.measure import regionprops
+
+    props = sorted(regionprops(labels.astype(np.int32)), key=lambda p: p.area)
+    y0, x0, y1, x1 = props[len(props) // 2].bbox
+    h, w = labels.shape
+    return max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, w - 1), min(y1 + pad, h - 1)
+
+
+def _make_examples():
+    sys.path.insert(0, str(EXAMPLES))
+    import make_examples
+
+    return make_examples
+
+
+def example_labels(name: str) -> np.ndarray:
+    make_examples = _make_examples()
+    fn = {
+        "nuclei_fluorescence.tif": make_examples.fluorescence_nuclei,
+        "phase_cells.png": make_examples.phase_cells,
+    }[name]
+    return fn()[1]
+
+
+# ---- tests ---------------------------------------------------------------------------------------
+
+
+def test_page_loads_offline_fonts_and_engine_line(page):
+    print(f"\n[timing] page load (to interactive): {page.load_time:.2f} s")
+    assert "MicroscopyMatching" in page.title()
+    for name in ("Segmentation", "Counting", "Tracking"):
+        assert page.get_by_role("tab", name=name).is_visible()
+    engine = page.inner_text("#engine-line")
+    assert "engine" in engine.lower() and ("weight-free" in engine or "LDM" in engine), engine
+    assert "Automatic mode" in page.inner_text("#seg-mode")
+    fonts = [u for u in page.requested if "fonts.googleapis.com" in u or "fonts.gstatic.com" in u]
+    assert fonts == []
+
+
+def test_segmentation_with_box(page):
+    name = "nuclei_fluorescence.tif"
+    n_true = META[name]["n_objects"]
+    upload(page, "seg", EXAMPLES / name)
+    wait_annotator_image(page, "seg")
+    assert "512×512" in page.inner_text("#seg-summary") and "uint16" in page.inner_text("#seg-summary")
+    draw_box(page, "seg", first_object_box(example_labels(name)))
+    dt, n = run_and_wait(page, "seg")
+    print(f"\n[timing] segmentation, 512x512, exemplar box: result on screen {dt:.2f} s after Run")
+    assert 0.7 * n_true <= n <= 1.3 * n_true, (n, n_true)
+    files = downloads(page, "seg")
+    stem = Path(name).stem
+    labels = tifffile.imread(io.BytesIO(files[f"{stem}_labels.tif"]))
+    assert labels.shape == (512, 512) and len(np.unique(labels[labels > 0])) == n
+    csv = files[f"{stem}_objects.csv"].decode().strip().splitlines()
+    assert len(csv) == n + 1
+    assert zipfile.ZipFile(io.BytesIO(files[f"{stem}_rois.zip"])).namelist()
+    # Opacity re-renders from the cached result: a new picture, same count, no Run.
+    before = page.locator("#seg-overlay img").get_attribute("src")
+    box = page.locator("#seg-opacity input[type=number]")
+    box.fill("0.95")
+    box.press("Enter")
+    page.wait_for_function(
+        "([s, b]) => { const i = document.querySelector(s); return i && i.src !== b }",
+        arg=["#seg-overlay img", before],
+        timeout=15_000,
+    )
+    assert float(page.inner_text("#seg-count .mm-big-num")) == n
+    # The match map toggle shows the engine's map.
+    page.locator("#seg-showmap input").check()
+    page.wait_for_function(
+        "s => { const i = document.querySelector(s); return i && i.naturalWidth > 0 }",
+        arg="#seg-map img",
+        timeout=15_000,
+    )
+
+
+def test_segmentation_automatic_mode_512_from_examples_gallery(page):
+    name = "nuclei_fluorescence.tif"
+    n_true = META[name]["n_objects"]
+    click_example(page, "seg", name)  # the examples gallery
+    wait_annotator_image(page, "seg")
+    assert "512×512" in page.inner_text("#seg-summary")
+    assert "Automatic mode" in page.inner_text("#seg-mode")
+    dt, n = run_and_wait(page, "seg")
+    print(f"\n[timing] segmentation, 512x512, automatic mode: result on screen {dt:.2f} s after Run")
+    assert 0.7 * n_true <= n <= 1.3 * n_true, (n, n_true)
+
+
+def test_segmentation_phase_like_with_box(page):
+    name = "phase_cells.png"
+    n_true = META[name]["n_objects"]
+    click_example(page, "seg", name)
+    wait_annotator_image(page, "seg")
+    draw_box(page, "seg", first_object_box(example_labels(name)))
+    dt, n = run_and_wait(page, "seg")
+    print(f"\n[timing] segmentation, 512x512 phase-like, exemplar box: {dt:.2f} s; {n:.0f} of {n_true}")
+    assert 0.6 * n_true <= n <= 1.4 * n_true, (n, n_true)
+
+
+def test_segmentation_real_image_from_shared_data(page, shared_data):
+    img = shared_data / "seg" / "stardist_dsb2018_example" / "images" / "img2d.tif"
+    if not img.exists():
+        pytest.skip(f"{img} not present")
+    n_true = len(np.unique(tifffile.imread(img.parent.parent / "masks" / "img2d.tif"))) - 1
+    upload(page, "seg", img)
+    wait_annotator_image(page, "seg")
+    dt, n = run_and_wait(page, "seg")
+    print(f"\n[timing] segmentation, StarDist DSB2018 512x512, automatic: {dt:.2f} s; "
+          f"{n:.0f} of {n_true} objects")
+    assert 0.4 * n_true <= n <= 1.6 * n_true, (n, n_true)
+
+
+def test_counting_with_box_and_downloads(page):
+    open_tab(page, "Counting")
+    name = "crowded_cells.png"
+    n_true = META[name]["n_objects"]
+    upload(page, "count", EXAMPLES / name)
+    wait_annotator_image(page, "count")
+    x, y = _make_examples().counting_cells()[1][0]  # centre of one drawn cell
+    draw_box(page, "count", (round(x) - 7, round(y) - 7, round(x) + 7, round(y) + 7))
+    dt, n = run_and_wait(page, "count")
+    print(f"\n[timing] counting, 384x384, exemplar box: result on screen {dt:.2f} s after Run")
+    assert 0.7 * n_true <= n <= 1.3 * n_true, (n, n_true)
+    files = downloads(page, "count")
+    density = tifffile.imread(io.BytesIO(files["crowded_cells_density.tif"]))
+    assert density.shape == (384, 384) and abs(float(density.sum()) - n) <= 0.05 * n + 0.5
+    assert "crowded_cells" in files["crowded_cells_count.csv"].decode()
+
+
+def test_counting_real_image_automatic(page, shared_data):
+    img = shared_data / "count" / "vgg_cells" / "images" / "001.png"
+    if not img.exists():
+        pytest.skip(f"{img} not present")
+    n_true = len((img.parent.parent / "points" / "001.csv").read_text().strip().splitlines()) - 1
+    open_tab(page, "Counting")
+    upload(page, "count", img)
+    wait_annotator_image(page, "count")
+    assert "Automatic mode" in page.inner_text("#count-mode")
+    dt, n = run_and_wait(page, "count")
+    print(f"\n[timing] counting, VGG cells 256x256, automatic: {dt:.2f} s; {n:.1f} of {n_true}")
+    assert 0.6 * n_true <= n <= 1.4 * n_true, (n, n_true)
+
+
+def test_tracking_with_box_on_first_frame(page):
+    open_tab(page, "Tracking")
+    meta = META["timelapse_division.tif"]
+    upload(page, "track", EXAMPLES / "timelapse_division.tif")
+    wait_annotator_image(page, "track")
+    assert "10 frames" in page.inner_text("#track-summary")
+    masks = _make_examples().timelapse_division()[1]
+    draw_box(page, "track", first_object_box(masks[0]))
+    dt, n_tracks = run_and_wait(page, "track")
+    print(f"\n[timing] tracking, 10 frames 192x192, box on frame 0: result on screen {dt:.2f} s after Run")
+    assert meta["n_tracks"] - 3 <= n_tracks <= meta["n_tracks"] + 3
+    divisions = float(page.locator("#track-count .mm-big-num").nth(1).inner_text())
+    assert 0 <= divisions <= 3
+    assert page.locator("#track-anim img").get_attribute("src").endswith(".gif")
+    # Frame slider shows another rendered frame.
+    before = page.locator("#track-frame-img img").get_attribute("src")
+    box = page.locator("#track-frame input[type=number]")
+    box.fill("6")
+    box.press("Enter")
+    page.wait_for_function(
+        "([s, b]) => { const i = document.querySelector(s); return i && i.src !== b }",
+        arg=["#track-frame-img img", before],
+        timeout=15_000,
+    )
+    files = downloads(page, "track")
+    names = zipfile.ZipFile(io.BytesIO(files["timelapse_division_ctc.zip"])).namelist()
+    assert any(n.endswith("res_track.txt") for n in names)
+    assert sum(n.endswith(".tif") for n in names) == meta["shape"][0]
+    rows = files["timelapse_division_tracks.csv"].decode().strip().splitlines()
+    assert rows[0].startswith("track_id,frame,x,y") and len(rows) > meta["shape"][0] * 5
+
+
+def test_bad_uploads_show_errors_and_next_request_works(page, tmp_path):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00garbage" * 20)
+    upload(page, "seg", bad)
+    assert "broken.tif" in toast_text(page)
+    assert "Traceback" not in page.content()
+    for btn in page.locator("[data-testid=toast-close]").all():
+        btn.click()
+    page.wait_for_selector("[data-testid=toast-body]", state="detached", timeout=15_000)
+    # A sequence with one frame is refused on the tracking tab.
+    one = tmp_path / "one_frame.tif"
+    tifffile.imwrite(one, (np.random.default_rng(0).random((64, 64)) * 1000).astype(np.uint16))
+    open_tab(page, "Tracking")
+    upload(page, "track", one)
+    assert "frame" in toast_text(page).lower()
+    for btn in page.locator("[data-testid=toast-close]").all():
+        btn.click()
+    page.wait_for_selector("[data-testid=toast-body]", state="detached", timeout=15_000)
+    # Too large for the upload limit (the test server allows 3 MB).
+    big = tmp_path / "too_big.tif"
+    big.write_bytes(np.random.default_rng(0).bytes(4_000_000))
+    open_tab(page, "Segmentation")
+    upload(page, "seg", big)
+    assert "size" in toast_text(page).lower()
+    # The next, good request works.
+    upload(page, "seg", EXAMPLES / "phase_cells.png")
+    wait_annotator_image(page, "seg")
+    _, n = run_and_wait(page, "seg")
+    assert n > 0
+
+
+def test_run_without_upload_says_so(page):
+    open_tab(page, "Counting")
+    page.click("#count-run")
+    assert "upload" in toast_text(page).lower()

@@ -1,0 +1,153 @@
+"""The exemplar projector: ResNet-50 stride-8 features, RoIAlign 3x3, conv + linear.
+
+It turns exemplar boxes into one embedding per box, of the text encoder's hidden
+size (768 for SD v1.4), that the engine writes into the token sequence. The conv and
+linear layers only mean something once trained (see :meth:`ExemplarProjector.load`);
+the backbone is ``microsoft/resnet-50`` (``MM_RESNET_MODEL``) through
+``transformers.ResNetModel.from_pretrained``.
+
+:func:`roi_align` is torchvision's ``roi_align(aligned=True)`` with a fixed
+``sampling_ratio``, written with ``grid_sample`` and average pooling (no torchvision).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm_core.errors import ModelUnavailableError
+
+DEFAULT_BACKBONE = "microsoft/resnet-50"
+BACKBONE_ENV = "MM_RESNET_MODEL"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int = 3,
+              spatial_scale: float = 1.0, sampling_ratio: int = 2) -> torch.Tensor:
+    """RoIAlign (``aligned=True``) by bilinear ``grid_sample`` and average pooling.
+
+    Parameters
+    ----------
+    features : Tensor, (B, C, H, W)
+    boxes : Tensor, (K, 5)
+        ``batch_index, x0, y0, x1, y1`` in input-image pixels (continuous
+        coordinates, pixel ``i`` covering ``[i, i + 1)``).
+    output_size : int
+        Bins per side.
+    spatial_scale : float
+        Feature pixels per input pixel (1/8 for a stride-8 map).
+    sampling_ratio : int
+        Bilinear samples per bin and side, averaged.
+
+    Returns
+    -------
+    Tensor, (K, C, output_size, output_size)
+
+    Notes
+    -----
+    Sample points outside the map are clamped to its border, as torchvision does for
+    points within one pixel of it; boxes are expected inside the image.
+    """
+    _, _, height, width = features.shape
+    k = boxes.shape[0]
+    s = output_size * sampling_ratio
+    b = boxes.to(features.dtype)
+    x0, y0 = b[:, 1] * spatial_scale - 0.5, b[:, 2] * spatial_scale - 0.5
+    x1, y1 = b[:, 3] * spatial_scale - 0.5, b[:, 4] * spatial_scale - 0.5
+    steps = (torch.arange(s, device=features.device, dtype=features.dtype) + 0.5) / s  # (s,)
+    xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (K, s) sample x in pixel-index space
+    ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
+    # grid_sample (align_corners=False): index x -> normalised (2x + 1) / W - 1
+    gx = (2 * xs + 1) / width - 1
+    gy = (2 * ys + 1) / height - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (K, s, s, 2)
+    src = features[b[:, 0].long()] if features.shape[0] > 1 else features.expand(k, -1, -1, -1)
+    samples = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.avg_pool2d(samples, kernel_size=sampling_ratio, stride=sampling_ratio)
+
+
+def stride8_features(backbone: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """The backbone's hidden state at stride 8 (``hidden_states[2]`` of a ResNet-50)."""
+    out = backbone(pixels, output_hidden_states=True)
+    target = pixels.shape[-1] / 8.0
+    for h in out.hidden_states:
+        if abs(h.shape[-1] - target) < 1:
+            return h
+    raise ValueError("the backbone has no stride-8 feature map")
+
+
+class ExemplarProjector(nn.Module):
+    """Boxes -> token embeddings: backbone stride-8 map, RoIAlign 3x3, conv, ReLU, linear.
+
+    Parameters
+    ----------
+    backbone : transformers.ResNetModel
+        Frozen feature extractor (ResNet-50 in the paper).
+    embed_dim : int
+        Output size (the text encoder's hidden size).
+    hidden : int
+        Channels of the 3x3 conv.
+    """
+
+    def __init__(self, backbone: nn.Module, embed_dim: int, hidden: int = 512):
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+        in_ch = backbone.config.hidden_sizes[1]  # stage 2 = stride 8
+        self.conv = nn.Conv2d(in_ch, hidden, kernel_size=3)
+        self.linear = nn.Linear(hidden, embed_dim)
+        self.trained = False
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def features(self, image01: torch.Tensor) -> torch.Tensor:
+        """Stride-8 backbone features of ``(B, 3, H, W)`` images in [0, 1]."""
+        x = (image01 - self.mean.to(image01)) / self.std.to(image01)
+        return stride8_features(self.backbone, x.to(self.conv.weight.dtype))
+
+    def forward(self, image01: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(K, embed_dim)`` of boxes ``(K, 5)`` (batch index, x0, y0, x1, y1)."""
+        feats = self.features(image01)
+        rois = roi_align(feats, boxes, 3, spatial_scale=feats.shape[-1] / image01.shape[-1])
+        x = F.relu(self.conv(rois))  # (K, hidden, 1, 1)
+        return self.linear(x.flatten(1))
+
+    def head_state_dict(self) -> dict:
+        """Trainable weights only (conv + linear), as saved by the heads trainer."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load(self, path: str | os.PathLike, prefix: str = "projector.") -> None:
+        """Load trained conv/linear weights from a safetensors file (keys ``projector.conv.*`` ...)."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not sub:
+            raise ModelUnavailableError(f"{path} holds no {prefix}* weights for the exemplar projector")
+        missing, unexpected = self.load_state_dict(sub, strict=False)
+        missing = [m for m in missing if not m.startswith("backbone.")]
+        if missing or unexpected:
+            raise ModelUnavailableError(f"{path}: projector weights do not fit (missing {missing}, "
+                                        f"unexpected {unexpected})")
+        self.trained = True
+
+
+def load_backbone(model_id: str | None = None, allow_download: bool = False) -> nn.Module:
+    """Load the ResNet backbone (``MM_RESNET_MODEL`` or ``microsoft/resnet-50``), cache first."""
+    from transformers import ResNetModel
+
+    source = str(model_id or os.environ.get(BACKBONE_ENV) or DEFAULT_BACKBONE)
+    tries = [True] + ([False] if allow_download and not Path(source).exists() else [])
+    err = None
+    for local_only in tries:
+        try:
+            return ResNetModel.from_pretrained(source, local_files_only=local_only).eval()
+        except (OSError, ValueError) as exc:
+            err = exc
+    raise ModelUnavailableError(f"ResNet-50 backbone {source!r} for the exemplar projector could not be "
+                                f"loaded ({type(err).__name__}); set {BACKBONE_ENV} to a local "
+                                f"transformers ResNet folder.") from err

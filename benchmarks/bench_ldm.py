@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,29 +32,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-UNET_CONFIG = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
-    "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                         "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "downsample_padding": 1,
-    "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "cross_attention_dim": 768, "attention_head_dim": 8,
-}
-VAE_CONFIG = {
-    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2, "act_fn": "silu", "latent_channels": 4, "norm_num_groups": 32,
-    "sample_size": 512,
-}
-CLIP_TEXT_CONFIG = {
-    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5, "projection_dim": 768, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
-}
-SCHEDULER_CONFIG = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                    "num_train_timesteps": 1000, "clip_sample": False}
+CONFIG_DIR = Path(__file__).resolve().parent / "sd14_configs"
+
+
+def _config(name: str) -> dict:
+    """SD v1.4 component config (as in the model's config.json files), kept in sd14_configs/."""
+    cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+
+
+UNET_CONFIG = _config("unet")
+VAE_CONFIG = _config("vae")
+CLIP_TEXT_CONFIG = _config("text_encoder")
+SCHEDULER_CONFIG = _config("scheduler")
 
 
 def build(device: str, seed: int = 0) -> dict:

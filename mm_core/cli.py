@@ -106,6 +106,10 @@ def _run_batch(args, task: str) -> int:
         raise InputError("no input images found (give image files or folders holding .tif/.png/.jpg/.bmp files)")
     csv_boxes = read_boxes_csv(args.boxes)
     engine = _engine(args.engine)
+    from mm_core.heads.learned import select_head
+
+    _, head_note = select_head(args.head, task, engine.name)
+    print(f"head: {head_note}", file=sys.stderr)
     failures, seen, counts = 0, set(), []
     for path in tqdm(files, desc=task, unit="image", file=sys.stderr):
         try:
@@ -113,12 +117,12 @@ def _run_batch(args, task: str) -> int:
             boxes = _boxes_for(path.name, args.box, csv_boxes)
             base = _unique_base(path, seen)
             if task == "segment":
-                res = pipelines.segment(img, boxes=boxes, engine=engine)
+                res = pipelines.segment(img, boxes=boxes, engine=engine, head=args.head)
                 export.write_labels(out / f"{base}.tif", res.labels)
                 export.write_measurements(out / f"{base}.csv", res.labels, img)
                 tqdm.write(f"{path.name}: {res.n_objects} objects ({res.maps.mode} mode)", file=sys.stderr)
             else:
-                res = pipelines.count(img, boxes=boxes, engine=engine)
+                res = pipelines.count(img, boxes=boxes, engine=engine, head=args.head)
                 export.write_density(out / f"{base}_density.tif", res.density)
                 export.write_points(out / f"{base}_points.csv", res.points)
                 counts.append((base, res.count))
@@ -186,8 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="channels to use (0-based) for multi-channel images; default: RGB stays RGB, "
                        "other multi-channel images become a composite")
 
-    common(sub.add_parser("segment", help="instance segmentation: <base>.tif labels + <base>.csv measurements"), "segment")
-    common(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv"), "count")
+    def with_head(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--head", default="auto", help="learned head: a checkpoint folder, a registered name, "
+                       "hub:owner/name, 'analytic', or 'auto' (a shipped learned head for this engine if any)")
+        return p
+
+    common(with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels + <base>.csv measurements")), "segment")
+    common(with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv")),
+           "count")
     common(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, tracks.csv"), "track")
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")

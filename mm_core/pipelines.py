@@ -31,6 +31,7 @@ class SegmentationResult:
     image: np.ndarray  #: the normalised input image
     maps: MatchMaps
     engine_note: str  #: which engine ran and why
+    head_note: str = ""  #: which head turned the maps into labels
 
     @property
     def n_objects(self) -> int:
@@ -53,6 +54,7 @@ class CountResult:
     image: np.ndarray
     maps: MatchMaps
     engine_note: str
+    head_note: str = ""
 
 
 @dataclass
@@ -95,13 +97,20 @@ def _engine(engine: str | Engine) -> tuple[Engine, str]:
     return engine, f"{getattr(engine, 'name', type(engine).__name__)} engine, as given"
 
 
+def _head(spec, task: str, engine: Engine):
+    """``(learned head or None, note)``: the learned head for ``task`` on ``engine``'s maps."""
+    from mm_core.heads.learned import select_head
+
+    return select_head(spec, task, getattr(engine, "name", "classic"))
+
+
 def _tick(progress: ProgressFn | None, frac: float, desc: str) -> None:
     if progress is not None:
         progress(frac, desc)
 
 
 def segment(image, boxes=None, engine: str | Engine = "auto",
-            progress: ProgressFn | None = None) -> SegmentationResult:
+            progress: ProgressFn | None = None, head=None) -> SegmentationResult:
     """Instance segmentation of one image by within-image matching.
 
     Parameters
@@ -114,6 +123,10 @@ def segment(image, boxes=None, engine: str | Engine = "auto",
         ``"auto"``, ``"classic"``, ``"ldm"`` or an engine instance.
     progress : callable, optional
         ``progress(fraction, description)``.
+    head : None, "auto", "analytic", registry name or checkpoint folder
+        Learned head to use (see :func:`mm_core.heads.learned.select_head`); ``None``
+        uses a shipped learned head for this engine when there is one, else the
+        analytic watershed head. ``head_note`` in the result says which ran.
 
     Returns
     -------
@@ -125,16 +138,17 @@ def segment(image, boxes=None, engine: str | Engine = "auto",
     bx = prepare_boxes(boxes, img.shape[:2])
     _tick(progress, 0.0, "loading engine")
     eng, note = _engine(engine)
+    learned, head_note = _head(head, "segment", eng)
     _tick(progress, 0.2, "matching")
     maps = eng.match(img, bx)
     _tick(progress, 0.7, "post-processing")
-    labels = instances_from_maps(maps, img)
+    labels = learned.predict(maps, img) if learned is not None else instances_from_maps(maps, img)
     _tick(progress, 1.0, "done")
-    return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=note)
+    return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=note, head_note=head_note)
 
 
 def count(image, boxes=None, engine: str | Engine = "auto",
-          progress: ProgressFn | None = None) -> CountResult:
+          progress: ProgressFn | None = None, head=None) -> CountResult:
     """Count objects in one image; same parameters as :func:`segment`.
 
     Returns
@@ -148,14 +162,15 @@ def count(image, boxes=None, engine: str | Engine = "auto",
     bx = prepare_boxes(boxes, img.shape[:2])
     _tick(progress, 0.0, "loading engine")
     eng, note = _engine(engine)
+    learned, head_note = _head(head, "count", eng)
     _tick(progress, 0.2, "matching")
     maps = eng.match(img, bx)
     _tick(progress, 0.7, "density")
-    density, points = density_from_maps(maps, img)
+    density, points = learned.predict(maps, img) if learned is not None else density_from_maps(maps, img)
     pts = pd.DataFrame({"x": points[:, 1], "y": points[:, 0]}) if len(points) else pd.DataFrame({"x": [], "y": []})
     _tick(progress, 1.0, "done")
     return CountResult(count=float(density.sum()), density=density.astype(np.float32), points=pts,
-                       image=img, maps=maps, engine_note=note)
+                       image=img, maps=maps, engine_note=note, head_note=head_note)
 
 
 def track(frames: Sequence[np.ndarray] | np.ndarray, boxes=None, engine: str | Engine = "auto",

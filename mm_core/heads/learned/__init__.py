@@ -1,0 +1,33 @@
+"""Trainable task heads on frozen match maps (see ``python -m mm_core.train``).
+
+- :class:`SegmentationHead`: fusion stem + small windowed/global ViT -> foreground,
+  distance and boundary maps -> watershed instances;
+- :class:`CountingHead`: density regressor, count = sum of the density;
+- :class:`LinkingHead`: association probabilities between consecutive frames'
+  objects -> tracks with divisions (CTC);
+- :func:`exemplar_attention_loss`: the LDM exemplar projector's objective.
+
+Use :func:`load_head` (folder, registry name or ``hub:owner/name``); every head has
+``predict(maps, image)`` and ``describe()``.
+"""
+
+from mm_core.heads.learned.base import LearnedHead
+from mm_core.heads.learned.counting import CountingHead
+from mm_core.heads.learned.exemplar import exemplar_attention_loss
+from mm_core.heads.learned.registry import DEFAULTS, REGISTRY, available_heads, load_head, select_head
+from mm_core.heads.learned.segmentation import SegmentationHead
+from mm_core.heads.learned.tracking import LinkingHead, links_from_probabilities
+
+__all__ = [
+           "DEFAULTS",
+           "REGISTRY",
+           "CountingHead",
+           "LearnedHead",
+           "LinkingHead",
+           "SegmentationHead",
+           "available_heads",
+           "exemplar_attention_loss",
+           "links_from_probabilities",
+           "load_head",
+           "select_head",
+]

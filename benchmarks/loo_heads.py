@@ -196,7 +196,7 @@ def run_track(args) -> dict:
     from mm_core.data import find_tracking, load_ctc
     from mm_core.engines.classic import ClassicEngine
     from mm_core.heads.learned import load_head
-    from mm_core.heads.tracking import link_labels, object_features
+    from mm_core.heads.linking import link_labels, object_features
     from mm_core.train.cache import EngineCache
     from mm_core.train.track import parent_targets
 

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mm_core.export import write_ctc
-from mm_core.heads.tracking import TRACK_COLUMNS, link_labels
+from mm_core.heads.linking import TRACK_COLUMNS, link_labels
 from mm_core.metrics import ctc_scores
 from mm_core.transforms import normalize
 

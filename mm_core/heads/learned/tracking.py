@@ -83,7 +83,7 @@ class LinkingHead(LearnedHead):
     # ------------------------------------------------------------------ tokens
     def tokens(self, labels_a, labels_b, maps_a: MatchMaps, maps_b: MatchMaps, image_a, image_b):
         """Tensors for one frame pair: tokens of frame a ``(N, ...)``, of frame b ``(M, ...)``, pair features."""
-        from mm_core.heads.tracking import object_features
+        from mm_core.heads.linking import object_features
 
         oa, ob = objects_of(labels_a, image_a), objects_of(labels_b, image_b)
         shape = tuple(labels_a.shape)

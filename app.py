@@ -127,8 +127,10 @@ def _engine():
 
 
 def _note(res) -> str:
-    """Engine line after a run: the start-up reason, or the pipeline's when it chose itself."""
-    return engine_line() if ENGINE["engine"] is not None else f"**Engine:** {res.engine_note}"
+    """Engine line after a run: the start-up reason (or the pipeline's), and which head ran."""
+    line = engine_line() if ENGINE["engine"] is not None else f"**Engine:** {res.engine_note}"
+    head = getattr(res, "head_note", "")
+    return f"{line}  \n**Head:** {head}" if head else line
 
 
 def run_segment(loaded, ann, opacity, show_map, progress=gr.Progress()):

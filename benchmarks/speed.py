@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mm_core.engines.classic import ClassicEngine  # noqa: E402
-from mm_core.heads.counting import density_from_maps  # noqa: E402
-from mm_core.heads.segmentation import instances_from_maps  # noqa: E402
-from mm_core.transforms import normalize  # noqa: E402
+from mm_core.engines.classic import ClassicEngine
+from mm_core.heads.counting import density_from_maps
+from mm_core.heads.segmentation import instances_from_maps
+from mm_core.transforms import normalize
 
 TARGETS = {512: 0.5, 1024: 2.0}
 STAGES = ("scale", "features", "classifier", "centers")

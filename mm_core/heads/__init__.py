@@ -1,0 +1,1 @@
+"""Task heads: turn match maps into instance labels, densities and tracks."""

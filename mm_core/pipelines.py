@@ -8,9 +8,9 @@ pictures are made from the returned results by :mod:`mm_core.export` and
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ class SegmentationResult:
 
     @property
     def n_objects(self) -> int:
-        return int(len(np.unique(self.labels[self.labels > 0])))
+        return len(np.unique(self.labels[self.labels > 0]))
 
     def table(self, intensity: np.ndarray | None = None) -> pd.DataFrame:
         """Per-object measurements (see :func:`mm_core.export.measurements_table`)."""
@@ -68,7 +68,7 @@ class TrackResult:
 
     @property
     def n_tracks(self) -> int:
-        return int(len(self.tracks))
+        return len(self.tracks)
 
     @property
     def n_divisions(self) -> int:
@@ -109,6 +109,19 @@ def _tick(progress: ProgressFn | None, frac: float, desc: str) -> None:
         progress(frac, desc)
 
 
+def _match(image, boxes, engine, head, task: str, progress: ProgressFn | None):
+    """The steps ``segment`` and ``count`` share: read/normalise, check boxes, match."""
+    img = _as_image(image)
+    bx = prepare_boxes(boxes, img.shape[:2])
+    _tick(progress, 0.0, "loading engine")
+    eng, note = _engine(engine)
+    learned, head_note = _head(head, task, eng)
+    _tick(progress, 0.2, "matching")
+    maps = eng.match(img, bx)
+    _tick(progress, 0.7, "post-processing")
+    return img, maps, learned, note, head_note
+
+
 def segment(image, boxes=None, engine: str | Engine = "auto",
             progress: ProgressFn | None = None, head=None) -> SegmentationResult:
     """Instance segmentation of one image by within-image matching.
@@ -134,14 +147,7 @@ def segment(image, boxes=None, engine: str | Engine = "auto",
     """
     from mm_core.heads.segmentation import instances_from_maps
 
-    img = _as_image(image)
-    bx = prepare_boxes(boxes, img.shape[:2])
-    _tick(progress, 0.0, "loading engine")
-    eng, note = _engine(engine)
-    learned, head_note = _head(head, "segment", eng)
-    _tick(progress, 0.2, "matching")
-    maps = eng.match(img, bx)
-    _tick(progress, 0.7, "post-processing")
+    img, maps, learned, note, head_note = _match(image, boxes, engine, head, "segment", progress)
     labels = learned.predict(maps, img) if learned is not None else instances_from_maps(maps, img)
     _tick(progress, 1.0, "done")
     return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=note, head_note=head_note)
@@ -158,14 +164,7 @@ def count(image, boxes=None, engine: str | Engine = "auto",
     """
     from mm_core.heads.counting import density_from_maps
 
-    img = _as_image(image)
-    bx = prepare_boxes(boxes, img.shape[:2])
-    _tick(progress, 0.0, "loading engine")
-    eng, note = _engine(engine)
-    learned, head_note = _head(head, "count", eng)
-    _tick(progress, 0.2, "matching")
-    maps = eng.match(img, bx)
-    _tick(progress, 0.7, "density")
+    img, maps, learned, note, head_note = _match(image, boxes, engine, head, "count", progress)
     density, points = learned.predict(maps, img) if learned is not None else density_from_maps(maps, img)
     pts = pd.DataFrame({"x": points[:, 1], "y": points[:, 0]}) if len(points) else pd.DataFrame({"x": [], "y": []})
     _tick(progress, 1.0, "done")

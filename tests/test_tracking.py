@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 from mm_core.engines.base import MatchMaps
 from mm_core.export import read_ctc, write_ctc
 from mm_core.heads.tracking import (
+    SCALE_DRIFT,
     TRACK_COLUMNS,
     LinkParams,
     boxes_from_labels,
@@ -252,6 +253,36 @@ def test_track_frames_uses_previous_objects_as_exemplars():
     _, _, none = track_frames(frames, _DiskEngine(truth), None)
     assert none is None
 
+
+
+class _DriftingEngine(_DiskEngine):
+    """Like _DiskEngine, but chained exemplars make the scale shrink by 20% a frame."""
+
+    def __init__(self, truth, frames, seed):
+        super().__init__(truth)
+        self.frames, self.seed, self.log = frames, seed, []
+
+    def match(self, image, boxes=None):
+        t = next(i for i, f in enumerate(self.frames) if f is image)
+        seeded = boxes is None or np.array_equal(boxes, self.seed)
+        self.log.append((t, seeded))
+        self.calls = [None] * t  # _DiskEngine reads frame t's truth
+        maps = super().match(image, boxes)
+        maps.scale = 20.0 if seeded else 20.0 * 0.8 ** t
+        return maps
+
+
+def test_track_frames_goes_back_to_the_seed_when_the_scale_drifts():
+    T = 5
+    truth = [disks([(30.0, 20.0 + 6 * t), (70.0, 100.0 - 5 * t)], [10, 10]) for t in range(T)]
+    frames = [(m > 0).astype(np.float32) for m in truth]
+    seed = np.array([[10, 20, 30, 40]], np.float32)
+    eng = _DriftingEngine(truth, frames, seed)
+    _, tracks, _ = track_frames(frames, eng, seed)
+    # 0.8 ** t leaves [1 / 1.3, 1.3] from t = 2 on: those frames are matched again with the seed
+    assert SCALE_DRIFT == 1.3
+    assert eng.log == [(0, True), (1, False)] + [x for t in range(2, T) for x in ((t, False), (t, True))]
+    assert len(tracks) == 2 and (tracks.end == T - 1).all()
 
 # ----------------------------------------------------------------------------- real data
 def _gt_subset(gt_dir, n, dst):

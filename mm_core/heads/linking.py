@@ -121,11 +121,12 @@ def object_features(labels: np.ndarray, features: np.ndarray | None) -> np.ndarr
     return (out / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
-def boxes_from_labels(labels: np.ndarray, max_boxes: int | None = None) -> np.ndarray | None:
+def boxes_from_labels(labels: np.ndarray, max_boxes: int | None = None, pad: float = 0.0) -> np.ndarray | None:
     """Bounding boxes ``(N, 4)`` as ``x0, y0, x1, y1`` (exclusive), or None without objects.
 
     With ``max_boxes``, keep the ``max_boxes`` objects whose area is closest to the
-    median area (deterministic), in label order.
+    median area (deterministic), in label order. ``pad`` widens every box by that
+    fraction of its size on each side (clipped to the image), as a user's box would be.
     """
     if labels.max() == 0:
         return None
@@ -136,6 +137,11 @@ def boxes_from_labels(labels: np.ndarray, max_boxes: int | None = None) -> np.nd
         area = np.asarray(props["area"], float)
         off = np.abs(np.log(area / np.median(area)))
         boxes = boxes[np.sort(np.argsort(off, kind="stable")[:max_boxes])]
+    if pad:
+        size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
+        boxes = boxes + pad * size * np.array([-1, -1, 1, 1], np.float32)
+        h, w = labels.shape
+        boxes = np.clip(boxes, 0, np.array([w, h, w, h], np.float32))
     return boxes
 
 

@@ -145,12 +145,12 @@ def _run_track(args) -> int:
     first = Path(seq.names[0]).name if seq.names else "first"
     boxes = _boxes_for(first, args.box, read_boxes_csv(args.boxes), aliases=("first",))
     engine = _engine(args.engine)
-    bar = tqdm(total=len(seq.frames), desc="track", unit="frame", file=sys.stderr)
+    bar = tqdm(total=100, desc="track", unit="%", file=sys.stderr,
+               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
 
     def progress(frac: float, desc: str) -> None:
-        bar.n = int(round(frac * len(seq.frames)))
-        bar.set_postfix_str(desc)
-        bar.refresh()
+        bar.n = min(100, int(round(100 * frac)))
+        bar.set_postfix_str(desc)  # e.g. "frame 12/65"
 
     res = pipelines.track(seq.frames, boxes=boxes, engine=engine, progress=progress)
     bar.close()

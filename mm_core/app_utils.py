@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from mm_core import viz
@@ -170,87 +169,32 @@ def mode_line(boxes: np.ndarray | None) -> str:
     )
 
 
-def _export(what: str, fn, *args) -> Path | None:
-    """Run one export; a missing export module is logged, not fatal to the run."""
-    try:
-        return fn(*args)
-    except ImportError as exc:  # pragma: no cover - only while mm_core.export is missing
-        log.warning("export of %s unavailable: %s", what, exc)
-        return None
-
-
 def save_segmentation(result, raw: np.ndarray, out_dir: Path, stem: str) -> list[Path]:
     """Write label TIFF, per-object CSV and ImageJ ROI zip; return the written paths."""
     from mm_core import export
 
-    files = [
-        _export("labels", export.write_labels, out_dir / f"{stem}_labels.tif", result.labels),
-        _export(
-            "measurements", export.write_measurements, out_dir / f"{stem}_objects.csv", result.labels, raw
-        ),
-    ]
+    files = [export.write_labels(out_dir / f"{stem}_labels.tif", result.labels),
+             export.write_measurements(out_dir / f"{stem}_objects.csv", result.labels, raw)]
     if result.n_objects:
-        files.append(_export("ROIs", export.write_imagej_rois, out_dir / f"{stem}_rois.zip", result.labels))
-    return [Path(f) for f in files if f is not None]
+        files.append(export.write_imagej_rois(out_dir / f"{stem}_rois.zip", result.labels))
+    return files
 
 
 def save_count(result, out_dir: Path, stem: str) -> list[Path]:
     """Write density TIFF, count CSV and centre-point CSV; return the written paths."""
     from mm_core import export
 
-    files = [
-        _export("density", export.write_density, out_dir / f"{stem}_density.tif", result.density),
-        _export(
-            "count",
-            export.write_counts,
-            out_dir / f"{stem}_count.csv",
-            [(stem, round(float(result.count), 2))],
-        ),
-        _export("points", export.write_points, out_dir / f"{stem}_points.csv", result.points),
-    ]
-    return [Path(f) for f in files if f is not None]
-
-
-def track_table(masks: np.ndarray, tracks: pd.DataFrame) -> pd.DataFrame:
-    """One row per object per frame: ``track_id, frame, x, y, area, parent``."""
-    from skimage.measure import regionprops_table
-
-    parts = []
-    for t, frame in enumerate(np.asarray(masks)):
-        if not frame.any():
-            continue
-        p = regionprops_table(frame.astype(np.int32), properties=("label", "centroid", "area"))
-        parts.append(
-            pd.DataFrame(
-                {
-                    "track_id": p["label"],
-                    "frame": t,
-                    "x": p["centroid-1"],
-                    "y": p["centroid-0"],
-                    "area": p["area"],
-                }
-            )
-        )
-    cols = ["track_id", "frame", "x", "y", "area", "parent"]
-    if not parts:
-        return pd.DataFrame(columns=cols)
-    table = pd.concat(parts, ignore_index=True)
-    parent = dict(zip(tracks["label"].astype(int), tracks["parent"].astype(int))) if len(tracks) else {}
-    table["parent"] = table["track_id"].map(parent).fillna(0).astype(int)
-    return table[cols].sort_values(["track_id", "frame"], ignore_index=True)
+    return [export.write_density(out_dir / f"{stem}_density.tif", result.density),
+            export.write_counts(out_dir / f"{stem}_count.csv", [(stem, round(float(result.count), 2))]),
+            export.write_points(out_dir / f"{stem}_points.csv", result.points)]
 
 
 def save_tracking(result, out_dir: Path, stem: str) -> list[Path]:
     """Write the CTC result zip and the tracks CSV; return the written paths."""
     from mm_core import export
 
-    files = [
-        _export("CTC zip", export.write_ctc_zip, out_dir / f"{stem}_ctc.zip", result.masks, result.tracks)
-    ]
-    csv = out_dir / f"{stem}_tracks.csv"
-    track_table(result.masks, result.tracks).to_csv(csv, index=False, float_format="%.2f")
-    files.append(csv)
-    return [Path(f) for f in files if f is not None]
+    return [export.write_ctc_zip(out_dir / f"{stem}_ctc.zip", result.masks, result.tracks),
+            export.write_tracks_csv(out_dir / f"{stem}_tracks.csv", result.masks, result.tracks)]
 
 
 # ---- pictures (re-rendered from cached results, no re-run) -------------------------------------

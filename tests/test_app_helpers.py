@@ -13,6 +13,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from mm_core import export
 from mm_core import app_utils as au
 from mm_core.errors import InputError
 
@@ -107,17 +108,17 @@ def test_load_upload_pixel_limit(tmp_path, monkeypatch):
         au.load_upload(path, False, tmp_path)
 
 
-def test_track_table():
+def test_track_table_used_by_the_app():
     masks = np.zeros((2, 20, 20), np.int32)
     masks[0, 2:6, 2:6] = 1
     masks[1, 2:4, 2:6] = 2
     masks[1, 10:14, 10:14] = 3
     tracks = pd.DataFrame({"label": [1, 2, 3], "begin": [0, 1, 1], "end": [0, 1, 1], "parent": [0, 1, 1]})
-    table = au.track_table(masks, tracks)
+    table = export.tracks_table(masks, tracks)
     assert list(table.columns) == ["track_id", "frame", "x", "y", "area", "parent"]
     assert table["track_id"].tolist() == [1, 2, 3] and table["parent"].tolist() == [0, 1, 1]
     np.testing.assert_allclose(table.loc[0, ["x", "y", "area"]].to_numpy(float), [3.5, 3.5, 16])
-    assert au.track_table(np.zeros((2, 5, 5), int), tracks.iloc[:0]).empty
+    assert export.tracks_table(np.zeros((2, 5, 5), int), tracks.iloc[:0]).empty
 
 
 def test_big_number_html():

@@ -110,47 +110,45 @@ def classical_count(image: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- runners
-def run_seg(name, modes, limit, engine):
+def _timed(items, modes, exemplar, classical, ours, score):
+    """Run every mode on every item; returns ``{mode: (scores, seconds)}``.
+
+    ``exemplar(truth, image, rng)`` gives the item's box (fixed seed), ``classical(image)``
+    and ``ours(image, boxes)`` the predictions, ``score(truth, prediction)`` one score.
+    """
     rng = np.random.default_rng(0)
-    res = {m: [] for m in modes}
-    times = {m: [] for m in modes}
-    for stem, img, gt in seg_items(name, limit):
-        box = seg_exemplar(gt, rng)
+    out = {m: ([], []) for m in modes}
+    for _stem, img, truth in items:
+        box = exemplar(truth, img, rng)
         for m in modes:
             t = time.perf_counter()
-            if m == "classical":
-                pred = classical_segment(img)
-            else:
-                pred = mm_core.segment(img, boxes=box if m == "exemplar" else None, engine=engine).labels
-            times[m].append(time.perf_counter() - t)
-            res[m].append(average_precision(gt, pred)["ap"])
+            pred = classical(img) if m == "classical" else ours(img, box if m == "exemplar" else None)
+            out[m][1].append(time.perf_counter() - t)
+            out[m][0].append(score(truth, pred))
+    return out
+
+
+def run_seg(name, modes, limit, engine):
+    runs = _timed(seg_items(name, limit), modes, lambda gt, img, rng: seg_exemplar(gt, rng), classical_segment,
+                  lambda img, box: mm_core.segment(img, boxes=box, engine=engine).labels,
+                  lambda gt, pred: average_precision(gt, pred)["ap"])
     out = {}
-    for m in modes:
-        ap = np.mean(res[m], axis=0)
-        out[m] = {"ap50": float(ap[0]), "ap": float(ap.mean()), "n": len(res[m]),
-                  "sec_per_image": float(np.mean(times[m])), "per_image_ap50": [float(a[0]) for a in res[m]]}
+    for m, (aps, times) in runs.items():
+        ap = np.mean(aps, axis=0)
+        out[m] = {"ap50": float(ap[0]), "ap": float(ap.mean()), "n": len(aps),
+                  "sec_per_image": float(np.mean(times)), "per_image_ap50": [float(a[0]) for a in aps]}
     return out
 
 
 def run_count(name, modes, limit, engine):
-    rng = np.random.default_rng(0)
-    err = {m: [] for m in modes}
-    times = {m: [] for m in modes}
-    for stem, img, pts in count_items(name, limit):
-        box = count_exemplar(pts, img.shape, rng)
-        for m in modes:
-            t = time.perf_counter()
-            if m == "classical":
-                c = classical_count(img)
-            else:
-                c = mm_core.count(img, boxes=box if m == "exemplar" else None, engine=engine).count
-            times[m].append(time.perf_counter() - t)
-            err[m].append(c - len(pts))
+    runs = _timed(count_items(name, limit), modes, lambda pts, img, rng: count_exemplar(pts, img.shape, rng),
+                  classical_count, lambda img, box: mm_core.count(img, boxes=box, engine=engine).count,
+                  lambda pts, c: c - len(pts))
     out = {}
-    for m in modes:
-        e = np.asarray(err[m])
+    for m, (err, times) in runs.items():
+        e = np.asarray(err)
         out[m] = {"mae": float(np.abs(e).mean()), "rmse": float(np.sqrt((e ** 2).mean())), "bias": float(e.mean()),
-                  "n": len(e), "sec_per_image": float(np.mean(times[m]))}
+                  "n": len(e), "sec_per_image": float(np.mean(times))}
     return out
 
 

@@ -22,3 +22,14 @@ def shared_data() -> Path:
 def shared_path(*parts: str) -> Path:
     """Path inside ../shared/data, for parametrising; may not exist."""
     return SHARED_DATA.joinpath(*parts)
+
+
+@pytest.fixture()
+def torch_one_thread():
+    """Tiny torch models: one thread avoids oversubscribing a shared CI runner."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

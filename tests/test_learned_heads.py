@@ -23,13 +23,7 @@ from mm_core.heads.learned.segmentation import seg_targets
 from mm_core.heads.learned.tracking import tracks_from_links
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids oversubscribing a shared CI runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 TINY = {"stem": 8, "dim": 16, "depth": 2, "heads": 2, "tile": 64, "tile_overlap": 8}

@@ -18,13 +18,7 @@ from mm_core.train.cli import main
 SMALL = ["--set", "stem=8", "dim=16", "depth=2", "heads=2", "tile=64", "tile_overlap=8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids oversubscribing a shared CI runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _disk_scene(rng, shape=(96, 96), n=7, r=6, shift=(0, 0), centres=None):

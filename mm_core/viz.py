@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from skimage.draw import disk, line_aa
+from skimage.draw import disk
 from skimage.measure import regionprops_table
 from skimage.segmentation import find_boundaries
 
@@ -156,19 +156,20 @@ def scale_unit(values: np.ndarray, high_percentile: float = 99.5) -> np.ndarray:
 
 
 def overlay_heatmap(
-    image: np.ndarray, values: np.ndarray, opacity: float = 0.6, scale: bool = True
+    image: np.ndarray, values: np.ndarray, opacity: float = 0.6, scale: bool = True, gamma: float = 1.0
 ) -> np.ndarray:
     """Blend a heat-map of ``values`` (``(H, W)``) over ``image``.
 
-    Transparency follows the value too (alpha = ``opacity`` x scaled value), so empty
-    regions keep the image visible.
+    Transparency follows the value too (alpha = ``opacity`` x scaled value ** ``gamma``),
+    so empty regions keep the image visible; ``gamma`` < 1 makes low values show more
+    (the colours stay linear in the value, as in the legend).
     """
     rgb = to_rgb8(image)
     vals = np.asarray(values, np.float32)
     if vals.shape != rgb.shape[:2]:
         raise ValueError(f"map {vals.shape} and image {rgb.shape[:2]} differ in size")
     unit = scale_unit(vals) if scale else np.clip(vals, 0, 1)
-    alpha = (float(np.clip(opacity, 0.0, 1.0)) * unit)[..., None]
+    alpha = (float(np.clip(opacity, 0.0, 1.0)) * unit ** float(gamma))[..., None]
     out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat_colors(unit).astype(np.float32)
     return out.round().clip(0, 255).astype(np.uint8)
 
@@ -191,6 +192,28 @@ def draw_points(
             out[disk((r, c), radius + 1.0, shape=shape)] = border
         out[disk((r, c), radius, shape=shape)] = color
     return out
+
+
+def draw_texts(
+    rgb: np.ndarray, rows, cols, texts, zoom: int = 1, size: int = 13, offset: tuple[float, float] = (0, 0)
+) -> np.ndarray:
+    """Return a copy of ``rgb`` with white, black-edged ``texts`` at ``(row, col)`` of the
+    picture before a ``zoom`` times enlargement (``offset``: ``(dx, dy)`` in display pixels)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    pic = Image.fromarray(np.asarray(rgb, np.uint8))
+    draw, font = ImageDraw.Draw(pic), ImageFont.load_default(size=size)
+    for r, c, txt in zip(np.asarray(rows, float), np.asarray(cols, float), texts):
+        x, y = _zoom_xy(r, c, zoom)
+        draw.text((x + offset[0], y + offset[1]), str(txt), fill=(255, 255, 255), font=font, anchor="lm",
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(pic)
+
+
+def zoom_factor(shape, min_side: int = 384) -> int:
+    """The whole factor :func:`upscale_nearest` enlarges a picture of ``shape`` by."""
+    side = max(shape[:2])
+    return int(np.ceil(min_side / side)) if 0 < side < min_side else 1
 
 
 def draw_boxes(
@@ -218,8 +241,7 @@ def upscale_nearest(rgb: np.ndarray, min_side: int = 384) -> np.ndarray:
     """Enlarge a small picture by a whole factor (pixel replication) so its longest side
     reaches ``min_side``; larger pictures are returned unchanged."""
     rgb = np.asarray(rgb)
-    side = max(rgb.shape[:2])
-    k = int(np.ceil(min_side / side)) if 0 < side < min_side else 1
+    k = zoom_factor(rgb.shape, min_side)
     return rgb if k == 1 else np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
 
 
@@ -235,15 +257,23 @@ def track_centroids(masks: np.ndarray) -> dict[int, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in paths.items()}
 
 
+def _zoom_xy(r: float, c: float, zoom: int) -> tuple[float, float]:
+    """Pixel ``(row, col)`` of the input to ``(x, y)`` of a picture enlarged ``zoom`` times."""
+    return c * zoom + (zoom - 1) / 2.0, r * zoom + (zoom - 1) / 2.0
+
+
 def render_track_frame(
     image: np.ndarray,
     masks_t: np.ndarray,
     t: int,
     paths: dict[int, np.ndarray],
-    tail: int = 10,
+    tail: int = 6,
     opacity: float = 0.4,
+    zoom: int = 1,
+    numbers: bool = False,
+    divisions: dict[int, list] | None = None,
 ) -> np.ndarray:
-    """One frame of a tracking result: per-track colours, outlines and trajectory tails.
+    """One frame of a tracking result: per-track colours, outlines, trails, numbers, divisions.
 
     Parameters
     ----------
@@ -254,39 +284,109 @@ def render_track_frame(
     t : int
         Frame index.
     paths : dict
-        Output of :func:`track_centroids` for the whole sequence.
+        ``{track: (k, 3) array of (t, row, col)}``, as :func:`track_centroids` (a daughter's
+        path may start with its parent's last position, so its trail continues the parent's).
     tail : int
-        Number of past frames drawn as a trajectory line.
+        Number of past frames drawn as a trail.
     opacity : float
         Fill opacity of the objects.
+    zoom : int
+        Whole enlargement factor (pixel replication) before trails and numbers are drawn.
+    numbers : bool
+        Write each track's number on its object.
+    divisions : dict, optional
+        ``{frame: [(row, col), ...]}``: daughters just born, circled in white.
+
+    Returns
+    -------
+    ndarray
+        ``(H * zoom, W * zoom, 3)`` uint8.
     """
+    from PIL import Image, ImageDraw, ImageFont
+
     masks_t = np.asarray(masks_t)
     top = int(max(masks_t.max(initial=0), max(paths, default=0)))
     lut = np.zeros((top + 1, 3), np.uint8)
-    ids = np.arange(1, top + 1)
-    lut[1:] = colors_for_ids(ids)
+    lut[1:] = colors_for_ids(np.arange(1, top + 1))
     out = overlay_labels(image, masks_t, opacity=opacity, colors=lut)
-    h, w = out.shape[:2]
+    zoom = max(1, int(zoom))
+    if zoom > 1:
+        out = np.repeat(np.repeat(out, zoom, axis=0), zoom, axis=1)
+    pic = Image.fromarray(out)
+    draw = ImageDraw.Draw(pic)
+    width = max(1, round(zoom * 0.75))
     for lab, path in paths.items():
         seg = path[(path[:, 0] <= t) & (path[:, 0] >= t - tail)]
         if len(seg) < 2 or seg[-1, 0] != t:
             continue
-        col = lut[lab].astype(np.float32)
-        for (_, r0, c0), (_, r1, c1) in zip(seg[:-1], seg[1:]):
-            rr, cc, val = line_aa(int(round(r0)), int(round(c0)), int(round(r1)), int(round(c1)))
-            ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-            rr, cc, val = rr[ok], cc[ok], val[ok][:, None]
-            out[rr, cc] = (out[rr, cc] * (1 - val) + col * val).round().astype(np.uint8)
-    return out
+        draw.line([_zoom_xy(r, c, zoom) for _, r, c in seg], fill=tuple(int(v) for v in lut[lab]), width=width)
+    for r, c in (divisions or {}).get(t, []):
+        x, y = _zoom_xy(r, c, zoom)
+        rad = 5 * zoom + 3
+        draw.ellipse([x - rad, y - rad, x + rad, y + rad], outline=(255, 255, 255), width=max(2, width))
+    if numbers:
+        size = int(np.clip(0.028 * max(pic.size), 11, 18))
+        font = ImageFont.load_default(size=size)
+        for lab, path in paths.items():
+            here = path[path[:, 0] == t]
+            if len(here):
+                x, y = _zoom_xy(here[-1, 1], here[-1, 2], zoom)
+                draw.text((x, y), str(lab), fill=(255, 255, 255), font=font, anchor="mm",
+                          stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(pic)
+
+
+def _lineage(paths: dict[int, np.ndarray], tracks) -> tuple[dict[int, np.ndarray], dict[int, list]]:
+    """Daughters' paths prefixed by the parent's last position; daughters' birth places by frame."""
+    if tracks is None or len(tracks) == 0:
+        return paths, {}
+    out, births = dict(paths), {}
+    parents = tracks.loc[tracks["parent"] > 0]
+    n_children = parents["parent"].value_counts()
+    for lab, par in zip(parents["label"].astype(int), parents["parent"].astype(int)):
+        if lab not in paths or par not in paths:
+            continue
+        out[lab] = np.vstack([paths[par][-1:], paths[lab]])
+        if n_children.get(par, 0) >= 2:
+            t0, r, c = paths[lab][0]
+            births.setdefault(int(t0), []).append((float(r), float(c)))
+    return out, births
 
 
 def render_tracks(
-    frames: Sequence[np.ndarray], masks: np.ndarray, tail: int = 10, opacity: float = 0.4
+    frames: Sequence[np.ndarray],
+    masks: np.ndarray,
+    tail: int = 6,
+    opacity: float = 0.4,
+    tracks=None,
+    numbers: bool = False,
+    min_side: int | None = None,
 ) -> list[np.ndarray]:
-    """All frames of a tracking result drawn with :func:`render_track_frame`."""
-    paths = track_centroids(masks)
+    """All frames of a tracking result drawn with :func:`render_track_frame`.
+
+    Parameters
+    ----------
+    frames : sequence of ndarray
+        Normalised frames.
+    masks : ndarray, (T, H, W)
+        Track labels.
+    tail, opacity
+        As :func:`render_track_frame`.
+    tracks : DataFrame, optional
+        ``label, begin, end, parent``: trails continue from parent to daughters and
+        divisions are circled for 3 frames.
+    numbers : bool
+        Write track numbers.
+    min_side : int, optional
+        Enlarge small frames by a whole factor until the longest side reaches this.
+    """
+    masks = np.asarray(masks)
+    side = max(masks.shape[1:], default=0)
+    zoom = int(np.ceil(min_side / side)) if min_side and 0 < side < min_side else 1
+    paths, births = _lineage(track_centroids(masks), tracks)
+    marks = {t: [p for t0 in range(t - 2, t + 1) for p in births.get(t0, [])] for t in range(len(masks))}
     return [
-        render_track_frame(f, m, t, paths, tail=tail, opacity=opacity)
+        render_track_frame(f, m, t, paths, tail=tail, opacity=opacity, zoom=zoom, numbers=numbers, divisions=marks)
         for t, (f, m) in enumerate(zip(frames, masks))
     ]
 
@@ -345,6 +445,7 @@ __all__ = [
     "display_image",
     "draw_boxes",
     "draw_points",
+    "draw_texts",
     "heat_colors",
     "label_colors",
     "match_map",
@@ -358,4 +459,5 @@ __all__ = [
     "track_centroids",
     "upscale_nearest",
     "write_animation",
+    "zoom_factor",
 ]

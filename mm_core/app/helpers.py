@@ -188,14 +188,16 @@ def count_view(
 ) -> np.ndarray:
     """Density heat-map, centre dots and exemplar boxes (the count is shown next to it)."""
     base = result.image if display is None else display
-    img = viz.overlay_heatmap(base, result.density, opacity=opacity)
-    img = viz.draw_points(
-        img,
-        result.points["y"].to_numpy(),
-        result.points["x"].to_numpy(),
-        radius=max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10))),
-    )
-    return viz.upscale_nearest(viz.draw_boxes(img, boxes))
+    img = viz.overlay_heatmap(base, result.density, opacity=opacity, gamma=0.5)
+    pts = result.points
+    radius = max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10)))
+    img = viz.upscale_nearest(viz.draw_boxes(viz.draw_points(img, pts["y"], pts["x"], radius=radius), boxes))
+    if "n" in pts and (pts["n"] > 1).any():  # a clump counted as several objects: say how many
+        many = pts[pts["n"] > 1]
+        zoom = viz.zoom_factor(result.density.shape)
+        img = viz.draw_texts(img, many["y"], many["x"], [f"×{k}" for k in many["n"]], zoom=zoom,
+                             offset=(radius * zoom + 2, 0))
+    return img
 
 
 def map_view(result_image: np.ndarray, maps) -> np.ndarray:

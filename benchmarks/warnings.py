@@ -43,7 +43,8 @@ DEV_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_c
 
 def _kind(warning: str) -> str:
     """A short name for a warning (its first words)."""
-    for key in ("cover", "smaller", "larger", "fragments", "more than fit", "match map is weak", "No objects"):
+    for key in ("cover", "smaller", "larger", "fragments", "more than fit", "ragged", "match map is weak",
+                "No objects"):
         if key in warning:
             return key
     return warning[:20]

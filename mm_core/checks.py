@@ -11,6 +11,7 @@ often each fires on them is measured by ``benchmarks/warnings.py``):
 - objects far smaller or larger than the engine's estimated object size;
 - most objects tiny fragments of the estimated object size;
 - more objects than fit in the image at that size, or objects covering most of it;
+- objects with ragged outlines (low solidity: pieces of texture, not whole objects);
 - objects lying where the match map is weak (the output does not follow the match);
 - a count that rests mostly on clump areas rather than on centres found;
 - most tracks lasting one frame, far more tracks than objects per frame, many divisions.
@@ -40,6 +41,11 @@ MAX_PACKING = 1.0
 #: Fraction of object pixels where the match map (foreground) is above 0.5, below which
 #: the objects do not follow the match.
 MIN_ON_MATCH = 0.5
+#: Median solidity (area / convex-hull area) below which outlines are ragged: pieces of
+#: texture or background rather than whole objects (whole nuclei are near 0.95).
+MIN_SOLIDITY = 0.88
+#: Solidity is measured on at most this many objects (a fixed-seed sample).
+SOLIDITY_SAMPLE = 200
 #: Count over centres found: above this ratio (and ``MIN_EXTRA`` more) the count rests
 #: on clump areas.
 MAX_COUNT_PER_CENTRE = 1.5
@@ -74,6 +80,7 @@ class SegmentationStats:
     fragments: float  #: fraction of objects under ``FRAGMENT_AREA_FRAC`` of the typical area
     packing: float  #: objects x typical area / image area
     on_match: float  #: fraction of object pixels where the foreground map is above 0.5
+    solidity: float  #: median object solidity (area / convex-hull area)
 
 
 def segmentation_stats(labels: np.ndarray, maps) -> SegmentationStats:
@@ -98,10 +105,22 @@ def segmentation_stats(labels: np.ndarray, maps) -> SegmentationStats:
     n, size = len(areas), labels.size
     med = float(2.0 * np.sqrt(np.median(areas) / np.pi)) if n else 0.0
     on = float((maps.at_input("foreground")[fg] > 0.5).mean()) if n else 1.0
-    return SegmentationStats(
+    return SegmentationStats(solidity=_median_solidity(labels),
         n_objects=n, scale=scale, median_diameter=med, coverage=float(fg.sum()) / max(size, 1),
         fragments=float((areas < FRAGMENT_AREA_FRAC * unit).mean()) if n and scale > 0 else 0.0,
         packing=n * unit / max(size, 1) if scale > 0 else 0.0, on_match=on)
+
+
+def _median_solidity(labels: np.ndarray) -> float:
+    from skimage.measure import regionprops
+
+    props = regionprops(labels.astype(np.int32))
+    if not props:
+        return 1.0
+    if len(props) > SOLIDITY_SAMPLE:
+        pick = np.random.default_rng(0).choice(len(props), SOLIDITY_SAMPLE, replace=False)
+        props = [props[i] for i in sorted(pick)]
+    return float(np.median([p.solidity for p in props if p.area >= 5] or [1.0]))
 
 
 def _n_boxes(maps) -> int:
@@ -142,6 +161,10 @@ def check_segmentation(labels: np.ndarray, maps, n_boxes: int | None = None) -> 
     if s.packing > MAX_PACKING:
         out.append(f"{s.n_objects:,} objects are more than fit in the image at the estimated object "
                    f"size ({s.scale:.0f} px): the image is probably tiled into pieces. {try_}")
+    if s.solidity < MIN_SOLIDITY and s.n_objects >= MIN_TRACKS:
+        out.append(f"The objects have ragged outlines (median solidity {s.solidity:.2f}; whole nuclei are "
+                   f"near 0.95): they are probably pieces of texture or background, not whole objects. "
+                   f"{try_}")
     if s.on_match < MIN_ON_MATCH:
         out.append(f"Most of the objects ({1 - s.on_match:.0%} of their area) lie where the match map "
                    f"is weak: the result does not follow the match (tick 'Show match map' to see it). "

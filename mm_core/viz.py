@@ -325,7 +325,7 @@ def render_track_frame(
         rad = 5 * zoom + 3
         draw.ellipse([x - rad, y - rad, x + rad, y + rad], outline=(255, 255, 255), width=max(2, width))
     if numbers:
-        size = int(np.clip(0.028 * max(pic.size), 11, 18))
+        size = int(np.clip(0.04 * max(pic.size), 12, 22))
         font = ImageFont.load_default(size=size)
         for lab, path in paths.items():
             here = path[path[:, 0] == t]

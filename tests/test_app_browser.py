@@ -168,8 +168,13 @@ def wait_annotator_image(page, tab: str) -> None:
 
 def draw_box(page, tab: str, box) -> None:
     """Drag a box ``x0, y0, x1, y1`` (image pixels) on the annotator, as a user would."""
-    page.click(f"#{tab}-annotator button[aria-label=exemplar]")
+    pencil = page.locator(f"#{tab}-annotator button[aria-label=exemplar]")
+    page.wait_for_function("s => document.querySelector(s).classList.contains('highlight')",
+                           arg=f"#{tab}-annotator button[aria-label=exemplar]", timeout=30_000)  # ready to draw
+    page.wait_for_timeout(1200)  # the pencil stays on (no second toggle) and the layout has settled
+    assert "highlight" in (pencil.get_attribute("class") or "")
     img = page.locator(f"#{tab}-annotator .image-frame img")
+    img.evaluate("i => i.scrollIntoView({block: 'center'})")  # the mouse works inside the viewport only
     nw, nh = img.evaluate("i => [i.naturalWidth, i.naturalHeight]")
     bb = img.bounding_box()
 
@@ -556,3 +561,17 @@ def test_real_examples_give_a_plausible_result(page, name):
     n_true = META[name]["n_objects"]
     print(f"\n[timing] {name}, automatic: {dt:.2f} s; {n:.0f} objects of {n_true}")
     assert 0.6 * n_true <= n <= 1.4 * n_true, (n, n_true)
+
+
+def test_box_drawing_is_ready_on_load_and_delete_removes_it(page):
+    click_example(page, "seg", "real_he_tissue.png")
+    wait_annotator_image(page, "seg")
+    draw_box(page, "seg", (40, 40, 70, 70))  # no click on the pencil first (checked in draw_box)
+    img = page.locator("#seg-annotator .image-frame img")
+    bb = img.bounding_box()
+    nw = img.evaluate("i => i.naturalWidth")
+    k = bb["width"] / nw
+    page.mouse.click(bb["x"] + 55 * k, bb["y"] + 55 * k)  # select the box
+    page.keyboard.press("Delete")
+    page.wait_for_function("s => document.querySelector(s).innerText.includes('Automatic mode')",
+                           arg="#seg-mode", timeout=10_000)

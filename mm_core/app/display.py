@@ -59,9 +59,16 @@ def result_html(value: int | float, caption: str, warnings: list[str] | None = N
         f"<span class='mm-big-cap'>{html.escape(c)}</span></div>" for v, c in nums)
     out = f"<div style='display:flex;gap:2.5em;flex-wrap:wrap'>{big}</div>"
     if warnings:
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        signs, tries = [], []
+        for w in warnings:  # each warning ends with what to try: said once, after the signs
+            sign, _, todo = w.partition(" Try: ")
+            signs.append(sign)
+            if todo and todo not in tries:
+                tries.append(todo)
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in signs)
+        todo = "".join(f"<div class='mm-try'><b>Try:</b> {html.escape(t)}</div>" for t in tries)
         out += ("<div class='mm-warn' data-testid='mm-warnings' role='alert'><b>Check this result:</b>"
-                f"<ul>{items}</ul></div>")
+                f"<ul>{items}</ul>{todo}</div>")
     else:
         out += "<div class='mm-ok' data-testid='mm-nowarn'>No sign of a failed match.</div>"
     return out
@@ -109,7 +116,9 @@ CSS = """
 .mm-warn {background:#fff4d6; color:#5c3c00; border:1px solid #e0a800; border-radius:6px;
           padding:.5em .8em; margin:.3em 0}
 .mm-warn ul {margin:.2em 0 0 1.1em; padding:0}
+.mm-try {margin-top:.3em}
 .mm-ok {color:#2e6b2e; margin:.2em 0; font-size:.95em}
+[id$="-annotator"] .box-anchor {transform: scale(0.6); opacity: .8}
 .mm-legend {font-size:.9em; margin:.2em 0 .6em}
 .mm-legend-bar {height:14px; border-radius:3px; border:1px solid #888}
 .mm-legend-ends {display:flex; justify-content:space-between}

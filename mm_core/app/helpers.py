@@ -159,8 +159,8 @@ def mode_line(boxes: np.ndarray | None) -> str:
     """What the run will do, in words, for the line under the annotator."""
     if boxes is None or len(boxes) == 0:
         return (
-            "**Automatic mode** — no box drawn: the engine finds the repeated structures by itself. "
-            "Draw a box around one example object to switch to exemplar mode."
+            "**Automatic mode** — no box drawn: the objects that repeat in the image are found by "
+            "themselves. Draw a box around one typical object to switch to exemplar mode."
         )
     n = len(boxes)
     return (
@@ -195,7 +195,7 @@ def count_view(
     if "n" in pts and (pts["n"] > 1).any():  # a clump counted as several objects: say how many
         many = pts[pts["n"] > 1]
         zoom = viz.zoom_factor(result.density.shape)
-        img = viz.draw_texts(img, many["y"], many["x"], [f"×{k}" for k in many["n"]], zoom=zoom,
+        img = viz.draw_texts(img, many["y"], many["x"], [str(k) for k in many["n"]], zoom=zoom,
                              offset=(radius * zoom + 2, 0))
     return img
 

@@ -256,8 +256,8 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
     ann = BBoxAnnotator(
-        label=f"Optional: draw a box {where}around one typical object. Click the pencil "
-        "(\u201cexemplar\u201d) button under the picture, then drag; the bin button removes the selected box",
+        label=f"Optional: drag a box {where}around one typical object (the pencil under the picture "
+        "switches drawing on and off). Click a box to select it; Delete or the bin button removes it",
         categories=["exemplar"],
         interactive=True,
         elem_id=f"{tab}-annotator",
@@ -307,6 +307,30 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     # what clears the previous result: a new file, an example, or emptying the file
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
     return ann, triggers
+
+
+#: Box drawing made easier than gradio_bbox_annotator 0.1.1 does by itself (it has no option for
+#: these): the pencil is switched on when a picture without boxes appears (ready to draw), and
+#: Delete / Backspace removes the selected box by pressing the annotator's own bin button.
+BOX_JS = """<script>
+setInterval(() => {  // a new picture in an annotator: switch its pencil on, once per picture
+  document.querySelectorAll('[id$="-annotator"]').forEach((ann) => {
+    const img = ann.querySelector('.image-frame img');
+    const pen = ann.querySelector('button[aria-label="exemplar"]');
+    if (!img || !pen || pen.offsetParent === null || !img.complete || ann.dataset.mmSrc === img.src) return;
+    ann.dataset.mmSrc = img.src;
+    if (!pen.classList.contains('highlight')) pen.click();
+  });
+}, 300);
+document.addEventListener('keydown', (e) => {
+  if (e.key !== 'Delete' && e.key !== 'Backspace') return;
+  const t = e.target;
+  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
+  document.querySelectorAll('[id$="-annotator"] button[aria-label="Remove"]').forEach((b) => {
+    if (!b.disabled && b.offsetParent !== null) { b.click(); e.preventDefault(); }
+  });
+});
+</script>"""
 
 
 #: The two single-image tabs differ only in these words and functions.
@@ -390,7 +414,7 @@ def build_app() -> gr.Blocks:
         font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("Consolas"), "monospace"],
     )
     with gr.Blocks(title="MicroscopyMatching", theme=theme, css=CSS, delete_cache=(1800, 3600),
-                   analytics_enabled=False) as demo:
+                   analytics_enabled=False, head=BOX_JS) as demo:
         gr.Markdown(
             "# MicroscopyMatching\nFinds, counts and tracks the objects of a microscopy image by "
             "looking for what repeats in it: no training, no settings. Optionally draw a box around "

@@ -40,9 +40,12 @@ REAL = {
 
 
 
-def main() -> None:
-    meta_path = HERE / "examples.json"
-    meta = json.loads(meta_path.read_text())
+def main(out_dir: Path = HERE) -> dict:
+    """Write the real examples into ``out_dir`` and add their entries to its ``examples.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = out_dir / "examples.json"
+    meta = json.loads((meta_path if meta_path.is_file() else HERE / "examples.json").read_text())
     for name, (ds, ident, crop, kind) in REAL.items():
         img_path = DATA / ds / "images" / f"{ident}.tif"
         img = tifffile.imread(img_path)
@@ -50,7 +53,7 @@ def main() -> None:
         if crop:
             r0, r1, c0, c1 = crop
             img, gt = img[r0:r1, c0:c1], gt[r0:r1, c0:c1]
-        out = HERE / name
+        out = out_dir / name
         if out.suffix == ".tif":
             tifffile.imwrite(out, img, compression="zlib")
         else:
@@ -61,6 +64,7 @@ def main() -> None:
         print(f"{name}: {img.shape} {img.dtype}, {meta[name]['n_objects']} objects, "
               f"{out.stat().st_size / 1e3:.0f} kB")
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 if __name__ == "__main__":

@@ -121,15 +121,6 @@ def test_track_table_used_by_the_app():
     assert export.tracks_table(np.zeros((2, 5, 5), int), tracks.iloc[:0]).empty
 
 
-def test_big_number_html():
-    assert ">1,234<" in au.big_number_html(1234, "objects") and "objects" in au.big_number_html(1, "objects")
-    assert ">12.5<" in au.big_number_html(12.46, "counted")
-
-
-# ---- app.py itself (imported, not launched) -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
 def app_module():
     from mm_core.app import ui
 

@@ -203,12 +203,3 @@ def count_view(
 def map_view(result_image: np.ndarray, maps) -> np.ndarray:
     """The engine's match map (first display map, else foreground) as a heat-map over the image."""
     return viz.upscale_nearest(viz.match_map_image(result_image, maps))
-
-
-def big_number_html(value: float, caption: str) -> str:
-    """HTML for a number shown in large type."""
-    num = f"{value:,.1f}" if isinstance(value, float) else f"{value:,d}"
-    return (
-        f"<div class='mm-big'><span class='mm-big-num' data-testid='mm-count'>{num}</span>"
-        f"<span class='mm-big-cap'>{caption}</span></div>"
-    )

@@ -256,8 +256,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
     ann = BBoxAnnotator(
-        label=f"Optional: drag a box {where}around one typical object (the pencil under the picture "
-        "switches drawing on and off). Click a box to select it; Delete or the bin button removes it",
+        label=f"Optional: drag a box {where}around one typical object; Delete removes a selected box",
         categories=["exemplar"],
         interactive=True,
         elem_id=f"{tab}-annotator",

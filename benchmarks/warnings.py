@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from evaluate import seg_exemplar  # noqa: E402
+from evaluate import seg_exemplar
 
-from mm_core.metrics import ap50  # noqa: E402
-from mm_core.models import Matcher  # noqa: E402
+from mm_core.metrics import ap50
+from mm_core.models import Matcher
 
 DATA = Path(os.environ.get("MM_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEV_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_contrast", "isbi2012_em_cells")

@@ -59,7 +59,7 @@ def main(out_dir: Path = HERE) -> dict:
         else:
             Image.fromarray(img[..., :3] if img.ndim == 3 else img).save(out, optimize=True)
         meta[name] = {"task": "segmentation", "kind": kind, "shape": list(img.shape),
-                      "n_objects": int(len(np.unique(gt[gt > 0]))), "source": f"{ds}/{img_path.stem}",
+                      "n_objects": len(np.unique(gt[gt > 0])), "source": f"{ds}/{img_path.stem}",
                       "crop": list(crop) if crop else None, "licence": "CC0 1.0 (public domain)"}
         print(f"{name}: {img.shape} {img.dtype}, {meta[name]['n_objects']} objects, "
               f"{out.stat().st_size / 1e3:.0f} kB")

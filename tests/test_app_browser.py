@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -154,7 +155,8 @@ def upload(page, tab: str, path: Path) -> None:
 
 def click_example(page, tab: str, name: str) -> None:
     """Click the thumbnail of example ``name`` in the tab's examples gallery."""
-    page.locator(f"#{tab}-examples button.thumbnail-item").filter(has_text=name).first.click()
+    exact = re.compile(rf"^\s*{re.escape(name)}\s*$")  # not real_<name> for <name>
+    page.locator(f"#{tab}-examples button.thumbnail-item").filter(has_text=exact).first.click()
 
 
 def wait_annotator_image(page, tab: str) -> None:

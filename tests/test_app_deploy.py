@@ -77,8 +77,8 @@ def test_real_examples_are_cc0_and_reproducible(tmp_path, shared_data):
     import make_real_examples
 
     made = make_real_examples.main(tmp_path)
-    for name in real:
-        assert made[name] == real[name]
+    for name, entry in real.items():
+        assert made[name] == entry
         read = tifffile.imread if name.endswith(".tif") else (lambda p: np.asarray(Image.open(p)))
         np.testing.assert_array_equal(read(tmp_path / name), read(EXAMPLES / name), err_msg=name)
 

@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mm_core.engines.ldm import zerogpu  # noqa: E402
-from mm_core.engines.ldm.engine import LDMEngine  # noqa: E402
-from mm_core.engines.ldm.testing import TINY_SIZE, tiny_pipeline_dir  # noqa: E402
+from mm_core.engines.ldm import zerogpu
+from mm_core.engines.ldm.engine import LDMEngine
+from mm_core.engines.ldm.testing import TINY_SIZE, tiny_pipeline_dir
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def fake_spaces(monkeypatch):
     calls = []
     mod = types.ModuleType("spaces")
 
-    def GPU(duration=None):  # noqa: N802 (the real API's name)
+    def GPU(duration=None):
         def deco(fn):
             def wrapped(*args, **kwargs):
                 calls.append(duration)

@@ -2,7 +2,8 @@
 
 The result panel (number, caption, the result's self-check warnings), colour-scale
 legends for the density and match maps, which analysis runs in a biologist's terms,
-and refusal messages that name the app's own settings.
+refusal messages that name the app's own settings, and the page's own CSS and script
+(box drawing).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def app_message(message: str) -> str:
     return message
 
 
-def result_html(value: int | float, caption: str, warnings: list[str] | None = None,
+def result_html(value: float, caption: str, warnings: list[str] | None = None,
                 extra: list[tuple[int | float, str]] = ()) -> str:
     """The result panel: the number(s) in large type and, under them, the warnings.
 
@@ -111,6 +112,32 @@ def match_legend(conditioning: str = "") -> str:
     return legend_html("Match map: how well each pixel matches", "no match", "strong match", note,
                        elem="match-legend")
 
+
+SEG_LEGEND = ("<div class='mm-legend' data-testid='seg-legend'>One colour per object, its outline drawn; "
+              "yellow box: your example.</div>")
+
+#: Box drawing made easier than gradio_bbox_annotator 0.1.1 does by itself (it has no option for
+#: these): the pencil is switched on when a picture without boxes appears (ready to draw), and
+#: Delete / Backspace removes the selected box by pressing the annotator's own bin button.
+BOX_JS = """<script>
+setInterval(() => {  // a new picture in an annotator: switch its pencil on, once per picture
+  document.querySelectorAll('[id$="-annotator"]').forEach((ann) => {
+    const img = ann.querySelector('.image-frame img');
+    const pen = ann.querySelector('button[aria-label="exemplar"]');
+    if (!img || !pen || pen.offsetParent === null || !img.complete || ann.dataset.mmSrc === img.src) return;
+    ann.dataset.mmSrc = img.src;
+    if (!pen.classList.contains('highlight')) pen.click();
+  });
+}, 300);
+document.addEventListener('keydown', (e) => {
+  if (e.key !== 'Delete' && e.key !== 'Backspace') return;
+  const t = e.target;
+  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
+  document.querySelectorAll('[id$="-annotator"] button[aria-label="Remove"]').forEach((b) => {
+    if (!b.disabled && b.offsetParent !== null) { b.click(); e.preventDefault(); }
+  });
+});
+</script>"""
 
 CSS = """
 .mm-warn {background:#fff4d6; color:#5c3c00; border:1px solid #e0a800; border-radius:6px;

@@ -22,7 +22,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core import export, viz
+from mm_core import export, viz, viz_tracks
 from mm_core.app import display, offline
 from mm_core.app import helpers as au
 from mm_core.errors import MMError
@@ -145,8 +145,7 @@ def _note(res) -> str:
 
 LIMITS = (f"up to {au.MAX_PIXELS:,} pixels per image or frame (MM_APP_MAX_PIXELS), {au.MAX_FRAMES} frames "
           f"(MM_APP_MAX_FRAMES), files up to {MAX_FILE_SIZE} (MM_APP_MAX_FILE_SIZE)")
-SEG_LEGEND = ("<div class='mm-legend' data-testid='seg-legend'>One colour per object, its outline drawn; "
-              "yellow box: your example.</div>")
+
 
 
 def _downloads(files) -> list[str]:
@@ -163,7 +162,7 @@ def run_segment(loaded, ann, opacity, show_map, progress=gr.Progress()):
     cache = {"result": res, "boxes": boxes, "display": viz.display_image(loaded.frames[0])}
     return (cache, rerender(au.segmentation_view, cache, opacity),
             display.result_html(res.n_objects, "objects", res.warnings), _downloads(files),
-            _map_update(cache, show_map), _note(res), SEG_LEGEND)
+            _map_update(cache, show_map), _note(res), display.SEG_LEGEND)
 
 
 def run_count(loaded, ann, opacity, show_map, progress=gr.Progress()):
@@ -183,7 +182,7 @@ def run_track(loaded, ann, show_map, progress=gr.Progress()):
     res = matcher().track(frames, boxes=boxes, progress=_progress(progress), keep_maps=bool(show_map) or small)
     progress(1.0, desc="drawing")
     images = [viz.display_image(f) for f in frames]
-    rendered = viz.render_tracks(images, res.masks, tracks=res.tracks, numbers=True, min_side=384)
+    rendered = viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True, min_side=384)
     gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", rendered, fps=4)
     files = export.save(res, out, loaded.name)
     maps = [au.map_view(im, m) for im, m in zip(images, res.maps)] if res.maps else None
@@ -298,7 +297,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
              ann.upload(lambda v: load(v[0] if v else None), [ann], outs, concurrency_limit=4)]
     for ev in loads:
         ev.then(_show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
-    emptied = lambda: (None, None, "", au.mode_line(None), None)  # noqa: E731
+    emptied = lambda: (None, None, "", au.mode_line(None), None)
     upload.clear(emptied, None, outs, queue=False)
     ann.clear(emptied, None, outs, queue=False).then(_show_annotator, [loaded], [ann], queue=False)
     # In the browser: boxes being dragged have fractional corners, which the server would refuse.
@@ -306,30 +305,6 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     # what clears the previous result: a new file, an example, or emptying the file
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
     return ann, triggers
-
-
-#: Box drawing made easier than gradio_bbox_annotator 0.1.1 does by itself (it has no option for
-#: these): the pencil is switched on when a picture without boxes appears (ready to draw), and
-#: Delete / Backspace removes the selected box by pressing the annotator's own bin button.
-BOX_JS = """<script>
-setInterval(() => {  // a new picture in an annotator: switch its pencil on, once per picture
-  document.querySelectorAll('[id$="-annotator"]').forEach((ann) => {
-    const img = ann.querySelector('.image-frame img');
-    const pen = ann.querySelector('button[aria-label="exemplar"]');
-    if (!img || !pen || pen.offsetParent === null || !img.complete || ann.dataset.mmSrc === img.src) return;
-    ann.dataset.mmSrc = img.src;
-    if (!pen.classList.contains('highlight')) pen.click();
-  });
-}, 300);
-document.addEventListener('keydown', (e) => {
-  if (e.key !== 'Delete' && e.key !== 'Backspace') return;
-  const t = e.target;
-  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
-  document.querySelectorAll('[id$="-annotator"] button[aria-label="Remove"]').forEach((b) => {
-    if (!b.disabled && b.offsetParent !== null) { b.click(); e.preventDefault(); }
-  });
-});
-</script>"""
 
 
 #: The two single-image tabs differ only in these words and functions.
@@ -413,7 +388,7 @@ def build_app() -> gr.Blocks:
         font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("Consolas"), "monospace"],
     )
     with gr.Blocks(title="MicroscopyMatching", theme=theme, css=CSS, delete_cache=(1800, 3600),
-                   analytics_enabled=False, head=BOX_JS) as demo:
+                   analytics_enabled=False, head=display.BOX_JS) as demo:
         gr.Markdown(
             "# MicroscopyMatching\nFinds, counts and tracks the objects of a microscopy image by "
             "looking for what repeats in it: no training, no settings. Optionally draw a box around "

@@ -121,6 +121,10 @@ def test_track_table_used_by_the_app():
     assert export.tracks_table(np.zeros((2, 5, 5), int), tracks.iloc[:0]).empty
 
 
+# ---- app.py itself (imported, not launched) -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
 def app_module():
     from mm_core.app import ui
 

@@ -1,4 +1,4 @@
-"""Make the example images shipped in ``examples/`` (all synthetic, made by this script).
+"""Make the synthetic example images shipped in ``examples/`` (the real ones: ``make_real_examples.py``).
 
 Run from the repository root::
 
@@ -168,9 +168,13 @@ def main(out_dir: Path = HERE) -> dict:
         n_divisions=1,
         n_objects_first_frame=int(len(np.unique(masks[0])) - 1),
     )
-    (HERE / "examples.json").write_text(json.dumps(meta, indent=2) + "\n")
     for name in meta:
         print(f"{name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
+    # the real examples (make_real_examples.py) keep their entries
+    shipped = Path(__file__).resolve().parent / "examples.json"
+    real = {k: v for k, v in json.loads(shipped.read_text()).items() if "source" in v} if shipped.is_file() else {}
+    meta = {**meta, **real}
+    (HERE / "examples.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 

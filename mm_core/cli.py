@@ -82,6 +82,12 @@ def _matcher(args, task: str):
     return matcher
 
 
+def _print_warnings(name: str, warnings: list[str]) -> None:
+    """One line per warning of a result (see :mod:`mm_core.checks`)."""
+    for w in warnings:
+        tqdm.write(f"{name}: warning: {w}", file=sys.stderr)
+
+
 def _run_batch(args, task: str) -> int:
     from mm_core import export
     from mm_core.io import read_image
@@ -100,8 +106,9 @@ def _run_batch(args, task: str) -> int:
             base = _unique_base(path, seen)
             res = getattr(matcher, task)(img, boxes=boxes)
             export.save(res, out, base, intensity=img)
-            what = f"{res.n_objects} objects" if task == "segment" else f"count {res.count:.1f}"
+            what = f"{res.n_objects} objects" if task == "segment" else f"count {res.count}"
             tqdm.write(f"{path.name}: {what} ({res.maps.mode} mode)", file=sys.stderr)
+            _print_warnings(path.name, res.warnings)
         except MMError as exc:
             failures += 1
             tqdm.write(f"skipped {path.name}: {exc}", file=sys.stderr)
@@ -130,6 +137,7 @@ def _run_track(args) -> int:
     export.save(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
           f"CTC results in {out}", file=sys.stderr)
+    _print_warnings(Path(args.inputs[0]).name, res.warnings)
     return 0
 
 

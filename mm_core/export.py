@@ -274,12 +274,19 @@ def write_counts(path, rows: Iterable[tuple[str, float]]) -> Path:
 
 
 def write_points(path, points) -> Path:
-    """Write detected object centres as CSV with header ``x,y`` (x = column, y = row)."""
+    """Write object centres as CSV with header ``x,y`` (x = column, y = row).
+
+    With an ``n`` column (the objects each centre counts; their sum is the count) it is written too.
+    """
     df = pd.DataFrame(points)
     if not {"x", "y"} <= set(df.columns):
         raise InputError(f"points need the columns x and y, got {list(df.columns)}")
     out = _out_path(path)
-    df[["x", "y"]].astype(float).to_csv(out, index=False)
+    cols = ["x", "y", "n"] if "n" in df.columns else ["x", "y"]
+    df = df[cols].astype({"x": float, "y": float})
+    if "n" in cols:
+        df["n"] = df["n"].astype(int)
+    df.to_csv(out, index=False)
     return out
 
 

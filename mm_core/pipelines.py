@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from skimage.segmentation import relabel_sequential
 
+from mm_core import checks
 from mm_core.engines.base import Engine, MatchMaps
 from mm_core.errors import InputError
 from mm_core.heads.objects import boxes_from_labels
@@ -65,9 +66,9 @@ class SegmentationResult:
 class CountResult:
     """Object count of one image."""
 
-    count: float  #: sum of the density map
+    count: int  #: number of objects: the sum of ``points["n"]`` and of ``density``
     density: np.ndarray  #: (H, W) float32, integrates to ``count``
-    points: pd.DataFrame  #: detected centres, columns ``x``, ``y`` (x = column)
+    points: pd.DataFrame  #: centres, columns ``x``, ``y`` (x = column), ``n`` (objects it counts)
     image: np.ndarray
     maps: MatchMaps
     engine_note: str
@@ -149,7 +150,70 @@ def _match(engine: Engine, image, boxes, progress: ProgressFn | None):
     _tick(progress, 0.2, "matching")
     maps = engine.match(img, bx)
     _tick(progress, 0.7, "post-processing")
-    return img, maps
+    return img, maps, 0 if bx is None else len(bx)
+
+
+def count_from_density(density: np.ndarray, centres: np.ndarray, scale: float) -> tuple[int, pd.DataFrame]:
+    """One whole-number count that agrees with the centres and the density map.
+
+    The count is the density's integral rounded to a whole number. Every pixel's
+    density goes to its nearest centre; density lying farther than one object
+    diameter (``scale``) from every centre, in a patch holding at least half an
+    object, first gets a centre of its own (at the patch's density-weighted centre).
+    Each centre then counts its share, rounded so that the shares sum to the count
+    (largest remainders): a clump the head could not split counts more than one
+    (``n`` > 1); a centre whose share rounds to zero is not reported.
+
+    Parameters
+    ----------
+    density : ndarray, (H, W)
+    centres : ndarray, (N, 2)
+        ``(row, col)`` from the head.
+    scale : float
+        Object diameter in pixels.
+
+    Returns
+    -------
+    count : int
+    points : DataFrame
+        Columns ``x``, ``y`` (x = column) and ``n``; ``points["n"].sum() == count``.
+    """
+    from scipy import ndimage as ndi
+
+    dens = np.clip(np.nan_to_num(np.asarray(density, np.float64)), 0, None)
+    count = int(np.floor(dens.sum() + 0.5))
+    pts = np.asarray(centres, float).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    pts = np.clip(np.round(pts), 0, np.array(dens.shape) - 1).astype(int)
+    empty = pd.DataFrame({"x": pd.Series(dtype=float), "y": pd.Series(dtype=float), "n": pd.Series(dtype=int)})
+    if count == 0 or dens.size == 0:
+        return 0, empty
+    seeds = np.zeros(dens.shape, bool)
+    seeds[pts[:, 0], pts[:, 1]] = True
+    far = ndi.distance_transform_edt(~seeds) > max(float(scale), 1.0) if seeds.any() else np.ones_like(seeds)
+    patches, n_patch = ndi.label(far & (dens > 1e-6))
+    if n_patch:
+        idx = np.arange(1, n_patch + 1)
+        mass = ndi.sum(dens, patches, idx)
+        extra = [ndi.center_of_mass(dens, patches, i) for i, m in zip(idx, mass) if m >= 0.5]
+        if extra:
+            pts = np.vstack([pts, np.round(extra).astype(int)])
+    if len(pts) == 0:
+        pts = np.array([np.unravel_index(int(np.argmax(dens)), dens.shape)])
+    pts = np.unique(pts, axis=0)
+    seeds[:] = False
+    seeds[pts[:, 0], pts[:, 1]] = True
+    _, (ri, ci) = ndi.distance_transform_edt(~seeds, return_indices=True)
+    owner = np.full(dens.shape, -1, np.int64)
+    owner[pts[:, 0], pts[:, 1]] = np.arange(len(pts))
+    share = np.bincount(owner[ri, ci].ravel(), weights=dens.ravel(), minlength=len(pts))
+    share *= count / max(share.sum(), 1e-12)
+    n = np.floor(share).astype(int)
+    rest = count - int(n.sum())
+    if rest > 0:
+        n[np.argsort(-(share - n), kind="stable")[:rest]] += 1
+    keep = n > 0
+    return count, pd.DataFrame({"x": pts[keep, 1].astype(float), "y": pts[keep, 0].astype(float), "n": n[keep]})
 
 
 def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | None = None,
@@ -172,10 +236,11 @@ def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | 
     -------
     SegmentationResult
     """
-    img, maps = _match(engine, image, boxes, progress)
+    img, maps, n_boxes = _match(engine, image, boxes, progress)
     labels = np.asarray(head.predict(maps, img))
     _tick(progress, 1.0, "done")
-    return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=notes[0], head_note=notes[1])
+    return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=notes[0], head_note=notes[1],
+                              warnings=checks.check_segmentation(labels, maps, n_boxes))
 
 
 def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | None = None,
@@ -185,15 +250,20 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
     Returns
     -------
     CountResult
-        ``count`` is the integral of ``density``.
+        ``count`` is a whole number, the sum of ``points["n"]`` (see
+        :func:`count_from_density`); ``density`` is the head's density map scaled
+        to integrate to it (a change of at most half an object).
     """
-    img, maps = _match(engine, image, boxes, progress)
-    density, points = head.predict(maps, img)
-    points = np.asarray(points).reshape(-1, 2)
-    pts = pd.DataFrame({"x": points[:, 1].astype(float), "y": points[:, 0].astype(float)})
+    img, maps, n_boxes = _match(engine, image, boxes, progress)
+    density, centres = head.predict(maps, img)
+    density = np.clip(np.nan_to_num(np.asarray(density, np.float64)), 0, None)
+    count, pts = count_from_density(density, centres, maps.scale)
+    total = float(density.sum())
+    density = (density * (count / total) if total > 0 else density).astype(np.float32)
     _tick(progress, 1.0, "done")
-    return CountResult(count=float(density.sum()), density=np.asarray(density, np.float32), points=pts,
-                       image=img, maps=maps, engine_note=notes[0], head_note=notes[1])
+    warnings = checks.check_count(count, len(np.asarray(centres).reshape(-1, 2)), maps, n_boxes)
+    return CountResult(count=count, density=density, points=pts, image=img, maps=maps,
+                       engine_note=notes[0], head_note=notes[1], warnings=warnings)
 
 
 def as_frames(frames) -> list[np.ndarray]:
@@ -256,14 +326,17 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     labels, summaries, kept = [], [], []
     keep = keep_maps or bool(getattr(linker, "needs_maps", False))
     exemplars, T = seed, len(frames)
+    n_seed = 0 if seed is None else len(seed)
     for t, frame in enumerate(frames):
         _tick(progress, 0.05 + 0.85 * t / T, f"frame {t + 1}/{T}")
         maps = engine.match(frame, exemplars)
         if t == 0:
-            scale0 = maps.scale
+            scale0, seed_mode = maps.scale, maps.mode
         elif not scale0 / SCALE_DRIFT <= maps.scale <= scale0 * SCALE_DRIFT:
             maps = engine.match(frame, seed)  # the chain drifted: back to the seed
         lab = relabel_sequential(np.asarray(seg_head.predict(maps, frame)))[0]
+        if t == 0:
+            first = [f"First frame: {w}" for w in checks.check_segmentation(lab, maps, n_seed)]
         labels.append(lab)
         summaries.append(linker.frame_summary(lab, maps, frame))
         if keep:
@@ -273,5 +346,6 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     _tick(progress, 0.92, "linking")
     masks, tracks = linker.link_sequence(labels, summaries, kept if keep else None, frames)
     _tick(progress, 1.0, "done")
+    warnings = first + checks.check_tracks(masks, tracks, seed_mode, n_seed)
     return TrackResult(masks=masks, tracks=tracks, engine_note=notes[0], head_note=notes[1],
-                       maps=kept if keep_maps else None)
+                       maps=kept if keep_maps else None, warnings=warnings)

@@ -1,8 +1,8 @@
 """Pictures of results: numpy in, ``uint8`` RGB numpy out.
 
 Everything the app (and anyone else) shows is drawn here: instance overlays with
-outlines, density and match-map heat-maps, centre dots, exemplar boxes, per-track
-colours with trajectory tails, and the GIF writer for time-lapses. No function
+outlines, density and match-map heat-maps, centre dots and numbers, exemplar boxes, and
+the GIF writer for time-lapses (tracking results: :mod:`mm_core.viz_tracks`). No function
 here changes a result; they only draw it.
 """
 
@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from skimage.draw import disk, line_aa
-from skimage.measure import regionprops_table
+from skimage.draw import disk
 from skimage.segmentation import find_boundaries
 
 #: Anchor colours of the heat-map (black -> purple -> orange -> pale yellow,
@@ -156,19 +155,20 @@ def scale_unit(values: np.ndarray, high_percentile: float = 99.5) -> np.ndarray:
 
 
 def overlay_heatmap(
-    image: np.ndarray, values: np.ndarray, opacity: float = 0.6, scale: bool = True
+    image: np.ndarray, values: np.ndarray, opacity: float = 0.6, scale: bool = True, gamma: float = 1.0
 ) -> np.ndarray:
     """Blend a heat-map of ``values`` (``(H, W)``) over ``image``.
 
-    Transparency follows the value too (alpha = ``opacity`` x scaled value), so empty
-    regions keep the image visible.
+    Transparency follows the value too (alpha = ``opacity`` x scaled value ** ``gamma``),
+    so empty regions keep the image visible; ``gamma`` < 1 makes low values show more
+    (the colours stay linear in the value, as in the legend).
     """
     rgb = to_rgb8(image)
     vals = np.asarray(values, np.float32)
     if vals.shape != rgb.shape[:2]:
         raise ValueError(f"map {vals.shape} and image {rgb.shape[:2]} differ in size")
     unit = scale_unit(vals) if scale else np.clip(vals, 0, 1)
-    alpha = (float(np.clip(opacity, 0.0, 1.0)) * unit)[..., None]
+    alpha = (float(np.clip(opacity, 0.0, 1.0)) * unit ** float(gamma))[..., None]
     out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat_colors(unit).astype(np.float32)
     return out.round().clip(0, 255).astype(np.uint8)
 
@@ -191,6 +191,31 @@ def draw_points(
             out[disk((r, c), radius + 1.0, shape=shape)] = border
         out[disk((r, c), radius, shape=shape)] = color
     return out
+
+
+def draw_texts(
+    rgb: np.ndarray, rows, cols, texts, zoom: int = 1, size: int = 13, offset: tuple[float, float] = (0, 0)
+) -> np.ndarray:
+    """Return a copy of ``rgb`` with white, black-edged ``texts`` drawn on it.
+
+    ``rows``, ``cols`` are positions in the picture before a ``zoom`` times enlargement
+    (``offset``: ``(dx, dy)`` in display pixels).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    pic = Image.fromarray(np.asarray(rgb, np.uint8))
+    draw, font = ImageDraw.Draw(pic), ImageFont.load_default(size=size)
+    for r, c, txt in zip(np.asarray(rows, float), np.asarray(cols, float), texts):
+        x, y = zoom_xy(r, c, zoom)
+        draw.text((x + offset[0], y + offset[1]), str(txt), fill=(255, 255, 255), font=font, anchor="lm",
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+    return np.asarray(pic)
+
+
+def zoom_factor(shape, min_side: int = 384) -> int:
+    """The whole factor :func:`upscale_nearest` enlarges a picture of ``shape`` by."""
+    side = max(shape[:2])
+    return int(np.ceil(min_side / side)) if 0 < side < min_side else 1
 
 
 def draw_boxes(
@@ -220,77 +245,13 @@ def upscale_nearest(rgb: np.ndarray, min_side: int = 384) -> np.ndarray:
     The longest side then reaches ``min_side``; larger pictures are returned unchanged.
     """
     rgb = np.asarray(rgb)
-    side = max(rgb.shape[:2])
-    k = int(np.ceil(min_side / side)) if 0 < side < min_side else 1
+    k = zoom_factor(rgb.shape, min_side)
     return rgb if k == 1 else np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
 
 
-def track_centroids(masks: np.ndarray) -> dict[int, np.ndarray]:
-    """Centroid path of every track: ``{label: array (k, 3) of (t, row, col)}``."""
-    paths: dict[int, list] = {}
-    for t, frame in enumerate(np.asarray(masks)):
-        if not frame.any():
-            continue
-        props = regionprops_table(frame.astype(np.int32), properties=("label", "centroid"))
-        for lab, r, c in zip(props["label"], props["centroid-0"], props["centroid-1"]):
-            paths.setdefault(int(lab), []).append((t, r, c))
-    return {k: np.asarray(v, np.float32) for k, v in paths.items()}
-
-
-def render_track_frame(
-    image: np.ndarray,
-    masks_t: np.ndarray,
-    t: int,
-    paths: dict[int, np.ndarray],
-    tail: int = 10,
-    opacity: float = 0.4,
-) -> np.ndarray:
-    """One frame of a tracking result: per-track colours, outlines and trajectory tails.
-
-    Parameters
-    ----------
-    image : ndarray
-        Frame ``t``, normalised, ``(H, W)`` or ``(H, W, 3)``.
-    masks_t : ndarray
-        ``(H, W)`` track labels of frame ``t``.
-    t : int
-        Frame index.
-    paths : dict
-        Output of :func:`track_centroids` for the whole sequence.
-    tail : int
-        Number of past frames drawn as a trajectory line.
-    opacity : float
-        Fill opacity of the objects.
-    """
-    masks_t = np.asarray(masks_t)
-    top = int(max(masks_t.max(initial=0), max(paths, default=0)))
-    lut = np.zeros((top + 1, 3), np.uint8)
-    ids = np.arange(1, top + 1)
-    lut[1:] = colors_for_ids(ids)
-    out = overlay_labels(image, masks_t, opacity=opacity, colors=lut)
-    h, w = out.shape[:2]
-    for lab, path in paths.items():
-        seg = path[(path[:, 0] <= t) & (path[:, 0] >= t - tail)]
-        if len(seg) < 2 or seg[-1, 0] != t:
-            continue
-        col = lut[lab].astype(np.float32)
-        for (_, r0, c0), (_, r1, c1) in zip(seg[:-1], seg[1:]):
-            rr, cc, val = line_aa(int(round(r0)), int(round(c0)), int(round(r1)), int(round(c1)))
-            ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-            rr, cc, val = rr[ok], cc[ok], val[ok][:, None]
-            out[rr, cc] = (out[rr, cc] * (1 - val) + col * val).round().astype(np.uint8)
-    return out
-
-
-def render_tracks(
-    frames: Sequence[np.ndarray], masks: np.ndarray, tail: int = 10, opacity: float = 0.4
-) -> list[np.ndarray]:
-    """All frames of a tracking result drawn with :func:`render_track_frame`."""
-    paths = track_centroids(masks)
-    return [
-        render_track_frame(f, m, t, paths, tail=tail, opacity=opacity)
-        for t, (f, m) in enumerate(zip(frames, masks))
-    ]
+def zoom_xy(r: float, c: float, zoom: int) -> tuple[float, float]:
+    """Pixel ``(row, col)`` of the input to ``(x, y)`` of a picture enlarged ``zoom`` times."""
+    return c * zoom + (zoom - 1) / 2.0, r * zoom + (zoom - 1) / 2.0
 
 
 def write_animation(
@@ -347,17 +308,17 @@ __all__ = [
     "display_image",
     "draw_boxes",
     "draw_points",
+    "draw_texts",
     "heat_colors",
     "label_colors",
     "match_map",
     "match_map_image",
     "overlay_heatmap",
     "overlay_labels",
-    "render_track_frame",
-    "render_tracks",
     "scale_unit",
     "to_rgb8",
-    "track_centroids",
     "upscale_nearest",
     "write_animation",
+    "zoom_factor",
+    "zoom_xy",
 ]

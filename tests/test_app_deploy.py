@@ -60,7 +60,25 @@ def test_examples_are_small_documented_and_reproducible(tmp_path):
     import make_examples
 
     assert make_examples.main(tmp_path) == meta
-    for name in meta:
+    synthetic = [n for n in meta if "source" not in meta[n]]
+    assert "timelapse_division.tif" in synthetic
+    for name in synthetic:
+        read = tifffile.imread if name.endswith(".tif") else (lambda p: np.asarray(Image.open(p)))
+        np.testing.assert_array_equal(read(tmp_path / name), read(EXAMPLES / name), err_msg=name)
+
+
+def test_real_examples_are_cc0_and_reproducible(tmp_path, shared_data):
+    meta = json.loads((EXAMPLES / "examples.json").read_text())
+    real = {n: m for n, m in meta.items() if "source" in m}
+    kinds = " ".join(m["kind"] for m in real.values()).lower()
+    assert "fluorescence" in kinds and "h&e" in kinds and "brightfield" in kinds
+    assert all(m["licence"].startswith("CC0") for m in real.values())
+    sys.path.insert(0, str(EXAMPLES))
+    import make_real_examples
+
+    made = make_real_examples.main(tmp_path)
+    for name, entry in real.items():
+        assert made[name] == entry
         read = tifffile.imread if name.endswith(".tif") else (lambda p: np.asarray(Image.open(p)))
         np.testing.assert_array_equal(read(tmp_path / name), read(EXAMPLES / name), err_msg=name)
 

@@ -121,11 +121,6 @@ def test_track_table_used_by_the_app():
     assert export.tracks_table(np.zeros((2, 5, 5), int), tracks.iloc[:0]).empty
 
 
-def test_big_number_html():
-    assert ">1,234<" in au.big_number_html(1234, "objects") and "objects" in au.big_number_html(1, "objects")
-    assert ">12.5<" in au.big_number_html(12.46, "counted")
-
-
 # ---- app.py itself (imported, not launched) -------------------------------------------------------
 
 
@@ -255,7 +250,7 @@ def loaded_image(tmp_path):
 def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tmp_path, monkeypatch):
     monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
     ann = (loaded_image.preview, [(12, 12, 28, 28, "exemplar")])
-    cache, overlay, html, files, _, note = app_module.run_segment(
+    cache, overlay, html, files, _, note, legend = app_module.run_segment(
         loaded_image, ann, 0.5, False, progress=_no_progress
     )
     n = cache["result"].n_objects
@@ -269,16 +264,20 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
     assert again.shape == overlay.shape and not (again == overlay).all()
     shown = app_module._map_update(cache, True)
     assert shown["visible"] and shown["value"].shape == (384, 384, 3)
-    assert "Engine" in note
+    assert "Engine" in note and "Head" in note and "One colour per object" in legend
+    assert ("mm-warn" in html) == bool(cache["result"].warnings)
 
 
 def test_run_count_writes_downloads(app_module, loaded_image, tmp_path, monkeypatch):
     monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
-    cache, overlay, html, files, _, _ = app_module.run_count(
+    cache, overlay, html, files, _, _, legend = app_module.run_count(
         loaded_image, None, 0.6, False, progress=_no_progress
     )
     res = cache["result"]
-    assert 5 <= res.count <= 13 and f"{res.count:,.1f}" in html
+    assert isinstance(res.count, int) and 5 <= res.count <= 13 and f">{res.count:,d}<" in html
+    assert "objects per 10×10 pixels" in legend
+    points = pd.read_csv(next(f for f in files if f.endswith("_points.csv")))
+    assert int(points["n"].sum()) == res.count
     density = tifffile.imread(next(f for f in files if f.endswith("_density.tif")))
     assert abs(float(density.sum()) - res.count) < 1e-3 * max(1.0, res.count)
     counts = pd.read_csv(next(f for f in files if f.endswith("counts.csv")))
@@ -291,12 +290,14 @@ def test_run_track_animation_frames_and_downloads(app_module, tmp_path, monkeypa
     frames = np.stack([_blobs(shift=(0, t)) for t in range(3)]).astype(np.uint16)
     tifffile.imwrite(path, frames, imagej=True, metadata={"axes": "TYX"})
     loaded = au.load_upload(path, True, tmp_path)
-    cache, gif, slider, first, stats, files, mapview, _ = app_module.run_track(
+    cache, gif, slider, stats, files, mapview, _, play = app_module.run_track(
         loaded, None, True, progress=_no_progress
     )
     with Image.open(gif) as im:
         assert im.n_frames == 3
+    first = cache["rendered"][0]
     assert slider["maximum"] == 2 and first.shape == (384, 384, 3) and "tracks" in stats
+    assert play["visible"] and app_module.play(cache) == gif
     assert mapview["visible"] and mapview["value"].shape == (384, 384, 3)
     frame2, _ = app_module.show_frame(cache, 2, False)
     assert frame2 is cache["rendered"][2]

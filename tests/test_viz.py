@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage.measure import regionprops
 
-from mm_core import viz
+from mm_core import viz, viz_tracks
 from mm_core.engines.base import MatchMaps
 
 
@@ -99,7 +99,7 @@ def test_track_centroids_match_regionprops():
     masks[0, 2:6, 2:6] = 4
     masks[1, 4:8, 5:9] = 4
     masks[2, 10:14, 10:16] = 9
-    paths = viz.track_centroids(masks)
+    paths = viz_tracks.track_centroids(masks)
     assert set(paths) == {4, 9}
     for t in (0, 1):
         ref = regionprops(masks[t])[0].centroid
@@ -113,7 +113,7 @@ def test_render_track_frame_colours_by_id_and_draws_tail():
     masks = np.zeros((3, 40, 40), np.int32)
     for t in range(3):
         masks[t, 5 + 10 * t : 9 + 10 * t, 5:9] = 3
-    frames = viz.render_tracks([img] * 3, masks, tail=5, opacity=1.0)
+    frames = viz_tracks.render_tracks([img] * 3, masks, tail=5, opacity=1.0)
     col = viz.colors_for_ids(np.array([3]))[0]
     assert all(tuple(f[7 + 10 * t, 7]) == tuple(col) for t, f in enumerate(frames))
     # The tail joins the centroids of frames 0..2: a pixel between them is coloured in frame 2 only.
@@ -175,3 +175,22 @@ def test_display_image_joint_stretch_keeps_colour_balance():
     assert out.min() >= 0 and out.max() <= 1
     assert out[..., 0].max() < 0.05 and out[..., 2].mean() > 0.4  # red stays dark
     assert (viz.display_image(np.full((4, 4), 7.0)) == 0).all()
+
+
+def test_track_numbers_trails_and_division_rings():
+    import pandas as pd
+
+    img = np.zeros((48, 48), np.float32)
+    masks = np.zeros((4, 48, 48), np.int32)
+    masks[:2, 20:28, 20:28] = 1
+    masks[2:, 10:16, 20:26], masks[2:, 32:38, 20:26] = 2, 3  # 1 divides into 2 and 3 at frame 2
+    tracks = pd.DataFrame([(1, 0, 1, 0), (2, 2, 3, 1), (3, 2, 3, 1)], columns=["label", "begin", "end", "parent"])
+    plain = viz_tracks.render_tracks([img] * 4, masks, tracks=tracks, min_side=96)
+    numbered = viz_tracks.render_tracks([img] * 4, masks, tracks=tracks, numbers=True, min_side=96)
+    assert plain[0].shape == (96, 96, 3)  # enlarged twice before drawing
+    white = [(f >= 200).all(axis=-1) for f in numbered]  # white digits (anti-aliased), black edge
+    assert white[0][40:56, 40:56].sum() >= 4 and not (plain[0] >= 200).all(axis=-1)[40:56, 40:56].any()
+    # frame 2: white rings around the new daughters, in the plain rendering too
+    assert (plain[2] >= 250).all(axis=-1).sum() > 20 and not (plain[0] >= 250).all(axis=-1).any()
+    # the daughters' trails start at the parent's last position (between the daughters)
+    assert plain[2][44:52, 44:52].any()

@@ -159,8 +159,8 @@ def mode_line(boxes: np.ndarray | None) -> str:
     """What the run will do, in words, for the line under the annotator."""
     if boxes is None or len(boxes) == 0:
         return (
-            "**Automatic mode** — no box drawn: the engine finds the repeated structures by itself. "
-            "Draw a box around one example object to switch to exemplar mode."
+            "**Automatic mode** — no box drawn: the objects that repeat in the image are found by "
+            "themselves. Draw a box around one typical object to switch to exemplar mode."
         )
     n = len(boxes)
     return (
@@ -188,25 +188,18 @@ def count_view(
 ) -> np.ndarray:
     """Density heat-map, centre dots and exemplar boxes (the count is shown next to it)."""
     base = result.image if display is None else display
-    img = viz.overlay_heatmap(base, result.density, opacity=opacity)
-    img = viz.draw_points(
-        img,
-        result.points["y"].to_numpy(),
-        result.points["x"].to_numpy(),
-        radius=max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10))),
-    )
-    return viz.upscale_nearest(viz.draw_boxes(img, boxes))
+    img = viz.overlay_heatmap(base, result.density, opacity=opacity, gamma=0.5)
+    pts = result.points
+    radius = max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10)))
+    img = viz.upscale_nearest(viz.draw_boxes(viz.draw_points(img, pts["y"], pts["x"], radius=radius), boxes))
+    if "n" in pts and (pts["n"] > 1).any():  # a clump counted as several objects: say how many
+        many = pts[pts["n"] > 1]
+        zoom = viz.zoom_factor(result.density.shape)
+        img = viz.draw_texts(img, many["y"], many["x"], [str(k) for k in many["n"]], zoom=zoom,
+                             offset=(radius * zoom + 2, 0))
+    return img
 
 
 def map_view(result_image: np.ndarray, maps) -> np.ndarray:
     """The engine's match map (first display map, else foreground) as a heat-map over the image."""
     return viz.upscale_nearest(viz.match_map_image(result_image, maps))
-
-
-def big_number_html(value: float, caption: str) -> str:
-    """HTML for a number shown in large type."""
-    num = f"{value:,.1f}" if isinstance(value, float) else f"{value:,d}"
-    return (
-        f"<div class='mm-big'><span class='mm-big-num' data-testid='mm-count'>{num}</span>"
-        f"<span class='mm-big-cap'>{caption}</span></div>"
-    )

@@ -22,7 +22,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core import export, viz
+from mm_core import export, viz, viz_tracks
+from mm_core.app import display, offline
 from mm_core.app import helpers as au
 from mm_core.errors import MMError
 
@@ -33,16 +34,18 @@ MAX_FILE_SIZE = os.environ.get("MM_APP_MAX_FILE_SIZE", "200mb")
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"]
 SEQUENCE_TYPES = [".tif", ".tiff", ".zip"]
 THUMBS = Path(tempfile.gettempdir()) / "mm_app_thumbs"  # example thumbnails, made at start-up
-EXAMPLE_FILES = {  # tab -> example files shipped in examples/ (see examples/README.md)
-    "seg": ["nuclei_fluorescence.tif", "phase_cells.png", "crowded_cells.png"],
-    "count": ["crowded_cells.png", "nuclei_fluorescence.tif", "phase_cells.png"],
+EXAMPLE_FILES = {  # tab -> example files shipped in examples/ (see examples/README.md); real ones first
+    "seg": ["real_nuclei_fluorescence.tif", "real_he_tissue.png", "real_brightfield_cells.png",
+            "nuclei_fluorescence.tif", "phase_cells.png", "crowded_cells.png"],
+    "count": ["real_nuclei_fluorescence.tif", "real_he_tissue.png", "real_brightfield_cells.png",
+              "crowded_cells.png", "nuclei_fluorescence.tif"],
     "track": ["timelapse_division.tif"],
 }
 CSS = """
 .mm-big {display:flex; align-items:baseline; gap:.6em; padding:.3em 0}
 .mm-big-num {font-size:3.2em; font-weight:700; line-height:1}
 .mm-big-cap {font-size:1.1em; opacity:.75}
-"""
+""" + display.CSS
 MATCHER = {"matcher": None, "reason": "engine not loaded yet"}
 
 
@@ -68,7 +71,8 @@ def matcher():
 
 
 def engine_line() -> str:
-    return f"**Engine:** {MATCHER['reason']}"
+    """What runs, in plain words (the technical note goes to the details section)."""
+    return display.engine_words(getattr(getattr(MATCHER["matcher"], "engine", None), "name", None))
 
 
 def guarded(what: str):
@@ -110,9 +114,10 @@ def on_upload(path, sequence: bool):
     try:
         loaded = au.load_upload(path, sequence, au.new_request_dir())
     except MMError as exc:
-        gr.Warning(str(exc), title="File refused")
+        gr.Warning(display.app_message(str(exc)), title="File refused")
         return empty
-    return loaded, (loaded.preview, []), loaded.summary, au.mode_line(None), gr.update()
+    # the upload box is emptied again: it stays a drop zone for the next file
+    return loaded, (loaded.preview, []), f"**Loaded:** {loaded.summary}", au.mode_line(None), None
 
 
 _MODE_JS = """(v) => {
@@ -134,10 +139,13 @@ def _progress(progress):
 
 
 def _note(res) -> str:
-    """Engine line after a run, and which head ran."""
-    line = f"**Engine:** {res.engine_note}"
-    head = getattr(res, "head_note", "")
-    return f"{line}  \n**Head:** {head}" if head else line
+    """The details section after a run: engine and head, in technical terms."""
+    return display.details_markdown(res.engine_note, getattr(res, "head_note", ""), LIMITS)
+
+
+LIMITS = (f"up to {au.MAX_PIXELS:,} pixels per image or frame (MM_APP_MAX_PIXELS), {au.MAX_FRAMES} frames "
+          f"(MM_APP_MAX_FRAMES), files up to {MAX_FILE_SIZE} (MM_APP_MAX_FILE_SIZE)")
+
 
 
 def _downloads(files) -> list[str]:
@@ -153,8 +161,8 @@ def run_segment(loaded, ann, opacity, show_map, progress=gr.Progress()):
     files = export.save(res, out, loaded.name, intensity=loaded.frames[0])
     cache = {"result": res, "boxes": boxes, "display": viz.display_image(loaded.frames[0])}
     return (cache, rerender(au.segmentation_view, cache, opacity),
-            au.big_number_html(res.n_objects, "objects"), _downloads(files),
-            _map_update(cache, show_map), _note(res))
+            display.result_html(res.n_objects, "objects", res.warnings), _downloads(files),
+            _map_update(cache, show_map), _note(res), display.SEG_LEGEND)
 
 
 def run_count(loaded, ann, opacity, show_map, progress=gr.Progress()):
@@ -162,8 +170,9 @@ def run_count(loaded, ann, opacity, show_map, progress=gr.Progress()):
     res = matcher().count(loaded.frames[0], boxes=boxes, progress=_progress(progress))
     files = export.save(res, out, loaded.name)
     cache = {"result": res, "boxes": boxes, "display": viz.display_image(loaded.frames[0])}
-    return (cache, rerender(au.count_view, cache, opacity), au.big_number_html(res.count, "objects counted"),
-            _downloads(files), _map_update(cache, show_map), _note(res))
+    return (cache, rerender(au.count_view, cache, opacity),
+            display.result_html(res.count, "objects counted", res.warnings), _downloads(files),
+            _map_update(cache, show_map), _note(res), display.density_legend(res.density))
 
 
 def run_track(loaded, ann, show_map, progress=gr.Progress()):
@@ -173,16 +182,15 @@ def run_track(loaded, ann, show_map, progress=gr.Progress()):
     res = matcher().track(frames, boxes=boxes, progress=_progress(progress), keep_maps=bool(show_map) or small)
     progress(1.0, desc="drawing")
     images = [viz.display_image(f) for f in frames]
-    rendered = [viz.upscale_nearest(f) for f in viz.render_tracks(images, res.masks)]
+    rendered = viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True, min_side=384)
     gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", rendered, fps=4)
     files = export.save(res, out, loaded.name)
     maps = [au.map_view(im, m) for im, m in zip(images, res.maps)] if res.maps else None
-    cache = {"rendered": rendered, "maps": maps}
-    stats = ("<div style='display:flex;gap:2.5em'>" + au.big_number_html(res.n_tracks, "tracks")
-             + au.big_number_html(res.n_divisions, "divisions") + "</div>")
+    cache = {"rendered": rendered, "maps": maps, "gif": str(gif)}
+    stats = display.result_html(res.n_tracks, "tracks", res.warnings, extra=[(res.n_divisions, "divisions")])
     slider = gr.update(maximum=len(rendered) - 1, value=0, visible=True)
-    return (cache, str(gif), slider, rendered[0], stats, _downloads(files),
-            _track_map(cache, 0, show_map), _note(res))
+    return (cache, str(gif), slider, stats, _downloads(files), _track_map(cache, 0, show_map), _note(res),
+            gr.update(visible=True))
 
 
 def _map_update(cache, show):
@@ -207,9 +215,34 @@ def rerender(view, cache, opacity):
 
 
 def show_frame(cache, t, show_map):
+    """Slider moved: the one tracks panel shows that frame (still)."""
     if not cache:
-        return None, gr.update()
+        return gr.update(), gr.update()
     return cache["rendered"][int(t)], _track_map(cache, t, show_map)
+
+
+def play(cache):
+    """The tracks panel shows the animation again."""
+    return gr.update() if not cache else cache["gif"]
+
+
+# ---- stale results: a new file clears the previous one's ---------------------------------------
+
+
+def cleared_image_tab():
+    """Outputs of a Segmentation/Counting tab emptied (cache, picture, number, files, map, legend)."""
+    return None, None, "", None, gr.update(value=None), ""
+
+
+def cleared_track_tab():
+    """Outputs of the Tracking tab emptied (cache, panel, slider, numbers, files, map, play button)."""
+    return (None, None, gr.update(visible=False, value=0), "", None, gr.update(value=None),
+            gr.update(visible=False))
+
+
+def _show_annotator(loaded):
+    """The annotator appears with a loaded file only (the upload box is the one place to load)."""
+    return gr.update(visible=loaded is not None)
 
 
 # ---- layout --------------------------------------------------------------------------------------
@@ -222,18 +255,18 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
     ann = BBoxAnnotator(
-        label=f"Draw a box {where}around one example object (optional): click the "
-        "pencil button, then drag on the image",
+        label=f"Optional: drag a box {where}around one typical object; Delete removes a selected box",
         categories=["exemplar"],
         interactive=True,
         elem_id=f"{tab}-annotator",
         show_download_button=False,
+        visible=False,
         render=False,
     )
     mode = gr.Markdown(au.mode_line(None), elem_id=f"{tab}-mode", render=False)
     load = guarded("reading the file")(functools.partial(on_upload, sequence=sequence))
     upload = gr.File(
-        label=f"Upload ({kinds})",
+        label=f"Drop a file here or click to choose one ({kinds})",
         file_types=SEQUENCE_TYPES if sequence else IMAGE_TYPES,
         elem_id=f"{tab}-upload",
         height=130,
@@ -242,7 +275,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     examples = [str(EXAMPLES / n) for n in EXAMPLE_FILES[tab] if (EXAMPLES / n).exists()]
     gallery = gr.Gallery(
         [(str(au.example_thumbnail(e, sequence, THUMBS)), Path(e).name) for e in examples],
-        label="Examples (made by the project): click one to load it",
+        label="Examples: click one to load it (real images are public domain, CC0; see examples/README.md)",
         elem_id=f"{tab}-examples",
         columns=4,
         height=190,
@@ -255,18 +288,23 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     )
 
     def pick(evt: gr.SelectData):
-        out = load(examples[evt.index])
-        return (*out[:4], examples[evt.index] if out[0] is not None else None)
+        return load(examples[evt.index])
 
-    gallery.select(pick, None, outs, concurrency_limit=4)
     for comp in (summary, ann, mode):
         comp.render()
-    upload.upload(load, [upload], outs, concurrency_limit=4)
-    upload.clear(lambda: (None, None, "", au.mode_line(None), None), None, outs, queue=False)
-    ann.upload(lambda v: load(v[0] if v else None), [ann], outs, concurrency_limit=4)
+    loads = [gallery.select(pick, None, outs, concurrency_limit=4),
+             upload.upload(load, [upload], outs, concurrency_limit=4),
+             ann.upload(lambda v: load(v[0] if v else None), [ann], outs, concurrency_limit=4)]
+    for ev in loads:
+        ev.then(_show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
+    emptied = lambda: (None, None, "", au.mode_line(None), None)
+    upload.clear(emptied, None, outs, queue=False)
+    ann.clear(emptied, None, outs, queue=False).then(_show_annotator, [loaded], [ann], queue=False)
     # In the browser: boxes being dragged have fractional corners, which the server would refuse.
     ann.change(None, [ann], [mode], js=_MODE_JS, show_progress="hidden")
-    return ann
+    # what clears the previous result: a new file, an example, or emptying the file
+    triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
+    return ann, triggers
 
 
 #: The two single-image tabs differ only in these words and functions.
@@ -281,9 +319,12 @@ IMAGE_TABS = {
 
 
 def _outputs(tab: str, files_label: str):
-    """Show-match-map toggle, the map, and the downloads box of a tab."""
-    show_map = gr.Checkbox(label="Show match map", elem_id=f"{tab}-showmap")
+    """Show-match-map toggle, the map with its legend, and the downloads box of a tab."""
+    show_map = gr.Checkbox(label="Show match map (what the result is based on)", elem_id=f"{tab}-showmap")
     mapimg = gr.Image(label="Match map", visible=False, interactive=False, elem_id=f"{tab}-map")
+    legend = gr.HTML(display.match_legend(), visible=False, elem_id=f"{tab}-map-legend")
+    show_map.change(lambda v: gr.update(visible=bool(v)), [show_map], [legend], queue=False,
+                    show_progress="hidden")
     files = gr.File(label=files_label, file_count="multiple", interactive=False, elem_id=f"{tab}-files")
     return show_map, mapimg, files
 
@@ -294,17 +335,20 @@ def _image_tab(tab: str, spec: dict, eng_md) -> None:
         loaded, cache = gr.State(time_to_live=3600), gr.State(time_to_live=3600)
         with gr.Row():
             with gr.Column():
-                ann = _input_column(tab, False, loaded)
+                ann, triggers = _input_column(tab, False, loaded)
                 run = gr.Button(f"Run {spec['title'].lower()}", variant="primary", elem_id=f"{tab}-run")
             with gr.Column():
                 big = gr.HTML(elem_id=f"{tab}-count")
                 picture = gr.Image(label=spec["picture"], type="numpy", format="png", interactive=False,
                                    elem_id=f"{tab}-overlay")
+                legend = gr.HTML(elem_id=f"{tab}-legend")
                 label, value = spec["opacity"]
                 opacity = gr.Slider(0, 1, value=value, step=0.05, label=label, elem_id=f"{tab}-opacity")
                 show_map, mapimg, files = _outputs(tab, spec["files"])
-        run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map],
-                  [cache, picture, big, files, mapimg, eng_md])
+        results = [cache, picture, big, files, mapimg, eng_md, legend]
+        run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map], results)
+        gr.on(triggers, cleared_image_tab, None, [cache, picture, big, files, mapimg, legend], queue=False,
+              show_progress="hidden")
         opacity.change(functools.partial(rerender, spec["view"]), [cache, opacity], [picture],
                        show_progress="hidden", concurrency_limit=None)
         show_map.change(_map_update, [cache, show_map], [mapimg], show_progress="hidden")
@@ -315,20 +359,25 @@ def _track_tab(eng_md) -> None:
         loaded, cache = gr.State(time_to_live=3600), gr.State(time_to_live=3600)
         with gr.Row():
             with gr.Column():
-                ann = _input_column("track", True, loaded)
+                ann, triggers = _input_column("track", True, loaded)
                 run = gr.Button("Run tracking", variant="primary", elem_id="track-run")
             with gr.Column():
                 stats = gr.HTML(elem_id="track-count")
-                anim = gr.Image(label="Tracks (animation)", type="filepath", interactive=False,
-                                elem_id="track-anim")
-                frame = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="track-frame")
-                frame_img = gr.Image(label="Frame view", type="numpy", format="png", interactive=False,
-                                     elem_id="track-frame-img")
+                anim = gr.Image(label="Tracks: number = track, trail = last frames, white ring = new "
+                                "daughters after a division", type="filepath", format="png",
+                                interactive=False, elem_id="track-anim")
+                with gr.Row():
+                    frame = gr.Slider(0, 1, value=0, step=1, label="Frame (move to stop on one frame)",
+                                      visible=False, elem_id="track-frame", scale=4)
+                    again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
                 show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV")
         run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
-                  [cache, anim, frame, frame_img, stats, files, mapimg, eng_md])
-        frame.change(show_frame, [cache, frame, show_map], [frame_img, mapimg], show_progress="hidden",
-                     concurrency_limit=None)
+                  [cache, anim, frame, stats, files, mapimg, eng_md, again])
+        frame.input(show_frame, [cache, frame, show_map], [anim, mapimg], show_progress="hidden",
+                    concurrency_limit=None)
+        again.click(play, [cache], [anim], show_progress="hidden")
+        gr.on(triggers, cleared_track_tab, None, [cache, anim, frame, stats, files, mapimg, again],
+              queue=False, show_progress="hidden")
         show_map.change(_track_map, [cache, frame, show_map], [mapimg], show_progress="hidden")
 
 
@@ -339,20 +388,20 @@ def build_app() -> gr.Blocks:
         font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("Consolas"), "monospace"],
     )
     with gr.Blocks(title="MicroscopyMatching", theme=theme, css=CSS, delete_cache=(1800, 3600),
-                   analytics_enabled=False) as demo:
+                   analytics_enabled=False, head=display.BOX_JS) as demo:
         gr.Markdown(
-            "# MicroscopyMatching\nSegmentation, counting and tracking of microscopy images as "
-            "*matching within the image*: no training, no parameters. Optionally draw one box "
-            "around an example object."
+            "# MicroscopyMatching\nFinds, counts and tracks the objects of a microscopy image by "
+            "looking for what repeats in it: no training, no settings. Optionally draw a box around "
+            "one typical object."
         )
-        eng_md = gr.Markdown(engine_line(), elem_id="engine-line")
+        gr.Markdown(engine_line(), elem_id="engine-line")
+        with gr.Accordion("Details (for the technically minded)", open=False, elem_id="details"):
+            details = gr.Markdown(display.details_markdown(MATCHER["reason"], "", LIMITS),
+                                  elem_id="details-text")
         for tab, spec in IMAGE_TABS.items():
-            _image_tab(tab, spec, eng_md)
-        _track_tab(eng_md)
-        gr.Markdown(
-            "Results are kept for an hour, then deleted. Weight-free engine results are classical "
-            "image analysis; the LDM engine needs a GPU and the Stable Diffusion v1.4 weights."
-        )
+            _image_tab(tab, spec, details)
+        _track_tab(details)
+        gr.Markdown("Results are kept for an hour, then deleted. Nothing leaves this computer.")
     return demo
 
 
@@ -381,5 +430,6 @@ def main(argv=None) -> None:
         allowed_paths=[str(EXAMPLES), str(au.OUTPUT_ROOT)],
         show_api=False,
         share=False,
+        app_kwargs={"middleware": offline.middleware()},  # no CDN script on the page (works offline)
     )
 

@@ -44,6 +44,7 @@ from mm_core.engines.ldm.loading import SDComponents, default_device_dtype, load
 from mm_core.engines.ldm.maps import center_map, estimate_scale, normalise01, rgb01
 from mm_core.engines.ldm.projector import ExemplarProjector, load_backbone
 from mm_core.engines.ldm.tiling import tiled_maps
+from mm_core.engines.ldm.zerogpu import gpu_runner, on_zerogpu
 from mm_core.transforms import prepare_boxes
 
 HEADS_ENV = "MM_LDM_HEADS"
@@ -95,6 +96,9 @@ class LDMEngine:
                        for i in self.feature_blocks]
         self._text: cond.TextConditioning | None = None
         self.cuda_graphs = (self.c.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
+        if on_zerogpu():  # the GPU comes and goes between calls: no captured CUDA graphs
+            self.cuda_graphs = False
+        self._run = gpu_runner(self)  # spaces.GPU on Hugging Face ZeroGPU, else the plain match
         self._graphed = GraphedUNet(self.c.unet, self.store, self._features)
         self._graphed_vae = GraphedCall(self._vae_latents)
         self.graph_error: str | None = None
@@ -361,7 +365,7 @@ class LDMEngine:
 
     def _match(self, image, boxes, per_object: bool) -> MatchMaps:
         with self._lock:  # one pass at a time: the capture store is shared
-            return self._match_locked(image, boxes, per_object)
+            return self._run(image, boxes, per_object)
 
     def _match_locked(self, image, boxes, per_object: bool) -> MatchMaps:
         self.timings = {}

@@ -1,0 +1,252 @@
+"""Self-checks of results: signs that the match failed, each with what to try.
+
+The pipelines (:mod:`mm_core.pipelines`) call :func:`check_segmentation`,
+:func:`check_count` and :func:`check_tracks` on every result and store the returned
+sentences in ``result.warnings``; the CLI prints them and the app shows them next to
+the number. A check never changes a result.
+
+What is checked (thresholds below, fixed a priori, never fitted on the dev sets; how
+often each fires on them is measured by ``benchmarks/warnings.py``):
+
+- objects far smaller or larger than the engine's estimated object size;
+- most objects tiny fragments of the estimated object size;
+- more objects than fit in the image at that size, or objects covering most of it;
+- objects with ragged outlines (low solidity: pieces of texture, not whole objects);
+- objects lying where the match map is weak (the output does not follow the match);
+- a count that rests mostly on clump areas rather than on centres found;
+- most tracks lasting one frame, far more tracks than objects per frame, many divisions.
+
+Each warning ends with a suggestion that depends on the mode: in automatic mode "draw
+a box around one typical object"; with one box "draw it tightly around one whole
+object, or add a second box around a different-looking one".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: Objects cover more than this fraction of the image: background taken for objects.
+MAX_COVERAGE = 0.6
+#: Median object diameter below / above these multiples of the estimated size.
+SIZE_RANGE = (0.4, 2.5)
+#: An object smaller than this fraction of the typical area is a fragment ...
+FRAGMENT_AREA_FRAC = 0.25
+#: ... and more than this fraction of fragments is "mostly fragments".
+MAX_FRAGMENTS = 0.5
+#: Objects times the typical area exceeding this multiple of the image area: too many.
+MAX_PACKING = 1.0
+#: Fraction of object pixels where the match map (foreground) is above 0.5, below which
+#: the objects do not follow the match.
+MIN_ON_MATCH = 0.5
+#: Median solidity (area / convex-hull area) below which outlines are ragged: pieces of
+#: texture or background rather than whole objects (whole nuclei are near 0.95).
+MIN_SOLIDITY = 0.88
+#: Solidity is measured on at most this many objects (a fixed-seed sample).
+SOLIDITY_SAMPLE = 200
+#: Count over centres found: above this ratio (and ``MIN_EXTRA`` more) the count rests
+#: on clump areas.
+MAX_COUNT_PER_CENTRE = 1.5
+MIN_EXTRA = 5
+#: Tracks lasting one frame: above this fraction (with at least ``MIN_TRACKS`` tracks).
+MAX_SHORT_TRACKS = 0.3
+MIN_TRACKS = 5
+#: Tracks over the median objects per frame, above which identities are probably lost.
+MAX_TRACKS_PER_OBJECT = 3.0
+#: Divisions over the median objects per frame, above which fragments are taken for divisions.
+MAX_DIVISIONS_PER_OBJECT = 0.5
+
+
+def suggestion(mode: str, n_boxes: int = 0) -> str:
+    """What to try next, in words, for a result made in ``mode`` with ``n_boxes`` boxes."""
+    if mode != "exemplar" or n_boxes == 0:
+        return "Try: draw a box around one typical object."
+    if n_boxes == 1:
+        return ("Try: draw the box tightly around one whole object, or add a second box around a "
+                "different-looking one.")
+    return "Try: check that each box holds one whole, typical object, or remove the odd one out."
+
+
+@dataclass
+class SegmentationStats:
+    """What the segmentation checks look at (also reported by ``benchmarks/warnings.py``)."""
+
+    n_objects: int
+    scale: float  #: the engine's estimated object diameter (pixels)
+    median_diameter: float  #: equivalent diameter of the median object (pixels)
+    coverage: float  #: fraction of the image inside objects
+    fragments: float  #: fraction of objects under ``FRAGMENT_AREA_FRAC`` of the typical area
+    packing: float  #: objects x typical area / image area
+    on_match: float  #: fraction of object pixels where the foreground map is above 0.5
+    solidity: float  #: median object solidity (area / convex-hull area)
+
+
+def segmentation_stats(labels: np.ndarray, maps) -> SegmentationStats:
+    """Measure what :func:`check_segmentation` judges.
+
+    Parameters
+    ----------
+    labels : ndarray, (H, W) int
+    maps : MatchMaps
+        The maps the labels were made from (``scale``, ``foreground``).
+
+    Returns
+    -------
+    SegmentationStats
+    """
+    labels = np.asarray(labels)
+    fg = labels > 0
+    areas = np.bincount(labels[fg].ravel().astype(np.int64))
+    areas = areas[areas > 0].astype(float)
+    scale = float(maps.scale or 0.0)
+    unit = float(np.pi * (scale / 2.0) ** 2) if scale > 0 else float("nan")
+    n, size = len(areas), labels.size
+    med = float(2.0 * np.sqrt(np.median(areas) / np.pi)) if n else 0.0
+    on = float((maps.at_input("foreground")[fg] > 0.5).mean()) if n else 1.0
+    return SegmentationStats(solidity=_median_solidity(labels),
+        n_objects=n, scale=scale, median_diameter=med, coverage=float(fg.sum()) / max(size, 1),
+        fragments=float((areas < FRAGMENT_AREA_FRAC * unit).mean()) if n and scale > 0 else 0.0,
+        packing=n * unit / max(size, 1) if scale > 0 else 0.0, on_match=on)
+
+
+def _median_solidity(labels: np.ndarray) -> float:
+    from skimage.measure import regionprops
+
+    props = regionprops(labels.astype(np.int32))
+    if not props:
+        return 1.0
+    if len(props) > SOLIDITY_SAMPLE:
+        pick = np.random.default_rng(0).choice(len(props), SOLIDITY_SAMPLE, replace=False)
+        props = [props[i] for i in sorted(pick)]
+    return float(np.median([p.solidity for p in props if p.area >= 5] or [1.0]))
+
+
+def _n_boxes(maps) -> int:
+    return int(getattr(maps, "info", {}).get("n_boxes", 0) or 0)
+
+
+def check_segmentation(labels: np.ndarray, maps, n_boxes: int | None = None) -> list[str]:
+    """Warnings for an instance segmentation (empty list: nothing suspicious).
+
+    Parameters
+    ----------
+    labels : ndarray, (H, W) int
+    maps : MatchMaps
+    n_boxes : int, optional
+        Exemplar boxes used (for the suggestion); default from ``maps.info``.
+
+    Returns
+    -------
+    list of str
+    """
+    s = segmentation_stats(labels, maps)
+    try_ = suggestion(maps.mode, _n_boxes(maps) if n_boxes is None else n_boxes)
+    if s.n_objects == 0:
+        return [f"No objects were found. {try_}"]
+    out = []
+    if s.coverage > MAX_COVERAGE:
+        out.append(f"Objects cover {s.coverage:.0%} of the image: the background was probably taken "
+                   f"for objects. {try_}")
+    if s.scale > 0 and s.median_diameter < SIZE_RANGE[0] * s.scale:
+        out.append(f"Objects are far smaller ({s.median_diameter:.0f} px across) than the estimated "
+                   f"object size ({s.scale:.0f} px): objects are probably cut into pieces. {try_}")
+    elif s.scale > 0 and s.median_diameter > SIZE_RANGE[1] * s.scale:
+        out.append(f"Objects are far larger ({s.median_diameter:.0f} px across) than the estimated "
+                   f"object size ({s.scale:.0f} px): neighbours are probably merged. {try_}")
+    if s.fragments > MAX_FRAGMENTS and s.n_objects >= MIN_TRACKS:
+        out.append(f"{s.fragments:.0%} of the objects are small fragments of the estimated object "
+                   f"size. {try_}")
+    if s.packing > MAX_PACKING:
+        out.append(f"{s.n_objects:,} objects are more than fit in the image at the estimated object "
+                   f"size ({s.scale:.0f} px): the image is probably tiled into pieces. {try_}")
+    if s.solidity < MIN_SOLIDITY and s.n_objects >= MIN_TRACKS:
+        out.append(f"The objects have ragged outlines (median solidity {s.solidity:.2f}; whole nuclei are "
+                   f"near 0.95): they are probably pieces of texture or background, not whole objects. "
+                   f"{try_}")
+    if s.on_match < MIN_ON_MATCH:
+        out.append(f"Most of the objects ({1 - s.on_match:.0%} of their area) lie where the match map "
+                   f"is weak: the result does not follow the match (tick 'Show match map' to see it). "
+                   f"{try_}")
+    return out
+
+
+def check_count(count: int, n_centres_found: int, maps, n_boxes: int | None = None) -> list[str]:
+    """Warnings for a count.
+
+    Parameters
+    ----------
+    count : int
+        The reported count.
+    n_centres_found : int
+        Centres the head found before the count was spread over them.
+    maps : MatchMaps
+    n_boxes : int, optional
+        Exemplar boxes used (for the suggestion); default from ``maps.info``.
+
+    Returns
+    -------
+    list of str
+    """
+    try_ = suggestion(maps.mode, _n_boxes(maps) if n_boxes is None else n_boxes)
+    if count == 0:
+        return [f"Nothing was counted. {try_}"]
+    out = []
+    fg = maps.at_input("foreground") > 0.5
+    cover = float(fg.mean()) if fg.size else 0.0
+    if cover > MAX_COVERAGE:
+        out.append(f"The match covers {cover:.0%} of the image: the background is probably counted. {try_}")
+    scale = float(maps.scale or 0.0)
+    if scale > 0 and count * np.pi * (scale / 2.0) ** 2 > MAX_PACKING * fg.size:
+        out.append(f"{count:,} objects are more than fit in the image at the estimated object size "
+                   f"({scale:.0f} px). {try_}")
+    if count > MAX_COUNT_PER_CENTRE * n_centres_found and count - n_centres_found >= MIN_EXTRA:
+        out.append(f"Only {n_centres_found:,} object centres were found for a count of {count:,}: most of "
+                   f"the count comes from the area of clumps (the centres table says how many each "
+                   f"clump counts). {try_}")
+    return out
+
+
+def check_tracks(masks: np.ndarray, tracks: pd.DataFrame, seed_mode: str = "automatic",
+                 n_boxes: int = 0) -> list[str]:
+    """Warnings for a tracking result.
+
+    Parameters
+    ----------
+    masks : ndarray, (T, H, W) int
+    tracks : DataFrame
+        ``label, begin, end, parent``.
+    seed_mode : str
+        Mode of the first frame (``automatic`` or ``exemplar``).
+    n_boxes : int
+        Exemplar boxes on the first frame.
+
+    Returns
+    -------
+    list of str
+    """
+    try_ = suggestion(seed_mode, n_boxes)
+    n = len(tracks)
+    if n == 0:
+        return [f"No objects were tracked. {try_}"]
+    per_frame = [len(np.unique(m[m > 0])) for m in np.asarray(masks)]
+    med = float(np.median(per_frame)) if per_frame else 0.0
+    out = []
+    short = float(((tracks["end"] - tracks["begin"]) == 0).mean())
+    if n >= MIN_TRACKS and short > MAX_SHORT_TRACKS and len(per_frame) > 2:
+        out.append(f"{short:.0%} of the {n:,} tracks last a single frame: objects flicker in and out "
+                   f"between frames. {try_}")
+    if med > 0 and n > MAX_TRACKS_PER_OBJECT * med and n >= MIN_TRACKS:
+        out.append(f"{n:,} tracks for about {med:.0f} objects per frame: identities are probably lost "
+                   f"between frames. {try_}")
+    parents = tracks.loc[tracks["parent"] > 0, "parent"]
+    n_div = int((parents.value_counts() >= 2).sum())
+    if med > 0 and n_div > MAX_DIVISIONS_PER_OBJECT * med and n_div >= 3:
+        out.append(f"{n_div:,} divisions for about {med:.0f} objects per frame: pieces of objects are "
+                   f"probably taken for daughters. {try_}")
+    return out
+
+
+__all__ = ["SegmentationStats", "check_count", "check_segmentation", "check_tracks", "segmentation_stats",
+           "suggestion"]

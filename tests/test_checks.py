@@ -1,0 +1,131 @@
+"""Self-checks of results (mm_core.checks) and the one whole-number count (pipelines)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from mm_core import checks
+from mm_core.engines.base import MatchMaps
+from mm_core.pipelines import count_from_density
+
+
+def _maps(fg: np.ndarray, scale: float, mode: str = "automatic") -> MatchMaps:
+    return MatchMaps(foreground=fg.astype(np.float32), centers=fg.astype(np.float32), scale=scale,
+                     image_shape=fg.shape, engine="classic", mode=mode, conditioning="")
+
+
+def _disks(shape=(200, 200), r=8, step=40) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    k = 0
+    for y in range(step // 2, shape[0], step):
+        for x in range(step // 2, shape[1], step):
+            k += 1
+            lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    return lab
+
+
+def test_good_segmentation_has_no_warning():
+    lab = _disks()
+    assert checks.check_segmentation(lab, _maps(lab > 0, 17.0)) == []
+
+
+def test_tiled_image_warns_with_a_suggestion():
+    lab = np.arange(1, 401, dtype=np.int32).reshape(20, 20).repeat(10, 0).repeat(10, 1)  # the image tiled
+    warns = checks.check_segmentation(lab, _maps(np.ones(lab.shape), 12.0))
+    assert any("cover 100%" in w for w in warns)
+    assert all("Try: draw a box around one typical object." in w for w in warns)
+    # In exemplar mode with one box the suggestion is a second box.
+    warns = checks.check_segmentation(lab, _maps(np.ones(lab.shape), 12.0, "exemplar"), n_boxes=1)
+    assert all("add a second box" in w for w in warns)
+
+
+def test_fragments_and_scale_mismatch_and_weak_match_warn():
+    lab = _disks(r=2, step=10)  # tiny objects for a 20-px object size
+    warns = " ".join(checks.check_segmentation(lab, _maps(lab > 0, 20.0)))
+    assert "far smaller" in warns and "fragments" in warns
+    weak = checks.check_segmentation(_disks(), _maps(np.zeros((200, 200)), 17.0))
+    assert any("match map is weak" in w for w in weak)
+    assert checks.check_segmentation(np.zeros((50, 50), int), _maps(np.zeros((50, 50)), 10.0))[0].startswith(
+        "No objects")
+
+
+def test_ragged_outlines_warn():
+    rng = np.random.default_rng(0)
+    lab = _disks(r=12)
+    ragged = lab * (rng.random(lab.shape) > 0.35)  # holes and bites everywhere
+    assert any("ragged" in w for w in checks.check_segmentation(ragged, _maps(lab > 0, 24.0)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_count_equals_sum_of_centres_and_density(seed):
+    rng = np.random.default_rng(seed)
+    dens = np.zeros((120, 150))
+    pts = rng.integers(5, 115, size=(12, 2))
+    np.add.at(dens, (pts[:, 0], pts[:, 1]), rng.uniform(0.6, 2.6, len(pts)))
+    dens[100:110, 130:140] += 1.3 / 100  # mass with no centre near it
+    dens = ndi.gaussian_filter(dens, 2.0)
+    count, table = count_from_density(dens, pts[:8], scale=10.0)
+    assert count == int(np.floor(dens.sum() + 0.5))
+    assert int(table["n"].sum()) == count and (table["n"] >= 1).all()
+    assert set(table.columns) == {"x", "y", "n"}
+    # the centre-less patch got a centre of its own
+    assert ((table["y"].between(95, 115)) & (table["x"].between(125, 145))).any()
+
+
+def test_count_of_empty_density_is_zero():
+    count, table = count_from_density(np.zeros((30, 30)), np.zeros((0, 2)), 8.0)
+    assert count == 0 and len(table) == 0
+
+
+def test_count_result_is_whole_and_consistent():
+    from mm_core.engines.classic import ClassicEngine
+    from mm_core.heads.counting import DensityHead
+    from mm_core.pipelines import run_count
+
+    classic_engine = ClassicEngine()
+    rng = np.random.default_rng(3)
+    img = np.zeros((160, 160), np.float32)
+    lab = _disks((160, 160), r=6, step=20)
+    img[lab > 0] = 1.0
+    img = ndi.gaussian_filter(img, 1.0) + rng.normal(0, 0.02, img.shape)
+    res = run_count(classic_engine, DensityHead(), img)
+    assert isinstance(res.count, int) and res.count == int(res.points["n"].sum())
+    assert abs(float(res.density.sum()) - res.count) < 1e-3 * max(res.count, 1)
+
+
+def _tracks(n: int, one_frame: int) -> pd.DataFrame:
+    rows = [(i + 1, 0, 9, 0) for i in range(n - one_frame)]
+    rows += [(n - one_frame + i + 1, i % 10, i % 10, 0) for i in range(one_frame)]
+    return pd.DataFrame(rows, columns=["label", "begin", "end", "parent"])
+
+
+def test_track_checks():
+    masks = np.zeros((10, 40, 40), np.int32)
+    for t in range(10):
+        masks[t, 2:6, 2:6], masks[t, 20:24, 20:24] = 1, 2
+    assert checks.check_tracks(masks, _tracks(2, 0)) == []
+    warns = checks.check_tracks(masks, _tracks(12, 10))
+    assert any("single frame" in w for w in warns) and any("identities" in w for w in warns)
+    div = pd.DataFrame([(1, 0, 4, 0), (2, 5, 9, 1), (3, 5, 9, 1), (4, 0, 4, 0), (5, 5, 9, 4), (6, 5, 9, 4),
+                        (7, 0, 4, 0), (8, 5, 9, 7), (9, 5, 9, 7)], columns=["label", "begin", "end", "parent"])
+    assert any("divisions" in w for w in checks.check_tracks(masks, div))
+
+
+def test_cli_prints_each_warning_on_its_own_line(tmp_path, capsys):
+    from PIL import Image
+
+    from mm_core.cli import main
+
+    noise = ndi.gaussian_filter(np.random.default_rng(0).random((256, 256)), 1.5)
+    noise = ((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    assert main(["count", str(tmp_path / "noise.png"), "--out", str(tmp_path / "out"), "--engine", "classic"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("noise.png: warning: ")]
+    assert len(lines) >= 1 and all("Try:" in ln for ln in lines)
+    pts = pd.read_csv(tmp_path / "out" / "noise_points.csv")
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert int(pts["n"].sum()) == int(counts["count"].iloc[0])

@@ -1,0 +1,483 @@
+"""Many images at once: one task per image, on this process or on a Dask cluster.
+
+:func:`batch` runs ``segment`` or ``count`` over a list of image paths and writes every
+result into one folder as soon as it is ready, with a ``manifest.csv`` (one row per
+image: ``image, output, status, objects`` or ``count``, ``seconds, message``) that is
+appended to and flushed after every image. With ``workers > 1`` the images run as
+tasks on a :class:`distributed.LocalCluster` of single-threaded worker processes;
+with ``scheduler=`` they go to an existing Dask scheduler (a SLURM/PBS cluster through
+dask-jobqueue, Kubernetes, ...), whose workers must see the input and output folders.
+Each worker builds its model (engine + head) once, in a worker plugin.
+
+An image that cannot be used, or that fails, is recorded with its message and the
+others go on; a worker that dies is recorded the same way. ``resume=True`` skips the
+images whose manifest row says ``done`` and whose output files are all present
+(outputs are written under a temporary name and renamed when complete, so an
+interrupted run never leaves a file that looks complete).
+
+Images larger than ``tile`` pixels on a side are processed tile by tile
+(:mod:`mm_core.tiled`); TIFFs above :data:`LAZY_FROM_PIXELS` and zarr/OME-Zarr inputs
+are also read lazily and their labels written as OME-Zarr (``<base>.ome.zarr`` with a
+``labels`` group) beside a BigTIFF ``<base>.tif``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mm_core.errors import InputError, MMError
+from mm_core.tiled import DEFAULT_TILE
+
+try:  # the distributed extra; without it batches run in this process only
+    from distributed import WorkerPlugin as _PluginBase
+except ImportError:  # pragma: no cover
+    _PluginBase = object
+
+#: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
+LAZY_FROM_PIXELS = 4096 * 4096
+MANIFEST = "manifest.csv"
+PLUGIN_NAME = "mm_core-model"
+TASKS = ("segment", "count")
+#: Seconds to wait for an existing scheduler before giving up.
+CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a batch."""
+
+    path: str
+    base: str  #: output file stem, unique in the batch
+    boxes: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every task of a batch shares."""
+
+    task: str
+    out: str
+    engine: str = "auto"
+    head: str | None = None
+    channels: tuple | None = None
+    tile: int = DEFAULT_TILE
+    overlap: int | None = None
+
+
+class Model:
+    """The engine and head of one process, built once and reused for every image."""
+
+    def __init__(self, settings: Settings):
+        from mm_core.engines import get_engine
+        from mm_core.heads.learned import select_head
+
+        self.engine, self.engine_note = get_engine(settings.engine)
+        self.head, self.head_note = select_head(settings.head, settings.task, self.engine.name)
+
+    def tile_fn(self, task: str):
+        from mm_core.tiled import engine_tile_fns
+
+        seg, cnt = engine_tile_fns(self.engine, self.head if task == "segment" else None,
+                                   self.head if task == "count" else None)
+        return seg if task == "segment" else cnt
+
+
+# --------------------------------------------------------------------------- outputs
+def outputs(task: str, base: str, lazy: bool = False) -> list[str]:
+    """File names a complete result of ``base`` has (the last one is written last)."""
+    if task == "segment":
+        return [f"{base}.tif"] + ([f"{base}.ome.zarr"] if lazy else []) + [f"{base}.csv"]
+    return [f"{base}_density.tif", f"{base}_points.csv"]
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _commit(path: Path) -> None:
+    """Move ``<path>.partial`` to ``path`` (replacing a file or folder there)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    os.replace(_partial(path), path)
+
+
+def is_lazy(path: str) -> bool:
+    """True for a zarr folder, or a TIFF whose plane is above :data:`LAZY_FROM_PIXELS`."""
+    from mm_core.io.lazy import is_zarr, tiff_plane_pixels
+
+    if is_zarr(path):
+        return True
+    if Path(path).suffix.lower() not in (".tif", ".tiff", ".btf", ".tf8"):
+        return False
+    n = tiff_plane_pixels(path)
+    return n is not None and n > LAZY_FROM_PIXELS
+
+
+def _check_boxes(item: Item, what: str) -> None:
+    if item.boxes:
+        raise InputError(f"{Path(item.path).name} is {what}, processed in tiles; exemplar boxes are not "
+                         "supported on tiled images yet (run it without boxes, or crop it)")
+
+
+def _segment(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, bool]:
+    from mm_core import export, pipelines
+    from mm_core.io import read_image
+    from mm_core.io.lazy import LazyImage, open_lazy
+    from mm_core.tiled import needs_tiling, segment_tiled
+
+    if is_lazy(item.path):
+        with open_lazy(item.path, s.channels) as img:
+            _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
+            from mm_core.export_large import create_ome_zarr, object_table, write_bigtiff
+
+            tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
+            lab = create_ome_zarr(_partial(zpath), img)
+            summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap)
+            write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
+            object_table(lab).to_csv(_partial(tab), index=False)
+        for p in (tif, zpath, tab):
+            _commit(p)
+        return float(summary.n_objects), True
+    data = read_image(item.path, channels=s.channels).data
+    if needs_tiling(data.shape, s.tile):
+        _check_boxes(item, f"{data.shape[1]}x{data.shape[0]} pixels")
+        labels = np.zeros(data.shape[:2], np.uint32)
+        img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
+        n = segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap).n_objects
+    else:
+        res = pipelines.segment(data, boxes=item.boxes, engine=model.engine, head=s.head)
+        labels, n = res.labels, res.n_objects
+    tif, tab = out / f"{item.base}.tif", out / f"{item.base}.csv"
+    export.write_labels(_partial(tif), labels)
+    export.write_measurements(_partial(tab), labels, data)
+    for p in (tif, tab):
+        _commit(p)
+    return float(n), False
+
+
+def _count(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, bool]:
+    from mm_core import export, pipelines
+    from mm_core.io import read_image
+    from mm_core.io.lazy import LazyImage, open_lazy
+    from mm_core.tiled import count_tiled, needs_tiling
+
+    dens_p, pts_p = out / f"{item.base}_density.tif", out / f"{item.base}_points.csv"
+    if is_lazy(item.path):
+        from mm_core.export_large import create_zarr_array, write_bigtiff
+
+        scratch = out / f".{item.base}_density.zarr.partial"
+        with open_lazy(item.path, s.channels) as img:
+            _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
+            dens = create_zarr_array(scratch, img.shape, np.float32)
+            summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap)
+            write_bigtiff(_partial(dens_p), dens, np.float32)
+        shutil.rmtree(scratch, ignore_errors=True)
+        count, points = summary.count, summary.points
+    else:
+        data = read_image(item.path, channels=s.channels).data
+        if needs_tiling(data.shape, s.tile):
+            _check_boxes(item, f"{data.shape[1]}x{data.shape[0]} pixels")
+            density = np.zeros(data.shape[:2], np.float32)
+            img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
+            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap)
+            count, points = summary.count, summary.points
+        else:
+            res = pipelines.count(data, boxes=item.boxes, engine=model.engine, head=s.head)
+            density, count, points = res.density, res.count, res.points
+        export.write_density(_partial(dens_p), density)
+    export.write_points(_partial(pts_p), points)
+    for p in (dens_p, pts_p):
+        _commit(p)
+    return float(count), False
+
+
+def process(model: Model, item: Item, settings: Settings) -> dict:
+    """Run one image and write its outputs; never raises (failures become the record).
+
+    Returns
+    -------
+    dict
+        The manifest row: ``image, output, status ("done" | "failed"), value, seconds, message``.
+    """
+    t0 = time.perf_counter()
+    out = Path(settings.out)
+    try:
+        run = _segment if settings.task == "segment" else _count
+        value, _ = run(model, item, settings, out)
+        status, msg = "done", ""
+    except MMError as exc:
+        value, status, msg = float("nan"), "failed", str(exc)
+    except MemoryError:
+        value, status, msg = float("nan"), "failed", "out of memory (try a smaller --tile)"
+    except Exception as exc:  # noqa: BLE001 - one image's failure must not end the batch
+        value, status, msg = float("nan"), "failed", f"{type(exc).__name__}: {exc}"
+    return {"image": item.path, "output": item.base, "status": status, "value": value,
+            "seconds": round(time.perf_counter() - t0, 3), "message": msg}
+
+
+# --------------------------------------------------------------------------- manifest
+class Manifest:
+    """``manifest.csv`` in the output folder, one row per image, flushed as rows arrive."""
+
+    def __init__(self, out: Path, task: str, keep: Iterable[dict] = ()):
+        self.path = out / MANIFEST
+        self.value_col = "objects" if task == "segment" else "count"
+        self.cols = ["image", "output", "status", self.value_col, "seconds", "message"]
+        self.rows: list[dict] = []
+        self._fh = open(self.path, "w", newline="")
+        self._w = csv.writer(self._fh)
+        self._w.writerow(self.cols)
+        for row in keep:
+            self.add(row)
+
+    def add(self, row: dict) -> None:
+        value = row.get("value", row.get(self.value_col))
+        v = "" if value is None or (isinstance(value, float) and np.isnan(value)) else (
+            f"{float(value):.6g}" if self.value_col == "count" else str(int(float(value))))
+        rec = dict(row, value=v)
+        self.rows.append(rec)
+        self._w.writerow([rec["image"], rec["output"], rec["status"], v, rec["seconds"], rec["message"]])
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_manifest(path) -> pd.DataFrame:
+    """Read a ``manifest.csv`` (empty frame when absent or unreadable)."""
+    try:
+        return pd.read_csv(path, keep_default_na=False, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+
+
+def _already_done(out: Path, task: str, items: list[Item]) -> dict[str, dict]:
+    old = read_manifest(out / MANIFEST)
+    if old.empty or "status" not in old:
+        return {}
+    col = "objects" if task == "segment" else "count"
+    done = {}
+    by_key = {(it.path, it.base): it for it in items}
+    for _, r in old[old["status"] == "done"].iterrows():
+        it = by_key.get((r["image"], r["output"]))
+        if it is None:
+            continue
+        names = outputs(task, it.base, lazy=(out / f"{it.base}.ome.zarr").exists())
+        if all((out / n).exists() for n in names):
+            done[it.path] = {"image": it.path, "output": it.base, "status": "done",
+                             "value": float(r[col]) if r.get(col, "") != "" else float("nan"),
+                             "seconds": r.get("seconds", ""), "message": "resumed: outputs complete"}
+    return done
+
+
+# --------------------------------------------------------------------------- running
+class ModelPlugin(_PluginBase):
+    """Dask worker plugin: the worker's :class:`Model`, built on first use and kept."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, settings: Settings):
+        self.settings, self.model = settings, None
+
+    def setup(self, worker=None) -> None:  # noqa: D401 - dask hook
+        """Limit native threads: one task at a time per single-threaded worker."""
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:  # pragma: no cover
+            pass
+
+    def teardown(self, worker=None) -> None:
+        self.model = None
+
+    def get(self) -> Model:
+        if self.model is None:
+            self.model = Model(self.settings)
+        return self.model
+
+
+def _on_worker(item: Item, settings: Settings) -> dict:
+    from distributed import get_worker
+
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    try:
+        model = plugin.get()
+    except MMError as exc:
+        return {"image": item.path, "output": item.base, "status": "failed", "value": float("nan"),
+                "seconds": 0.0, "message": str(exc)}
+    return process(model, item, settings)
+
+
+def _client(workers: int, scheduler: str | None):
+    import dask
+    from distributed import Client, LocalCluster
+
+    dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False})
+    if scheduler:
+        try:
+            return Client(scheduler, timeout=f"{CONNECT_TIMEOUT}s"), None
+        except Exception as exc:  # noqa: BLE001 - every connection failure gets one message
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({reason}); check the address "
+                             "and that the scheduler is running") from None
+    one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               env=one, silence_logs=40)
+    except Exception as exc:  # noqa: BLE001
+        raise MMError(f"could not start {workers} local Dask worker processes ({type(exc).__name__}: {exc})") from None
+    return Client(cluster), cluster
+
+
+def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: str | None):
+    client, cluster = _client(workers, scheduler)
+    try:
+        from distributed import as_completed
+
+        client.register_plugin(ModelPlugin(settings), name=PLUGIN_NAME)
+        futures = {client.submit(_on_worker, it, settings, key=f"mm-{i}-{it.base}", pure=False): it
+                   for i, it in enumerate(items)}
+        for fut in as_completed(futures):
+            it = futures[fut]
+            if fut.status == "finished":
+                yield fut.result()
+            else:
+                exc = fut.exception()
+                msg = f"the worker running it died or failed ({type(exc).__name__}: {exc})"
+                yield {"image": it.path, "output": it.base, "status": "failed", "value": float("nan"),
+                       "seconds": 0.0, "message": msg}
+            fut.release()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _local_rows(items: list[Item], settings: Settings):
+    model = None
+    for it in items:
+        if model is None:
+            model = Model(settings)
+        yield process(model, it, settings)
+
+
+def unique_bases(paths: list) -> list[str]:
+    """Output stems: file stems (``.ome`` and ``.zarr`` dropped), ``_2``, ``_3`` ... for repeats."""
+    seen, out = set(), []
+    for p in paths:
+        stem = Path(p).name
+        for suffix in (".zarr", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".bmp", ".ome"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+        base, k = stem, 2
+        while base in seen:
+            base, k = f"{stem}_{k}", k + 1
+        seen.add(base)
+        out.append(base)
+    return out
+
+
+def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 1,
+          scheduler: str | None = None, resume: bool = False, engine: str = "auto", head=None,
+          boxes: dict | None = None, channels=None, tile: int = DEFAULT_TILE, overlap: int | None = None,
+          progress: bool = True, on_result: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Segment or count many images; results stream into ``out`` as they finish.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Image files (and zarr folders), in the order their outputs are named.
+    task : {"segment", "count"}
+    out : str or Path
+        Output folder (created); ``manifest.csv`` and every result go here.
+    workers : int
+        Worker processes of a local Dask cluster (1: run in this process, no Dask).
+    scheduler : str, optional
+        Address of an existing Dask scheduler (e.g. ``tcp://10.0.0.5:8786``); ``workers``
+        is then ignored.
+    resume : bool
+        Skip images already done (manifest row ``done`` and every output present).
+    engine, head
+        As in :func:`mm_core.segment`.
+    boxes : dict, optional
+        ``{path or file name or stem: [[x0, y0, x1, y1], ...]}`` exemplar boxes per image.
+    channels : None, int or list of int
+        As in :func:`mm_core.read_image`.
+    tile, overlap : int
+        Images larger than ``tile`` pixels on a side are tiled (see :mod:`mm_core.tiled`).
+    progress : bool
+        Show a progress bar (stderr).
+    on_result : callable, optional
+        Called with each manifest row as it arrives.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest.
+    """
+    if task not in TASKS:
+        raise InputError(f"unknown batch task {task!r}; choose one of {', '.join(TASKS)}")
+    if int(workers) < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise InputError("no input images were given")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    boxes = boxes or {}
+
+    def boxes_of(p: str):
+        name = Path(p).name
+        for key in (p, name, Path(name).stem):
+            if key in boxes:
+                return tuple(tuple(float(v) for v in b) for b in boxes[key])
+        return None
+
+    items = [Item(p, b, boxes_of(p)) for p, b in zip(paths, unique_bases(paths))]
+    ch = None if channels is None else (tuple(channels) if not np.isscalar(channels) else (int(channels),))
+    settings = Settings(task, str(out), engine, head, ch, int(tile), overlap)
+    done = _already_done(out, task, items) if resume else {}
+    todo = [it for it in items if it.path not in done]
+    manifest = Manifest(out, task, keep=done.values())
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), initial=len(done), desc=task, unit="image", file=sys.stderr,
+               disable=not progress)
+    try:
+        rows = (_local_rows(todo, settings) if workers == 1 and not scheduler
+                else _dask_rows(todo, settings, int(workers), scheduler))
+        for row in rows:
+            manifest.add(row)
+            bar.update(1)
+            if progress:
+                what = "objects" if task == "segment" else "count"
+                note = (f"{row['value']:g} {what}" if row["status"] == "done" else f"failed: {row['message']}")
+                tqdm.write(f"{Path(row['image']).name}: {note}", file=sys.stderr)
+            if on_result is not None:
+                on_result(row)
+    finally:
+        bar.close()
+        manifest.close()
+    table = read_manifest(out / MANIFEST)
+    if task == "count" and not table.empty:
+        from mm_core.export import write_counts
+
+        ok = table[table["status"] == "done"]
+        order = {it.base: i for i, it in enumerate(items)}
+        rows = sorted(zip(ok["output"], ok["count"]), key=lambda r: order.get(r[0], len(order)))
+        write_counts(out / "counts.csv", rows)
+    return table

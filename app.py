@@ -312,7 +312,7 @@ def _track_tab(eng_md) -> None:
                 frame = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="track-frame")
                 frame_img = gr.Image(label="Frame view", type="numpy", format="png", interactive=False,
                                      elem_id="track-frame-img")
-                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV")
+                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip")
         run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
                   [cache, anim, frame, frame_img, stats, files, mapimg, eng_md])
         frame.change(show_frame, [cache, frame, show_map], [frame_img, mapimg], show_progress="hidden",

@@ -190,11 +190,13 @@ def save_count(result, out_dir: Path, stem: str) -> list[Path]:
 
 
 def save_tracking(result, out_dir: Path, stem: str) -> list[Path]:
-    """Write the CTC result zip and the tracks CSV; return the written paths."""
+    """Write the CTC result zip, the tracks CSV and the GEFF zip; return the written paths."""
     from mm_core import export
+    from mm_core.export_geff import write_geff_zip
 
     return [export.write_ctc_zip(out_dir / f"{stem}_ctc.zip", result.masks, result.tracks),
-            export.write_tracks_csv(out_dir / f"{stem}_tracks.csv", result.masks, result.tracks)]
+            export.write_tracks_csv(out_dir / f"{stem}_tracks.csv", result.masks, result.tracks),
+            write_geff_zip(out_dir / f"{stem}_tracks_geff.zip", result.masks, result.tracks)]
 
 
 # ---- pictures (re-rendered from cached results, no re-run) -------------------------------------

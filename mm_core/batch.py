@@ -465,8 +465,9 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
             bar.update(1)
             if progress:
                 what = "objects" if task == "segment" else "count"
-                note = (f"{row['value']:g} {what}" if row["status"] == "done" else f"failed: {row['message']}")
-                tqdm.write(f"{Path(row['image']).name}: {note}", file=sys.stderr)
+                name = Path(row["image"]).name
+                tqdm.write(f"{name}: {row['value']:g} {what}" if row["status"] == "done"
+                           else f"skipped {name}: {row['message']}", file=sys.stderr)
             if on_result is not None:
                 on_result(row)
     finally:

@@ -29,11 +29,13 @@ def _natural_key(name: str) -> list:
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Image files given directly, plus the image files inside given folders (natural order)."""
+    from mm_core.io.lazy import is_zarr
+
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            files = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        if p.is_dir() and not is_zarr(p):
+            files = [f for f in p.iterdir() if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES or is_zarr(f))
                      and not f.name.startswith(".")]
             out.extend(sorted(files, key=lambda f: _natural_key(f.name)))
         else:
@@ -97,42 +99,22 @@ def _engine(name: str):
 
 
 def _run_batch(args, task: str) -> int:
-    from mm_core import export, pipelines
-    from mm_core.io import read_image
+    from mm_core.batch import batch
 
-    out = _out_dir(args.out)
     files = expand_inputs(args.inputs)
     if not files:
         raise InputError("no input images found (give image files or folders holding .tif/.png/.jpg/.bmp files)")
     csv_boxes = read_boxes_csv(args.boxes)
-    engine = _engine(args.engine)
-    from mm_core.heads.learned import select_head
-
-    _, head_note = select_head(args.head, task, engine.name)
-    print(f"head: {head_note}", file=sys.stderr)
-    failures, seen, counts = 0, set(), []
-    for path in tqdm(files, desc=task, unit="image", file=sys.stderr):
-        try:
-            img = read_image(path, channels=args.channels).data
-            boxes = _boxes_for(path.name, args.box, csv_boxes)
-            base = _unique_base(path, seen)
-            if task == "segment":
-                res = pipelines.segment(img, boxes=boxes, engine=engine, head=args.head)
-                export.write_labels(out / f"{base}.tif", res.labels)
-                export.write_measurements(out / f"{base}.csv", res.labels, img)
-                tqdm.write(f"{path.name}: {res.n_objects} objects ({res.maps.mode} mode)", file=sys.stderr)
-            else:
-                res = pipelines.count(img, boxes=boxes, engine=engine, head=args.head)
-                export.write_density(out / f"{base}_density.tif", res.density)
-                export.write_points(out / f"{base}_points.csv", res.points)
-                counts.append((base, res.count))
-                tqdm.write(f"{path.name}: count {res.count:.1f} ({res.maps.mode} mode)", file=sys.stderr)
-        except MMError as exc:
-            failures += 1
-            tqdm.write(f"skipped {path.name}: {exc}", file=sys.stderr)
-    if task == "count":
-        export.write_counts(out / "counts.csv", counts)
-    print(f"{len(files) - failures} of {len(files)} images done; results in {out}", file=sys.stderr)
+    boxes = {str(p): b for p in files if (b := _boxes_for(p.name, args.box, csv_boxes))}
+    where = (f"Dask scheduler {args.scheduler}" if args.scheduler
+             else f"{args.workers} local Dask workers" if args.workers > 1 else "this process")
+    print(f"{task}: {len(files)} images on {where}; engine {args.engine}, head {args.head}", file=sys.stderr)
+    table = batch(files, task=task, out=_out_dir(args.out), workers=args.workers, scheduler=args.scheduler,
+                  resume=args.resume, engine=args.engine, head=args.head, boxes=boxes,
+                  channels=args.channels, tile=args.tile, overlap=args.overlap)
+    failures = int((table["status"] != "done").sum())
+    print(f"{len(files) - failures} of {len(files)} images done; results and manifest.csv in {args.out}",
+          file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -156,8 +138,11 @@ def _run_track(args) -> int:
     bar.close()
     export.write_ctc(out, res.masks, res.tracks)
     export.write_tracks_csv(out / "tracks.csv", res.masks, res.tracks)
+    from mm_core.export_geff import write_geff
+
+    write_geff(out, res.masks, res.tracks)  # tracks.zarr: GEFF graph + segmentation
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
-          f"CTC results in {out}", file=sys.stderr)
+          f"CTC results and GEFF tracks.zarr in {out}", file=sys.stderr)
     return 0
 
 
@@ -166,6 +151,22 @@ def _run_evaluate(args) -> int:
 
     print(json.dumps(evaluate(args.pred, args.gt, task=args.task)))
     return 0
+
+
+def _batch_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of many-image runs (:func:`mm_core.batch.batch`)."""
+    from mm_core.tiled import DEFAULT_TILE
+
+    p.add_argument("--workers", type=int, default=1, help="worker processes of a local Dask cluster "
+                   "(default 1: run in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None, help="send the images to an existing Dask "
+                   "scheduler, e.g. tcp://10.0.0.5:8786 (its workers must see the input and output folders)")
+    p.add_argument("--resume", action="store_true", help="skip images whose outputs in --out are complete "
+                   "(as recorded in manifest.csv)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="images larger than this many pixels on a "
+                   f"side are processed in overlapping tiles (default {DEFAULT_TILE})")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: 3 object "
+                   "diameters, at least 128)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,12 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     def with_head(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--head", default="auto", help="learned head: a checkpoint folder, a registered name, "
                        "hub:owner/name, 'analytic', or 'auto' (a shipped learned head for this engine if any)")
+        _batch_arguments(p)
         return p
 
     common(with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels + <base>.csv measurements")), "segment")
     common(with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv")),
            "count")
-    common(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, tracks.csv"), "track")
+    common(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, tracks.csv, "
+                          "tracks.zarr (GEFF graph + segmentation)"), "track")
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")

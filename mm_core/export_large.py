@@ -70,7 +70,7 @@ def create_ome_zarr(path, image, label_name: str = LABEL_NAME, dtype=np.uint32, 
     root.attrs["multiscales"] = _multiscales(axes, p.name)
     shape, chunks = ((3, h, w), (1, chunk, chunk)) if rgb else ((h, w), (chunk, chunk))
     img0 = root.create_array("0", shape=shape, chunks=chunks, dtype=image.dtype, fill_value=0,
-                             dimension_separator="/")
+                             chunk_key_encoding={"name": "v2", "separator": "/"})
     for y in range(0, h, chunk):
         band = image.read(y, min(h, y + chunk), 0, w).astype(image.dtype)
         img0[..., y:y + chunk, :] = np.moveaxis(band, -1, 0) if rgb else band
@@ -80,7 +80,7 @@ def create_ome_zarr(path, image, label_name: str = LABEL_NAME, dtype=np.uint32, 
     lab.attrs["multiscales"] = _multiscales(yx, label_name)
     lab.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
     return lab.create_array("0", shape=(h, w), chunks=(chunk, chunk), dtype=dtype, fill_value=0,
-                            dimension_separator="/")
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
 
 
 def create_zarr_array(path, shape: tuple[int, int], dtype, chunk: int = CHUNK):

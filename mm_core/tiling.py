@@ -228,6 +228,7 @@ class LabelStitcher:
         self.next_id = 1
         self.uf = _UnionFind()
         self._strips: dict[tuple[int, int], tuple[Tile, np.ndarray]] = {}
+        self._kept: list[np.ndarray] = []  # provisional ids with pixels in a core
 
     def _neighbour_strips(self, t: Tile, glob: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for key in ((t.row, t.col - 1), (t.row - 1, t.col)):
@@ -257,17 +258,28 @@ class LabelStitcher:
             for p, q in same_objects(prev, cur):
                 self.uf.union(p, q)
         ys, xs = tile.core_in_tile
-        self.out[tile.core] = glob[ys, xs].astype(self.out.dtype)
+        core = glob[ys, xs]
+        self.out[tile.core] = core.astype(self.out.dtype)
+        self._kept.append(np.unique(core))
         self._strips[(tile.row, tile.col)] = (tile, glob)
         # keep only what the next tiles need: the rest of the previous row and this row
         for key in [k for k in self._strips if k[0] < tile.row - 1 or (k[0] == tile.row - 1 and k[1] <= tile.col)]:
             del self._strips[key]
 
     def lookup(self) -> np.ndarray:
-        """Final id of every provisional id: merged objects share one, numbered 1..n."""
+        """Final id of every provisional id: merged objects share one, numbered 1..n.
+
+        Objects seen only outside the cores (in an overlap that another tile owns,
+        without a match there) get no id, so the numbering has no gaps.
+        """
         roots = self.uf.roots()
-        uniq, seq = np.unique(roots, return_inverse=True)
-        return seq.astype(np.int64) if uniq[0] == 0 else seq.astype(np.int64) + 1
+        kept = np.unique(np.concatenate([np.zeros(1, np.int64)] + [k.astype(np.int64) for k in self._kept]))
+        present = np.unique(roots[kept])  # includes 0 (background)
+        lut = np.zeros(len(roots), np.int64)
+        final = np.zeros(int(roots.max()) + 1, np.int64)
+        final[present] = np.arange(len(present))
+        lut[:] = final[roots]
+        return lut
 
     def finish(self, block_rows: int = BLOCK_ROWS) -> int:
         """Relabel ``out`` in place, block by block; return the number of objects."""

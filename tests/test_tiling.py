@@ -101,3 +101,31 @@ def test_classic_engine_tiled_keeps_seam_objects_whole():
         ids, n = np.unique(labels[truth == i], return_counts=True)
         big = ids[(ids > 0) & (n >= 0.1 * (truth == i).sum())]
         assert len(big) == 1, f"object {i} came out as {len(big)} objects"
+
+
+def test_ldm_engine_runs_tile_by_tile(torch_one_thread):
+    """The same tiler drives the LDM engine (tiny random-weight pipeline): one match per tile."""
+    torch = pytest.importorskip("torch")
+    from mm_core.engines.ldm import LDMEngine
+    from mm_core.engines.ldm.testing import TINY_SIZE, tiny_pipeline_dir
+    from mm_core.tiled import segment_large
+
+    eng = LDMEngine.from_pretrained(tiny_pipeline_dir(), device="cpu", dtype=torch.float32, size=TINY_SIZE)
+    calls = []
+
+    class Counting:
+        name = "ldm"
+
+        def match(self, image, boxes=None):
+            calls.append(image.shape)
+            return eng.match(image, boxes)
+
+    rng = np.random.default_rng(0)
+    img = 0.2 * rng.random((300, 260))
+    for c in [(60, 60), (150, 130), (240, 200)]:
+        img[disk(c, 12, shape=img.shape)] += 0.8
+    labels, summary = segment_large(img, Counting(), head="analytic", tile=128, overlap=48)
+    assert summary.tiles == len(tile_grid((300, 260), 128, 48)) and len(calls) == summary.tiles + 1
+    assert all(s[0] <= 128 and s[1] <= 128 for s in calls)
+    assert labels.shape == (300, 260) and labels.max() == summary.n_objects
+    assert set(np.unique(labels)) == set(range(summary.n_objects + 1))

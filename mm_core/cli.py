@@ -99,7 +99,7 @@ def _engine(name: str):
 
 
 def _run_batch(args, task: str) -> int:
-    from mm_core.batch import batch
+    from mm_core.batching import batch
 
     files = expand_inputs(args.inputs)
     if not files:
@@ -154,7 +154,7 @@ def _run_evaluate(args) -> int:
 
 
 def _batch_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of many-image runs (:func:`mm_core.batch.batch`)."""
+    """Options of many-image runs (:func:`mm_core.batch`)."""
     from mm_core.tiled import DEFAULT_TILE
 
     p.add_argument("--workers", type=int, default=1, help="worker processes of a local Dask cluster "

@@ -10,7 +10,7 @@ from skimage.draw import disk
 
 zarr = pytest.importorskip("zarr")
 
-from mm_core import batch as mb  # noqa: E402
+from mm_core import batching as mb  # noqa: E402
 from mm_core.errors import InputError  # noqa: E402
 from mm_core.io.lazy import open_lazy  # noqa: E402
 

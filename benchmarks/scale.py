@@ -114,23 +114,23 @@ def bench_slide(size: int, tmp: Path) -> None:
 
 
 def bench_tiled(size: int = 2048, tile: int = 1024) -> None:
-    from mm_core.engines.classic import ClassicEngine
-    from mm_core.heads.segmentation import instances_from_maps
+    from mm_core import Matcher
     from mm_core.tiled import segment_large
     from mm_core.transforms import normalize
 
     centres = nuclei_centres(size, seed=1)
     raw = nuclei_tile(0, 0, size, size, centres, seed=1).astype(np.float32)
-    eng = ClassicEngine()
+    matcher = Matcher(engine="classic", head="analytic")
+    eng, head = matcher.engine, matcher.head("segment")
     t0 = time.perf_counter()
-    tiled, summary = segment_large(raw, eng, head="analytic", tile=tile)
+    tiled, summary = segment_large(raw, matcher, tile=tile)
     t_tiled = time.perf_counter() - t0
     img = normalize(raw)
     t0 = time.perf_counter()
     maps = eng.match(img, None)
-    whole = instances_from_maps(maps, img)
+    whole = head.predict(maps, img)
     t_whole = time.perf_counter() - t0
-    same = instances_from_maps(eng.match(img, None, diameter=summary.scale), img)
+    same = head.predict(eng.match(img, None, diameter=summary.scale), img)
     f1, tp, n1, n2 = matched_f1(whole, tiled)
     f1s, tps, n1s, n2s = matched_f1(same, tiled)
     print(f"| {size}^2, {tile}-px tiles ({summary.tiles}, overlap {summary.overlap}) vs whole: F1 at IoU 0.5, "

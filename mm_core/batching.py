@@ -75,21 +75,19 @@ class Settings:
 
 
 class Model:
-    """The engine and head of one process, built once and reused for every image."""
+    """The :class:`mm_core.Matcher` of one process, built once and reused for every image."""
 
     def __init__(self, settings: Settings):
-        from mm_core.engines import get_engine
-        from mm_core.heads.learned import select_head
+        from mm_core.models import Matcher
 
-        self.engine, self.engine_note = get_engine(settings.engine)
-        self.head, self.head_note = select_head(settings.head, settings.task, self.engine.name)
+        self.matcher = Matcher(engine=settings.engine, head={settings.task: settings.head})
+        self.engine_note = self.matcher.engine_note
+        self.head_note = self.matcher.head_notes()[settings.task]
 
     def tile_fn(self, task: str):
-        from mm_core.tiled import engine_tile_fns
+        from mm_core.tiled import tile_fn
 
-        seg, cnt = engine_tile_fns(self.engine, self.head if task == "segment" else None,
-                                   self.head if task == "count" else None)
-        return seg if task == "segment" else cnt
+        return tile_fn(self.matcher.engine, self.matcher.head(task), task)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -129,76 +127,95 @@ def _check_boxes(item: Item, what: str) -> None:
                          "supported on tiled images yet (run it without boxes, or crop it)")
 
 
-def _segment(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, bool]:
-    from mm_core import export, pipelines
-    from mm_core.io import read_image
-    from mm_core.io.lazy import LazyImage, open_lazy
-    from mm_core.tiled import needs_tiling, segment_tiled
+def _save(result, out: Path, base: str, intensity) -> None:
+    """:func:`mm_core.export.save` into a scratch folder, then each file moved into ``out``.
 
-    if is_lazy(item.path):
-        with open_lazy(item.path, s.channels) as img:
-            _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
-            from mm_core.export_large import create_ome_zarr, object_table, write_bigtiff
+    ``counts.csv`` is left out (the batch writes it once from the manifest); the files are
+    moved in the order they were written, the table last, so a complete set is recognisable.
+    """
+    from mm_core import export
 
-            tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
-            lab = create_ome_zarr(_partial(zpath), img)
-            summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap)
-            write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
-            object_table(lab).to_csv(_partial(tab), index=False)
-        for p in (tif, zpath, tab):
-            _commit(p)
-        return float(summary.n_objects), True
-    data = read_image(item.path, channels=s.channels).data
-    if needs_tiling(data.shape, s.tile):
-        _check_boxes(item, f"{data.shape[1]}x{data.shape[0]} pixels")
-        labels = np.zeros(data.shape[:2], np.uint32)
-        img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
-        n = segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap).n_objects
-    else:
-        res = pipelines.segment(data, boxes=item.boxes, engine=model.engine, head=s.head)
-        labels, n = res.labels, res.n_objects
-    tif, tab = out / f"{item.base}.tif", out / f"{item.base}.csv"
-    export.write_labels(_partial(tif), labels)
-    export.write_measurements(_partial(tab), labels, data)
-    for p in (tif, tab):
+    scratch = out / f".{base}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        files = [f for f in export.save(result, scratch, base, intensity=intensity) if f.name != "counts.csv"]
+        files.sort(key=lambda f: f.suffix == ".csv")
+        for f in files:
+            target = out / f.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(f, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
+    from mm_core.export_large import create_ome_zarr, object_table, write_bigtiff
+    from mm_core.io.lazy import open_lazy
+    from mm_core.tiled import segment_tiled
+
+    tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
+    with open_lazy(item.path, s.channels) as img:
+        _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
+        lab = create_ome_zarr(_partial(zpath), img)
+        summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap)
+        write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
+        object_table(lab).to_csv(_partial(tab), index=False)
+    for p in (tif, zpath, tab):
         _commit(p)
-    return float(n), False
+    return float(summary.n_objects)
 
 
-def _count(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, bool]:
-    from mm_core import export, pipelines
-    from mm_core.io import read_image
-    from mm_core.io.lazy import LazyImage, open_lazy
-    from mm_core.tiled import count_tiled, needs_tiling
+def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
+    from mm_core import export
+    from mm_core.export_large import create_zarr_array, write_bigtiff
+    from mm_core.io.lazy import open_lazy
+    from mm_core.tiled import count_tiled
 
     dens_p, pts_p = out / f"{item.base}_density.tif", out / f"{item.base}_points.csv"
-    if is_lazy(item.path):
-        from mm_core.export_large import create_zarr_array, write_bigtiff
-
-        scratch = out / f".{item.base}_density.zarr.partial"
+    scratch = out / f".{item.base}_density.zarr.partial"
+    try:
         with open_lazy(item.path, s.channels) as img:
             _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
             dens = create_zarr_array(scratch, img.shape, np.float32)
             summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap)
             write_bigtiff(_partial(dens_p), dens, np.float32)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        count, points = summary.count, summary.points
-    else:
-        data = read_image(item.path, channels=s.channels).data
-        if needs_tiling(data.shape, s.tile):
-            _check_boxes(item, f"{data.shape[1]}x{data.shape[0]} pixels")
-            density = np.zeros(data.shape[:2], np.float32)
-            img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
-            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap)
-            count, points = summary.count, summary.points
-        else:
-            res = pipelines.count(data, boxes=item.boxes, engine=model.engine, head=s.head)
-            density, count, points = res.density, res.count, res.points
-        export.write_density(_partial(dens_p), density)
-    export.write_points(_partial(pts_p), points)
+    export.write_points(_partial(pts_p), summary.points)
     for p in (dens_p, pts_p):
         _commit(p)
-    return float(count), False
+    return float(summary.count)
+
+
+def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
+    """Segment or count one image, write its files; return the objects or the count."""
+    from mm_core.io import read_image
+    from mm_core.io.lazy import LazyImage
+    from mm_core.pipelines import CountResult, SegmentationResult
+    from mm_core.tiled import count_tiled, needs_tiling, segment_tiled
+
+    if is_lazy(item.path):
+        return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out)
+    data = read_image(item.path, channels=s.channels).data
+    m = model.matcher
+    if not needs_tiling(data.shape, s.tile):
+        res = getattr(m, s.task)(data, boxes=item.boxes)
+    else:
+        _check_boxes(item, f"{data.shape[1]}x{data.shape[0]} pixels")
+        img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
+        notes = dict(engine_note=m.engine_note, head_note=model.head_note)
+        if s.task == "segment":
+            labels = np.zeros(data.shape[:2], np.uint32)
+            segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap)
+            res = SegmentationResult(labels=labels, image=data, maps=None, **notes)
+        else:
+            density = np.zeros(data.shape[:2], np.float32)
+            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap)
+            res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
+                              maps=None, **notes)
+    _save(res, out, item.base, data)
+    return float(res.n_objects) if s.task == "segment" else float(res.count)
 
 
 def process(model: Model, item: Item, settings: Settings) -> dict:
@@ -212,8 +229,7 @@ def process(model: Model, item: Item, settings: Settings) -> dict:
     t0 = time.perf_counter()
     out = Path(settings.out)
     try:
-        run = _segment if settings.task == "segment" else _count
-        value, _ = run(model, item, settings, out)
+        value = _run_image(model, item, settings, out)
         status, msg = "done", ""
     except MMError as exc:
         value, status, msg = float("nan"), "failed", str(exc)
@@ -364,11 +380,13 @@ def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: s
             cluster.close()
 
 
-def _local_rows(items: list[Item], settings: Settings):
+def _local_rows(items: list[Item], settings: Settings, verbose: bool = False):
     model = None
     for it in items:
         if model is None:
             model = Model(settings)
+            if verbose:
+                print(f"engine: {model.engine_note}\nhead: {model.head_note}", file=sys.stderr)
         yield process(model, it, settings)
 
 
@@ -458,7 +476,7 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     bar = tqdm(total=len(items), initial=len(done), desc=task, unit="image", file=sys.stderr,
                disable=not progress)
     try:
-        rows = (_local_rows(todo, settings) if workers == 1 and not scheduler
+        rows = (_local_rows(todo, settings, progress) if workers == 1 and not scheduler
                 else _dask_rows(todo, settings, int(workers), scheduler))
         for row in rows:
             manifest.add(row)

@@ -1,7 +1,7 @@
 """Command-line interface: ``python -m mm_core {segment,count,track,evaluate}``.
 
-A thin shell over :mod:`mm_core.pipelines`, :mod:`mm_core.io`, :mod:`mm_core.export`
-and :mod:`mm_core.evaluation`. In a batch, a file that cannot be used is reported by
+A thin shell over one :class:`mm_core.Matcher`, :mod:`mm_core.io`, :func:`mm_core.export.save`
+and :mod:`mm_core.evaluation`; it writes the same files as the app. In a batch, a file that cannot be used is reported by
 name and skipped; the exit code is then non-zero (1). Bad arguments exit with 2.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -19,27 +18,16 @@ from tqdm import tqdm
 
 from mm_core.engines import ENGINE_NAMES
 from mm_core.errors import InputError, MMError
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+from mm_core.io import expand_inputs
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Image files given directly, plus the image files inside given folders (natural order)."""
+def _inputs(items: list[str]) -> list[Path]:
+    """Image files and folders (see :func:`mm_core.io.expand_inputs`), zarr / OME-Zarr folders as they are."""
     from mm_core.io.lazy import is_zarr
 
     out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir() and not is_zarr(p):
-            files = [f for f in p.iterdir() if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES or is_zarr(f))
-                     and not f.name.startswith(".")]
-            out.extend(sorted(files, key=lambda f: _natural_key(f.name)))
-        else:
-            out.append(p)
+    for item in items:
+        out.extend([Path(item)] if is_zarr(item) else expand_inputs([item]))
     return out
 
 
@@ -90,18 +78,25 @@ def _out_dir(path: str) -> Path:
     return out
 
 
-def _engine(name: str):
-    from mm_core.engines import get_engine
+def _matcher(args, task: str):
+    from mm_core.models import Matcher
 
-    engine, reason = get_engine(name)
-    print(f"engine: {reason}", file=sys.stderr)
-    return engine
+    # segment/count: the checkpoint must be for that task; track: a segmentation checkpoint serves the
+    # per-frame segmentation and a linking checkpoint the linking
+    head = args.head if task == "track" else {task: args.head}
+    matcher = Matcher(engine=args.engine, head=head)
+    print(f"engine: {matcher.engine_note}", file=sys.stderr)
+    if task == "track":
+        print(f"heads: {matcher.head_notes()['segment']}; {matcher.head_notes()['track']}", file=sys.stderr)
+    else:
+        print(f"head: {matcher.head_notes()[task]}", file=sys.stderr)
+    return matcher
 
 
 def _run_batch(args, task: str) -> int:
     from mm_core.batching import batch
 
-    files = expand_inputs(args.inputs)
+    files = _inputs(args.inputs)
     if not files:
         raise InputError("no input images found (give image files or folders holding .tif/.png/.jpg/.bmp files)")
     csv_boxes = read_boxes_csv(args.boxes)
@@ -119,14 +114,14 @@ def _run_batch(args, task: str) -> int:
 
 
 def _run_track(args) -> int:
-    from mm_core import export, pipelines
+    from mm_core import export
     from mm_core.io import read_sequence
 
     out = _out_dir(args.out)
     seq = read_sequence(args.inputs[0], channels=args.channels)
     first = Path(seq.names[0]).name if seq.names else "first"
     boxes = _boxes_for(first, args.box, read_boxes_csv(args.boxes), aliases=("first",))
-    engine = _engine(args.engine)
+    matcher = _matcher(args, "track")
     bar = tqdm(total=100, desc="track", unit="%", file=sys.stderr,
                bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
 
@@ -134,13 +129,9 @@ def _run_track(args) -> int:
         bar.n = min(100, int(round(100 * frac)))
         bar.set_postfix_str(desc)  # e.g. "frame 12/65"
 
-    res = pipelines.track(seq.frames, boxes=boxes, engine=engine, progress=progress)
+    res = matcher.track(seq.frames, boxes=boxes, progress=progress)
     bar.close()
-    export.write_ctc(out, res.masks, res.tracks)
-    export.write_tracks_csv(out / "tracks.csv", res.masks, res.tracks)
-    from mm_core.export_geff import write_geff
-
-    write_geff(out, res.masks, res.tracks)  # tracks.zarr: GEFF graph + segmentation
+    export.save(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
           f"CTC results and GEFF tracks.zarr in {out}", file=sys.stderr)
     return 0
@@ -194,14 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     def with_head(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--head", default="auto", help="learned head: a checkpoint folder, a registered name, "
                        "hub:owner/name, 'analytic', or 'auto' (a shipped learned head for this engine if any)")
-        _batch_arguments(p)
         return p
 
-    common(with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels + <base>.csv measurements")), "segment")
-    common(with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv")),
-           "count")
-    common(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, tracks.csv, "
-                          "tracks.zarr (GEFF graph + segmentation)"), "track")
+    seg = with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels, <base>.csv "
+                                   "measurements, <base>_rois.zip ImageJ ROIs"))
+    cnt = with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv"))
+    for p, what in ((seg, "segment"), (cnt, "count")):
+        common(p, what)
+        _batch_arguments(p)
+    common(with_head(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, ctc.zip, "
+                                    "tracks.csv, tracks.zarr + tracks_geff.zip (GEFF)")), "track")
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")

@@ -64,12 +64,12 @@ def tracks_graph(masks, tracks=None):
     """
     import networkx as nx
 
-    from mm_core.export import _check_tracks, tracks_from_masks
+    from mm_core.measure import check_tracks, tracks_from_masks
 
     m = np.asarray(masks)
     if m.ndim != 3:
         raise InputError(f"tracking masks must be (T, H, W), got shape {m.shape}")
-    tr = _check_tracks(tracks) if tracks is not None else tracks_from_masks(m)
+    tr = check_tracks(tracks) if tracks is not None else tracks_from_masks(m)
     nodes = _nodes(m)
     g = nx.DiGraph()
     for nid, r in nodes.iterrows():

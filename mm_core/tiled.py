@@ -190,8 +190,8 @@ def count_tiled(img: LazyImage, out, tile_fn: Callable[[np.ndarray], tuple[np.nd
                         points=pd.DataFrame({"x": p[:, 1], "y": p[:, 0]}))
 
 
-def engine_tile_fns(engine: Engine, seg_head=None, count_head=None) -> tuple[Callable, Callable]:
-    """``(segment_fn, count_fn)`` for :func:`segment_tiled` / :func:`count_tiled` from an engine.
+def tile_fn(engine: Engine, head, task: str) -> Callable:
+    """The per-tile function of :func:`segment_tiled` (``task="segment"``) or :func:`count_tiled`.
 
     Parameters
     ----------
@@ -199,50 +199,46 @@ def engine_tile_fns(engine: Engine, seg_head=None, count_head=None) -> tuple[Cal
         Any engine (weight-free or LDM): each tile is one ``engine.match`` call. The
         weight-free engine is given the object diameter measured on the probe tile,
         so that every tile is matched at one scale; the LDM engine measures it per tile.
-    seg_head, count_head : learned head or None
-        Learned heads (``None``: the analytic heads).
-    """
-    from mm_core.heads.counting import density_from_maps
-    from mm_core.heads.segmentation import instances_from_maps
+    head : object
+        The task's head (``predict(maps, image)``, see :mod:`mm_core.heads.selection`).
+    task : {"segment", "count"}
 
+    Returns
+    -------
+    callable
+        ``fn(normalised_tile, diameter) -> (labels, scale)`` or ``(density, points, scale)``.
+    """
     fixed = getattr(engine, "name", "") == "classic"
 
-    def match(x, diameter):
-        return engine.match(x, None, diameter=diameter) if fixed and diameter else engine.match(x, None)
+    def run(x: np.ndarray, diameter: float | None = None):
+        maps = engine.match(x, None, diameter=diameter) if fixed and diameter else engine.match(x, None)
+        out = head.predict(maps, x)
+        if task == "segment":
+            return np.asarray(out), maps.scale
+        density, points = out
+        return density, np.asarray(points).reshape(-1, 2), maps.scale
 
-    def seg(x: np.ndarray, diameter: float | None = None):
-        maps = match(x, diameter)
-        lab = seg_head.predict(maps, x) if seg_head is not None else instances_from_maps(maps, x)
-        return lab, maps.scale
-
-    def cnt(x: np.ndarray, diameter: float | None = None):
-        maps = match(x, diameter)
-        dens, pts = count_head.predict(maps, x) if count_head is not None else density_from_maps(maps, x)
-        return dens, pts, maps.scale
-
-    return seg, cnt
+    return run
 
 
-def segment_large(image: np.ndarray, engine: Engine | str = "classic", head=None, tile: int = DEFAULT_TILE,
-                  overlap: int | None = None, progress: ProgressFn | None = None) -> tuple[np.ndarray, TiledSummary]:
+def segment_large(image: np.ndarray, matcher=None, tile: int = DEFAULT_TILE, overlap: int | None = None,
+                  progress: ProgressFn | None = None) -> tuple[np.ndarray, TiledSummary]:
     """Tiled segmentation of an in-memory image; returns ``(labels, summary)``.
 
     Parameters
     ----------
     image : ndarray, (H, W) or (H, W, 3)
         Raw intensities.
-    engine : Engine or str
-    head : None, "analytic" or a learned head spec (see :func:`mm_core.segment`)
+    matcher : Matcher, optional
+        Engine and heads (default: ``Matcher(engine="classic")``).
     tile, overlap, progress
         As in :func:`segment_tiled`.
     """
-    from mm_core.engines import get_engine
-    from mm_core.heads.learned import select_head
+    from mm_core.models import Matcher
 
-    eng = get_engine(engine)[0] if isinstance(engine, str) else engine
-    learned, _ = select_head(head, "segment", getattr(eng, "name", "classic"))
+    matcher = matcher if matcher is not None else Matcher(engine="classic")
     arr = np.asarray(image, np.float32)
     img = LazyImage(arr, "YX" if arr.ndim == 2 else "YXC", "the image")
     out = np.zeros(arr.shape[:2], np.uint32)
-    summary = segment_tiled(img, out, engine_tile_fns(eng, learned)[0], tile, overlap, progress)
-    return out, summary
+    fn = tile_fn(matcher.engine, matcher.head("segment"), "segment")
+    return out, segment_tiled(img, out, fn, tile, overlap, progress)

@@ -1,10 +1,13 @@
-"""Overlapping tiles over a large image, blending of map tiles and stitching of label tiles.
+"""Overlapping tiles, their blending weights and the stitching of label tiles: the one tiler.
 
-One implementation of each idea, below the engines and the heads (numpy in, numpy
-out, no imports from the rest of :mod:`mm_core`):
+Numpy in, numpy out, below the engines and the heads (no imports from the rest of
+:mod:`mm_core`). Used wherever an image (or a working grid) is processed window by
+window: the LDM engine's tiled matching (:mod:`mm_core.engines.ldm.tiling`), the learned
+heads' tiled inference (:meth:`mm_core.heads.learned.base.LearnedHead.predict_dense`)
+and whole images processed tile by tile (:mod:`mm_core.tiled`).
 
 - :func:`tile_starts` spreads overlapping windows evenly over one axis;
-- :func:`blend_weight` is the linear-ramp weight used to blend overlapping map tiles;
+- :func:`blend_window` is the linear-ramp weight used to blend overlapping map tiles;
 - :func:`tile_grid` lays out the tiles of a 2-D image with their *cores* (each pixel of
   the image lies in the core of exactly one tile: the seams run through the middle of
   every overlap);
@@ -26,58 +29,60 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["LabelStitcher", "Tile", "blend_window", "same_objects", "stitch_labels", "tile_grid", "tile_starts"]
+
 #: Two tiles' objects are one object when their overlap covers this fraction of the
 #: smaller one's pixels inside the overlap strip.
 MERGE_FRACTION = 0.5
 #: Rows per block in the final relabelling pass (bounded memory).
 BLOCK_ROWS = 1024
 
-
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
-    """Evenly spread starts of ``tile``-long windows covering ``length``, overlapping >= ``overlap``.
+    """Evenly spread starts of ``tile``-long windows covering ``length``.
 
     Parameters
     ----------
     length : int
-        Size of the axis.
+        Size of the axis to cover.
     tile : int
         Window size.
     overlap : int
-        Smallest overlap of two consecutive windows.
+        Smallest overlap between neighbouring windows.
     align : int
         Starts are multiples of ``align`` (``length - tile`` should be one too).
 
     Returns
     -------
     list of int
-        ``[0]`` when one window covers the axis.
+        Sorted starts; ``[0]`` when one window covers the axis. The last window
+        ends exactly at ``length``.
     """
     if length <= tile:
         return [0]
     step = max(1, tile - overlap)
     n = int(np.ceil((length - tile) / step)) + 1
-    return [round(i * (length - tile) / (n - 1) / align) * align for i in range(n)]
+    return sorted({round(i * (length - tile) / (n - 1) / align) * align for i in range(n)})
 
 
-def blend_weight(tile: int | tuple[int, int], overlap: int) -> np.ndarray:
-    """Weight ramping linearly over ``overlap`` pixels at each edge, > 0 everywhere.
+def blend_window(shape: tuple[int, int], overlap: int) -> np.ndarray:
+    """Weights for blending overlapping tiles, ramping linearly over ``overlap`` pixels.
 
     Parameters
     ----------
-    tile : int or (int, int)
-        Tile side, or ``(height, width)``.
+    shape : tuple of int
+        ``(h, w)`` of one tile.
     overlap : int
-        Ramp length in pixels (0: flat weights).
+        Ramp length at each edge (capped at half the tile side).
 
     Returns
     -------
-    ndarray, float32, (height, width)
+    ndarray, (h, w) float32
+        Outer product of two 1-D ramps; > 0 everywhere, 1 in the tile's interior.
     """
-    shape = (tile, tile) if np.isscalar(tile) else tuple(tile)
     ramps = []
     for n in shape:
-        ramp = np.ones(int(n), np.float32)
-        ov = min(int(overlap), int(n))
+        ov = min(int(overlap), n // 2)
+        ramp = np.ones(n, np.float32)
         if ov > 0:
             edge = (np.arange(ov, dtype=np.float32) + 0.5) / ov
             ramp[:ov] = np.minimum(ramp[:ov], edge)

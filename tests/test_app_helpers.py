@@ -14,7 +14,7 @@ import tifffile
 from PIL import Image
 
 from mm_core import export
-from mm_core import app_utils as au
+from mm_core.app import helpers as au
 from mm_core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,9 +131,17 @@ def test_big_number_html():
 
 @pytest.fixture(scope="module")
 def app_module():
-    import app
+    from mm_core.app import ui
 
-    return app
+    return ui
+
+
+def test_app_py_is_the_thin_entry_point():
+    import app
+    from mm_core.app import ui
+
+    assert app.main is ui.main and app.build_app is ui.build_app
+    assert len(Path(app.__file__).read_text().splitlines()) < 30
 
 
 def test_guarded_turns_errors_into_messages(app_module, caplog):
@@ -254,7 +262,7 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
     assert f">{n}<" in html and 5 <= n <= 13
     assert overlay.shape == (384, 384, 3) and overlay.dtype == np.uint8  # shown enlarged
     names = sorted(Path(f).name for f in files)
-    assert names == ["blobs_labels.tif", "blobs_objects.csv", "blobs_rois.zip"]
+    assert names == ["blobs.csv", "blobs.tif", "blobs_rois.zip"]
     assert tifffile.imread(next(f for f in files if f.endswith(".tif"))).max() > 0
     np.testing.assert_array_equal(cache["boxes"], [[12, 12, 29, 29]])
     again = app_module.rerender(au.segmentation_view, cache, 0.0)
@@ -273,7 +281,7 @@ def test_run_count_writes_downloads(app_module, loaded_image, tmp_path, monkeypa
     assert 5 <= res.count <= 13 and f"{res.count:,.1f}" in html
     density = tifffile.imread(next(f for f in files if f.endswith("_density.tif")))
     assert abs(float(density.sum()) - res.count) < 1e-3 * max(1.0, res.count)
-    counts = pd.read_csv(next(f for f in files if f.endswith("_count.csv")))
+    counts = pd.read_csv(next(f for f in files if f.endswith("counts.csv")))
     assert list(counts.columns) == ["image", "count"] and counts["image"][0] == "blobs"
 
 

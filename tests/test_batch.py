@@ -74,14 +74,15 @@ def test_resume_after_an_interrupted_run(folder, tmp_path):
                  on_result=stop_after_two)
     first = pd.read_csv(out / "manifest.csv")
     assert list(first["output"]) == ["img1", "img2"]
-    (out / "img3_density.tif.partial").write_bytes(b"half a file")  # killed while writing img3
+    (out / ".img3.partial").mkdir()
+    (out / ".img3.partial" / "img3_density.tif").write_bytes(b"half a file")  # killed while writing img3
     stamp = (out / "img1_density.tif").stat().st_mtime_ns
     table = mb.batch(_files(d), "count", out, resume=True, engine="classic", head="analytic", progress=False)
     assert len(table) == 5 and list(table["output"][:2]) == ["img1", "img2"]
     assert (table["message"][:2] == "resumed: outputs complete").all()
     assert (out / "img1_density.tif").stat().st_mtime_ns == stamp  # not run again
     assert set(table.loc[table["status"] == "done", "output"]) == set(counts)
-    assert not (out / "img3_density.tif.partial").exists() and (out / "img3_density.tif").exists()
+    assert not (out / ".img3.partial").exists() and (out / "img3_density.tif").exists()
     got = pd.read_csv(out / "counts.csv")
     assert list(got["image"]) == ["img1", "img2", "img3", "img4"]
     assert np.allclose(got["count"], [counts[b] for b in got["image"]], atol=0.6)

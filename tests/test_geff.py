@@ -11,8 +11,9 @@ from skimage.draw import disk
 geff = pytest.importorskip("geff")
 
 from mm_core.cli import main  # noqa: E402
-from mm_core.export import read_ctc, write_ctc  # noqa: E402
+from mm_core.export import write_ctc  # noqa: E402
 from mm_core.export_geff import read_geff, write_geff, write_geff_zip  # noqa: E402
+from mm_core.io import read_ctc  # noqa: E402
 
 
 def _check_against_ctc(geff_path, ctc_dir):

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
-from mm_core.tiling import LabelStitcher, blend_weight, same_objects, stitch_labels, tile_grid, tile_starts
+from mm_core.tiling import LabelStitcher, blend_window, same_objects, stitch_labels, tile_grid, tile_starts
 
 
 def test_tile_cores_partition_the_image():
@@ -24,7 +24,7 @@ def test_tile_cores_partition_the_image():
 
 
 def test_blend_weight_ramps_and_stays_positive():
-    w = blend_weight((64, 80), 16)
+    w = blend_window((64, 80), 16)
     assert w.shape == (64, 80) and (w > 0).all() and w[32, 40] == 1.0 and w[0, 0] < w[8, 8]
 
 
@@ -87,7 +87,7 @@ def test_stitcher_writes_into_a_zarr_array(tmp_path):
 
 
 def test_classic_engine_tiled_keeps_seam_objects_whole():
-    from mm_core.engines.classic import ClassicEngine
+    from mm_core import Matcher
     from mm_core.tiled import segment_large
 
     shape = (384, 384)
@@ -95,7 +95,7 @@ def test_classic_engine_tiled_keeps_seam_objects_whole():
     truth = _on_seams(shape, tiles, r=9)
     rng = np.random.default_rng(0)
     img = np.where(truth > 0, 1000.0, 100.0) + rng.normal(0, 20, shape)
-    labels, summary = segment_large(img, ClassicEngine(), head="analytic", tile=224, overlap=128)
+    labels, summary = segment_large(img, Matcher(engine="classic", head="analytic"), tile=224, overlap=128)
     assert summary.tiles == len(tiles) > 1
     for i in range(1, int(truth.max()) + 1):
         ids, n = np.unique(labels[truth == i], return_counts=True)
@@ -108,6 +108,7 @@ def test_ldm_engine_runs_tile_by_tile(torch_one_thread):
     torch = pytest.importorskip("torch")
     from mm_core.engines.ldm import LDMEngine
     from mm_core.engines.ldm.testing import TINY_SIZE, tiny_pipeline_dir
+    from mm_core.models import Matcher
     from mm_core.tiled import segment_large
 
     eng = LDMEngine.from_pretrained(tiny_pipeline_dir(), device="cpu", dtype=torch.float32, size=TINY_SIZE)
@@ -124,7 +125,7 @@ def test_ldm_engine_runs_tile_by_tile(torch_one_thread):
     img = 0.2 * rng.random((300, 260))
     for c in [(60, 60), (150, 130), (240, 200)]:
         img[disk(c, 12, shape=img.shape)] += 0.8
-    labels, summary = segment_large(img, Counting(), head="analytic", tile=128, overlap=48)
+    labels, summary = segment_large(img, Matcher(engine=Counting(), head="analytic"), tile=128, overlap=48)
     assert summary.tiles == len(tile_grid((300, 260), 128, 48)) and len(calls) == summary.tiles + 1
     assert all(s[0] <= 128 and s[1] <= 128 for s in calls)
     assert labels.shape == (300, 260) and labels.max() == summary.n_objects

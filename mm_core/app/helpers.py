@@ -1,7 +1,7 @@
-"""Helpers of the Gradio app (``app.py``) that need no browser and no Gradio.
+"""Helpers of the Gradio app (:mod:`mm_core.app.ui`) that need no browser and no Gradio.
 
 Loading an upload into a preview, turning annotator boxes into exemplar boxes,
-per-request output folders, and the task runs that write downloads. The app only
+per-request output folders, and the pictures re-rendered from a result. The app only
 wires these to widgets; the tests call them directly.
 """
 
@@ -167,36 +167,6 @@ def mode_line(boxes: np.ndarray | None) -> str:
         f"**Exemplar mode** — {n} box{'es' if n > 1 else ''}: "
         f"objects that match {'them' if n > 1 else 'it'} are found."
     )
-
-
-def save_segmentation(result, raw: np.ndarray, out_dir: Path, stem: str) -> list[Path]:
-    """Write label TIFF, per-object CSV and ImageJ ROI zip; return the written paths."""
-    from mm_core import export
-
-    files = [export.write_labels(out_dir / f"{stem}_labels.tif", result.labels),
-             export.write_measurements(out_dir / f"{stem}_objects.csv", result.labels, raw)]
-    if result.n_objects:
-        files.append(export.write_imagej_rois(out_dir / f"{stem}_rois.zip", result.labels))
-    return files
-
-
-def save_count(result, out_dir: Path, stem: str) -> list[Path]:
-    """Write density TIFF, count CSV and centre-point CSV; return the written paths."""
-    from mm_core import export
-
-    return [export.write_density(out_dir / f"{stem}_density.tif", result.density),
-            export.write_counts(out_dir / f"{stem}_count.csv", [(stem, round(float(result.count), 2))]),
-            export.write_points(out_dir / f"{stem}_points.csv", result.points)]
-
-
-def save_tracking(result, out_dir: Path, stem: str) -> list[Path]:
-    """Write the CTC result zip, the tracks CSV and the GEFF zip; return the written paths."""
-    from mm_core import export
-    from mm_core.export_geff import write_geff_zip
-
-    return [export.write_ctc_zip(out_dir / f"{stem}_ctc.zip", result.masks, result.tracks),
-            export.write_tracks_csv(out_dir / f"{stem}_tracks.csv", result.masks, result.tracks),
-            write_geff_zip(out_dir / f"{stem}_tracks_geff.zip", result.masks, result.tracks)]
 
 
 # ---- pictures (re-rendered from cached results, no re-run) -------------------------------------

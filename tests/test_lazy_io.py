@@ -10,6 +10,7 @@ from skimage.draw import disk
 
 zarr = pytest.importorskip("zarr")
 
+from mm_core import batch_tasks  # noqa: E402
 from mm_core import batching as mb  # noqa: E402
 from mm_core.errors import InputError  # noqa: E402
 from mm_core.io.lazy import open_lazy  # noqa: E402
@@ -102,7 +103,7 @@ def test_big_tiff_past_the_in_memory_limit_is_read_lazily(tmp_path, monkeypatch)
     path = tmp_path / "big.tif"
     tifffile.imwrite(path, arr, tile=(128, 128), compression="zlib")
     monkeypatch.setenv("MM_MAX_PIXELS", "50000")  # the in-memory reader refuses it
-    monkeypatch.setattr(mb, "LAZY_FROM_PIXELS", 100_000)
+    monkeypatch.setattr(batch_tasks, "LAZY_FROM_PIXELS", 100_000)
     table = mb.batch([path], "count", tmp_path / "o", engine="classic", head="analytic", tile=256,
                      progress=False)
     assert list(table["status"]) == ["done"], table["message"].tolist()

@@ -73,6 +73,7 @@ class LazyImage:
 
     @property
     def dtype(self) -> np.dtype:
+        """The stored dtype."""
         return np.dtype(self.array.dtype)
 
     def read(self, y0: int, y1: int, x0: int, x1: int, step: int = 1) -> np.ndarray:

@@ -258,6 +258,10 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
         raise InputError(f"unknown batch task {task!r}; choose one of {', '.join(TASKS)}")
     if int(workers) < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if int(tile) < 64:
+        raise InputError(f"--tile must be at least 64 pixels, got {tile}")
+    if overlap is not None and not 0 <= int(overlap) < int(tile) // 2:
+        raise InputError(f"--overlap must be from 0 to less than half the tile ({int(tile) // 2}), got {overlap}")
     paths = [str(p) for p in paths]
     if not paths:
         raise InputError("no input images were given")

@@ -115,3 +115,7 @@ def test_cli_workers_resume_and_manifest(folder, tmp_path, capsys):
         main(["segment", str(d), "--out", str(out), "--workers", "x"])
     with pytest.raises(InputError, match="at least 1"):
         mb.batch(_files(d), "segment", out, workers=0)
+    assert main(["segment", str(d), "--out", str(out), "--tile", "10"]) == 2
+    assert "error: --tile must be at least 64 pixels" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--overlap must be"):
+        mb.batch(_files(d), "segment", out, tile=256, overlap=200)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class Settings:
     channels: tuple | None = None
     tile: int = DEFAULT_TILE
     overlap: int | None = None
+    show_tiles: bool = False  #: a progress bar over the tiles of a large image (runs in this process)
 
 
 class Model:
@@ -93,6 +95,24 @@ def is_lazy(path: str) -> bool:
     return n is not None and n > LAZY_FROM_PIXELS
 
 
+def _bar(s: Settings, item: Item):
+    """``progress(fraction, description)`` drawing a tile progress bar, or None."""
+    if not s.show_tiles:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=Path(item.path).name, unit="%", file=sys.stderr, leave=False,
+               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+
+    def progress(frac: float, desc: str) -> None:
+        bar.n = min(100, int(round(100 * frac)))
+        bar.set_postfix_str(desc)
+        if frac >= 1:
+            bar.close()
+
+    return progress
+
+
 def _check_boxes(item: Item, what: str) -> None:
     if item.boxes:
         raise InputError(f"{Path(item.path).name} is {what}, processed in tiles; exemplar boxes are not "
@@ -130,7 +150,7 @@ def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
     with open_lazy(item.path, s.channels) as img:
         _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
         lab = create_ome_zarr(_partial(zpath), img)
-        summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap)
+        summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item))
         write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
         object_table(lab).to_csv(_partial(tab), index=False)
     for p in (tif, zpath, tab):
@@ -150,7 +170,7 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
         with open_lazy(item.path, s.channels) as img:
             _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
             dens = create_zarr_array(scratch, img.shape, np.float32)
-            summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap)
+            summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item))
             write_bigtiff(_partial(dens_p), dens, np.float32)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -179,11 +199,11 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
         notes = dict(engine_note=m.engine_note, head_note=model.head_note)
         if s.task == "segment":
             labels = np.zeros(data.shape[:2], np.uint32)
-            segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap)
+            segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item))
             res = SegmentationResult(labels=labels, image=data, maps=None, **notes)
         else:
             density = np.zeros(data.shape[:2], np.float32)
-            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap)
+            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item))
             res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
                               maps=None, **notes)
     _save(res, out, item.base, data)

@@ -159,10 +159,11 @@ def _client(workers: int, scheduler: str | None):
                              "and that the scheduler is running") from None
     one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               env=one, silence_logs=40)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, env=one, silence_logs=40)
     except Exception as exc:  # noqa: BLE001
-        raise MMError(f"could not start {workers} local Dask worker processes ({type(exc).__name__}: {exc})") from None
+        raise MMError(f"could not start {workers} local Dask worker processes "
+                      f"({type(exc).__name__}: {exc})") from None
     return Client(cluster), cluster
 
 
@@ -261,7 +262,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     if int(tile) < 64:
         raise InputError(f"--tile must be at least 64 pixels, got {tile}")
     if overlap is not None and not 0 <= int(overlap) < int(tile) // 2:
-        raise InputError(f"--overlap must be from 0 to less than half the tile ({int(tile) // 2}), got {overlap}")
+        raise InputError(f"--overlap must be from 0 to less than half the tile ({int(tile) // 2}), "
+                         f"got {overlap}")
     paths = [str(p) for p in paths]
     if not paths:
         raise InputError("no input images were given")
@@ -281,7 +283,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
 
     items = [Item(p, b, boxes_of(p)) for p, b in zip(paths, unique_bases(paths))]
     ch = None if channels is None else (tuple(channels) if not np.isscalar(channels) else (int(channels),))
-    settings = Settings(task, str(out), engine, head, ch, int(tile), overlap)
+    settings = Settings(task, str(out), engine, head, ch, int(tile), overlap,
+                        show_tiles=bool(progress and workers == 1 and not scheduler))
     done = _already_done(out, task, items) if resume else {}
     todo = [it for it in items if it.path not in done]
     manifest = Manifest(out, task, keep=done.values())

@@ -42,7 +42,11 @@ def _nodes(masks: np.ndarray) -> pd.DataFrame:
         area = ndi.sum_labels(np.ones_like(frame, np.int64), frame, ids)
         cy, cx = np.asarray(ndi.center_of_mass(frame > 0, frame, ids), float).reshape(-1, 2).T
         rows.append(pd.DataFrame({"t": t, "y": cy, "x": cx, "area": area.astype(np.int64), "seg_id": ids}))
-    nodes = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["t", "y", "x", "area", "seg_id"])
+    nodes = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=["t", "y", "x", "area", "seg_id"])
+    )
     nodes["track_id"] = nodes["seg_id"]
     nodes.index = np.arange(1, len(nodes) + 1)  # node ids
     return nodes
@@ -73,8 +77,15 @@ def tracks_graph(masks, tracks=None):
     nodes = _nodes(m)
     g = nx.DiGraph()
     for nid, r in nodes.iterrows():
-        g.add_node(int(nid), t=int(r.t), y=float(r.y), x=float(r.x), area=int(r.area),
-                   seg_id=int(r.seg_id), track_id=int(r.track_id))
+        g.add_node(
+            int(nid),
+            t=int(r.t),
+            y=float(r.y),
+            x=float(r.x),
+            area=int(r.area),
+            seg_id=int(r.seg_id),
+            track_id=int(r.track_id),
+        )
     first, last = {}, {}
     for lab, grp in nodes.groupby("seg_id"):
         ids = grp.sort_values("t").index.to_list()
@@ -94,23 +105,43 @@ def _write(store: str, masks, tracks) -> None:
     m = np.asarray(masks)
     g = tracks_graph(m, tracks)
     root = zarr.open_group(store, mode="w", zarr_format=2)
-    axes = [{"name": "t", "type": "time", "unit": "frame"}, {"name": "y", "type": "space", "unit": "pixel"},
-            {"name": "x", "type": "space", "unit": "pixel"}]
+    axes = [
+        {"name": "t", "type": "time", "unit": "frame"},
+        {"name": "y", "type": "space", "unit": "pixel"},
+        {"name": "x", "type": "space", "unit": "pixel"},
+    ]
     seg = root.create_group(SEG_GROUP)
-    seg.attrs["multiscales"] = [{"version": "0.4", "name": SEG_GROUP, "axes": axes, "datasets": [
-        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]
+    seg.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": SEG_GROUP,
+            "axes": axes,
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}
+            ],
+        }
+    ]
     seg.attrs["image-label"] = {"version": "0.4"}
     dtype = np.uint16 if m.max(initial=0) <= 65535 else np.uint32
     arr = seg.create_array("0", shape=m.shape, chunks=(1, *m.shape[1:]), dtype=dtype, fill_value=0)
     arr[:] = m.astype(dtype)
     target = f"{store}/{GRAPH_GROUP}"
-    geff.write(g, target, axis_names=["t", "y", "x"], axis_types=["time", "space", "space"],
-               axis_units=["frame", "pixel", "pixel"], zarr_format=2)
+    geff.write(
+        g,
+        target,
+        axis_names=["t", "y", "x"],
+        axis_types=["time", "space", "space"],
+        axis_units=["frame", "pixel", "pixel"],
+        zarr_format=2,
+    )
     meta = geff.GeffMetadata.read(target)
-    meta = geff.GeffMetadata.model_validate({
-        **meta.model_dump(exclude_none=True),
-        "related_objects": [{"type": "labels", "path": f"../{SEG_GROUP}", "node_prop": "seg_id"}],
-        "track_node_props": {"tracklet": "track_id"}})
+    meta = geff.GeffMetadata.model_validate(
+        {
+            **meta.model_dump(exclude_none=True),
+            "related_objects": [{"type": "labels", "path": f"../{SEG_GROUP}", "node_prop": "seg_id"}],
+            "track_node_props": {"tracklet": "track_id"},
+        }
+    )
     meta.write(target)
 
 

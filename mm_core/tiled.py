@@ -58,7 +58,9 @@ def needs_tiling(shape: tuple[int, ...], tile: int = DEFAULT_TILE) -> bool:
 class Normaliser:
     """Percentile normalisation with percentiles measured once on the whole image."""
 
-    def __init__(self, img: LazyImage, low: float = DEFAULT_PERCENTILES[0], high: float = DEFAULT_PERCENTILES[1]):
+    def __init__(
+        self, img: LazyImage, low: float = DEFAULT_PERCENTILES[0], high: float = DEFAULT_PERCENTILES[1]
+    ):
         sample = img.sample()
         chans = sample[..., None] if sample.ndim == 2 else sample
         self.lo, self.span = [], []
@@ -85,7 +87,9 @@ def is_blank(tile_img: np.ndarray) -> bool:
     return float(np.ptp(tile_img)) <= 1e-6
 
 
-def probe_scale(img: LazyImage, norm: Normaliser, scale_fn: Callable[[np.ndarray], float], tile: int) -> float:
+def probe_scale(
+    img: LazyImage, norm: Normaliser, scale_fn: Callable[[np.ndarray], float], tile: int
+) -> float:
     """Object diameter measured on the tile at the image centre (0 when it is blank)."""
     h, w = img.shape
     y0, x0 = max(0, (h - tile) // 2), max(0, (w - tile) // 2)
@@ -109,9 +113,14 @@ def _tick(progress, i, n, what):
         progress(i / n, f"tile {i}/{n} {what}")
 
 
-def segment_tiled(img: LazyImage, out, tile_fn: Callable[[np.ndarray], tuple[np.ndarray, float]],
-                  tile: int = DEFAULT_TILE, overlap: int | None = None,
-                  progress: ProgressFn | None = None) -> TiledSummary:
+def segment_tiled(
+    img: LazyImage,
+    out,
+    tile_fn: Callable[[np.ndarray], tuple[np.ndarray, float]],
+    tile: int = DEFAULT_TILE,
+    overlap: int | None = None,
+    progress: ProgressFn | None = None,
+) -> TiledSummary:
     """Instance labels of a whole image, tile by tile, written into ``out``.
 
     Parameters
@@ -149,9 +158,14 @@ def segment_tiled(img: LazyImage, out, tile_fn: Callable[[np.ndarray], tuple[np.
     return TiledSummary(shape=img.shape, tiles=len(tiles), overlap=overlap, scale=scale, n_objects=n)
 
 
-def count_tiled(img: LazyImage, out, tile_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]],
-                tile: int = DEFAULT_TILE, overlap: int | None = None,
-                progress: ProgressFn | None = None) -> TiledSummary:
+def count_tiled(
+    img: LazyImage,
+    out,
+    tile_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]],
+    tile: int = DEFAULT_TILE,
+    overlap: int | None = None,
+    progress: ProgressFn | None = None,
+) -> TiledSummary:
     """Density map and count of a whole image, tile by tile; each tile keeps only its core.
 
     Parameters
@@ -186,8 +200,14 @@ def count_tiled(img: LazyImage, out, tile_fn: Callable[[np.ndarray], tuple[np.nd
         keep = (p[:, 0] >= ys.start) & (p[:, 0] < ys.stop) & (p[:, 1] >= xs.start) & (p[:, 1] < xs.stop)
         pts.append(p[keep] + [t.y0, t.x0])
     p = np.concatenate(pts) if pts else np.zeros((0, 2))
-    return TiledSummary(shape=img.shape, tiles=len(tiles), overlap=overlap, scale=scale, count=total,
-                        points=pd.DataFrame({"x": p[:, 1], "y": p[:, 0]}))
+    return TiledSummary(
+        shape=img.shape,
+        tiles=len(tiles),
+        overlap=overlap,
+        scale=scale,
+        count=total,
+        points=pd.DataFrame({"x": p[:, 1], "y": p[:, 0]}),
+    )
 
 
 def tile_fn(engine: Engine, head, task: str) -> Callable:
@@ -221,8 +241,13 @@ def tile_fn(engine: Engine, head, task: str) -> Callable:
     return run
 
 
-def segment_large(image: np.ndarray, matcher=None, tile: int = DEFAULT_TILE, overlap: int | None = None,
-                  progress: ProgressFn | None = None) -> tuple[np.ndarray, TiledSummary]:
+def segment_large(
+    image: np.ndarray,
+    matcher=None,
+    tile: int = DEFAULT_TILE,
+    overlap: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, TiledSummary]:
     """Tiled segmentation of an in-memory image; returns ``(labels, summary)``.
 
     Parameters

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LabelStitcher", "Tile", "blend_window", "same_objects", "stitch_labels", "tile_grid", "tile_starts"]
+__all__ = ["LabelStitcher", "Tile", "blend_window", "same_objects", "stitch_labels", "tile_grid",
+           "tile_starts"]
 
 #: Two tiles' objects are one object when their overlap covers this fraction of the
 #: smaller one's pixels inside the overlap strip.
@@ -268,7 +269,8 @@ class LabelStitcher:
         self._kept.append(np.unique(core))
         self._strips[(tile.row, tile.col)] = (tile, glob)
         # keep only what the next tiles need: the rest of the previous row and this row
-        for key in [k for k in self._strips if k[0] < tile.row - 1 or (k[0] == tile.row - 1 and k[1] <= tile.col)]:
+        done = [k for k in self._strips if k[0] < tile.row - 1 or (k[0] == tile.row - 1 and k[1] <= tile.col)]
+        for key in done:
             del self._strips[key]
 
     def lookup(self) -> np.ndarray:

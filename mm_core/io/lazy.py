@@ -90,8 +90,7 @@ class LazyImage:
                 index.append(0)
         arr = np.asarray(self.array[tuple(index)])
         kept = [a for a in self.axes if a in "YXC"]
-        arr = np.moveaxis(arr, [kept.index(a) for a in "YX" + "C" * ("C" in kept)],
-                          list(range(len(kept))))
+        arr = np.moveaxis(arr, [kept.index(a) for a in "YX" + "C" * ("C" in kept)], list(range(len(kept))))
         if arr.ndim == 3:
             arr = arr[..., self.channels] if self.channels is not None else arr
             if arr.shape[-1] == 1:
@@ -136,7 +135,9 @@ def max_lazy_pixels() -> int:
     except ValueError:
         val = 0
     if val <= 0:
-        raise InputError(f"environment variable {LAZY_PIXELS_ENV} must be a positive whole number, got {raw!r}")
+        raise InputError(
+            f"environment variable {LAZY_PIXELS_ENV} must be a positive whole number, got {raw!r}"
+        )
     return val
 
 
@@ -148,7 +149,11 @@ def tiff_plane_pixels(path) -> int | None:
         with tifffile.TiffFile(path) as tf:
             s = tf.series[0]
             axes = s.axes.upper()
-            return int(s.shape[axes.index("Y")] * s.shape[axes.index("X")]) if "Y" in axes and "X" in axes else None
+            return (
+                int(s.shape[axes.index("Y")] * s.shape[axes.index("X")])
+                if "Y" in axes and "X" in axes
+                else None
+            )
     except Exception:  # noqa: BLE001 - not a TIFF, or damaged: the normal reader says why
         return None
 
@@ -159,7 +164,7 @@ def _ome_axes(attrs: dict) -> tuple[str, str] | None:
     if not ms:
         return None
     m = ms[0]
-    axes = m.get("axes") or ["t", "c", "z", "y", "x"][-len(m.get("datasets", [{}])):]
+    axes = m.get("axes") or ["t", "c", "z", "y", "x"][-len(m.get("datasets", [{}])) :]
     names = "".join((a["name"] if isinstance(a, dict) else str(a))[:1] for a in axes)
     return m["datasets"][0]["path"], names.upper()
 
@@ -171,8 +176,10 @@ def _guess_axes(shape: tuple, source: str) -> str:
         return "YXC"
     if len(shape) == 3 and shape[0] in (1, 3):
         return "CYX"
-    raise InputError(f"{source}: the zarr array of shape {shape} has no axes metadata and its axes "
-                     "cannot be told apart; give a 2-D (Y, X) array, (Y, X, 3) RGB, or an OME-Zarr with axes")
+    raise InputError(
+        f"{source}: the zarr array of shape {shape} has no axes metadata and its axes "
+        "cannot be told apart; give a 2-D (Y, X) array, (Y, X, 3) RGB, or an OME-Zarr with axes"
+    )
 
 
 def _open_zarr(path: Path):
@@ -191,18 +198,24 @@ def _open_zarr(path: Path):
         try:
             arr = node[key]
         except KeyError:
-            raise InputError(f"{path.name}: OME-Zarr metadata names the image data '{key}', which is missing") from None
+            raise InputError(
+                f"{path.name}: OME-Zarr metadata names the image data '{key}', which is missing"
+            ) from None
         if len(axes) != arr.ndim:
-            raise InputError(f"{path.name}: OME-Zarr axes {','.join(axes.lower())} do not match the "
-                             f"{arr.ndim} dimensions of its image data")
+            raise InputError(
+                f"{path.name}: OME-Zarr axes {','.join(axes.lower())} do not match the "
+                f"{arr.ndim} dimensions of its image data"
+            )
         return arr, axes, {"format": "OME-Zarr", "dataset": key}
     arrays = [k for k, v in node.members() if isinstance(v, zarr.Array)]
     if len(arrays) == 1:
         arr = node[arrays[0]]
         return arr, _guess_axes(arr.shape, path.name), {"format": "zarr", "dataset": arrays[0]}
     found = ", ".join(k for k, _ in node.members()) or "nothing"
-    raise InputError(f"{path.name} holds no image data: no OME-Zarr multiscales metadata and "
-                     f"{len(arrays)} arrays (found: {found}; axes found: none)")
+    raise InputError(
+        f"{path.name} holds no image data: no OME-Zarr multiscales metadata and "
+        f"{len(arrays)} arrays (found: {found}; axes found: none)"
+    )
 
 
 def _open_tiff(path: Path):
@@ -230,9 +243,13 @@ def _check_axes(arr, axes: str, source: str, channels) -> list | None:
     for ax, n in zip(axes, shape):
         if ax in "YXC" or n == 1:
             continue
-        what = {"T": "time points (use the tracking task)", "Z": "Z slices"}.get(ax, f"entries along axis {ax}")
-        raise InputError(f"{source} has {n} {what} ({desc}); whole images are read as one 2-D plane "
-                         "with Y, X and optionally C")
+        what = {"T": "time points (use the tracking task)", "Z": "Z slices"}.get(
+            ax, f"entries along axis {ax}"
+        )
+        raise InputError(
+            f"{source} has {n} {what} ({desc}); whole images are read as one 2-D plane "
+            "with Y, X and optionally C"
+        )
     nc = shape[axes.index("C")] if "C" in axes else 1
     if channels is not None:
         picked = [channels] if np.isscalar(channels) else list(channels)
@@ -282,10 +299,14 @@ def open_lazy(path, channels=None) -> LazyImage:
         h, w = img.shape
         cap = max_lazy_pixels()
         if h * w > cap:
-            raise InputError(f"{path.name} is {w:,}x{h:,} pixels ({megapixels(h * w)}), more than the limit "
-                             f"for lazily read images of {megapixels(cap)} ({LAZY_PIXELS_ENV})")
+            raise InputError(
+                f"{path.name} is {w:,}x{h:,} pixels ({megapixels(h * w)}), more than the limit "
+                f"for lazily read images of {megapixels(cap)} ({LAZY_PIXELS_ENV})"
+            )
         if min(h, w) < MIN_SIDE:
-            raise InputError(f"{path.name} is only {w}x{h} pixels; images must be at least {MIN_SIDE}x{MIN_SIDE}")
+            raise InputError(
+                f"{path.name} is only {w}x{h} pixels; images must be at least {MIN_SIDE}x{MIN_SIDE}"
+            )
     except InputError:
         if handle is not None:
             handle.close()
@@ -297,5 +318,6 @@ def open_lazy(path, channels=None) -> LazyImage:
 def describe(img: LazyImage) -> str:
     """One line about a lazily opened image, e.g. for logs."""
     h, w = img.shape
-    return json.dumps({"source": img.source, "width": w, "height": h, "axes": img.axes,
-                       "format": img.info.get("format")})
+    return json.dumps(
+        {"source": img.source, "width": w, "height": h, "axes": img.axes, "format": img.info.get("format")}
+    )

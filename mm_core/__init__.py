@@ -24,8 +24,33 @@ from mm_core.transforms import normalize
 
 __version__ = "0.1.0"
 
+
+def batch(paths, task: str = "segment", out="results", **options):
+    """Segment or count many images, in this process or on Dask; see :func:`mm_core.batching.batch`.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Image files and zarr folders.
+    task : {"segment", "count"}
+    out : str or Path
+        Output folder (results and ``manifest.csv``).
+    **options
+        ``workers``, ``scheduler``, ``resume``, ``engine``, ``head``, ``boxes``, ``channels``,
+        ``tile``, ``overlap``, ``progress``, ``on_result``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest.
+    """
+    from mm_core.batching import batch as run
+
+    return run(paths, task, out, **options)
+
 __all__ = [
     "CountResult", "InputError", "MMError", "MatchMaps", "Matcher", "ModelUnavailableError",
-    "SegmentationResult", "TrackResult", "choose_engine", "count", "export", "normalize", "read_image",
+    "SegmentationResult", "TrackResult", "batch", "choose_engine", "count", "export", "normalize",
+    "read_image",
     "read_sequence", "segment", "track", "__version__",
 ]

@@ -20,6 +20,17 @@ from mm_core.engines import ENGINE_NAMES
 from mm_core.errors import InputError, MMError
 from mm_core.io import expand_inputs
 
+
+def _inputs(items: list[str]) -> list[Path]:
+    """Image files and folders (see :func:`mm_core.io.expand_inputs`), zarr / OME-Zarr folders as they are."""
+    from mm_core.io.lazy import is_zarr
+
+    out: list[Path] = []
+    for item in items:
+        out.extend([Path(item)] if is_zarr(item) else expand_inputs([item]))
+    return out
+
+
 def read_boxes_csv(path: str | None) -> dict[str, list[list[float]]]:
     """Read a boxes CSV with header ``image,x0,y0,x1,y1`` into ``{image: [[x0, y0, x1, y1], ...]}``."""
     boxes: dict[str, list[list[float]]] = defaultdict(list)
@@ -89,30 +100,22 @@ def _print_warnings(name: str, warnings: list[str]) -> None:
 
 
 def _run_batch(args, task: str) -> int:
-    from mm_core import export
-    from mm_core.io import read_image
+    from mm_core.batching import batch
 
-    out = _out_dir(args.out)
-    files = expand_inputs(args.inputs)
+    files = _inputs(args.inputs)
     if not files:
         raise InputError("no input images found (give image files or folders holding .tif/.png/.jpg/.bmp files)")
     csv_boxes = read_boxes_csv(args.boxes)
-    matcher = _matcher(args, task)
-    failures, seen = 0, set()
-    for path in tqdm(files, desc=task, unit="image", file=sys.stderr):
-        try:
-            img = read_image(path, channels=args.channels).data
-            boxes = _boxes_for(path.name, args.box, csv_boxes)
-            base = _unique_base(path, seen)
-            res = getattr(matcher, task)(img, boxes=boxes)
-            export.save(res, out, base, intensity=img)
-            what = f"{res.n_objects} objects" if task == "segment" else f"count {res.count}"
-            tqdm.write(f"{path.name}: {what} ({res.maps.mode} mode)", file=sys.stderr)
-            _print_warnings(path.name, res.warnings)
-        except MMError as exc:
-            failures += 1
-            tqdm.write(f"skipped {path.name}: {exc}", file=sys.stderr)
-    print(f"{len(files) - failures} of {len(files)} images done; results in {out}", file=sys.stderr)
+    boxes = {str(p): b for p in files if (b := _boxes_for(p.name, args.box, csv_boxes))}
+    where = (f"Dask scheduler {args.scheduler}" if args.scheduler
+             else f"{args.workers} local Dask workers" if args.workers > 1 else "this process")
+    print(f"{task}: {len(files)} images on {where}; engine {args.engine}, head {args.head}", file=sys.stderr)
+    table = batch(files, task=task, out=_out_dir(args.out), workers=args.workers, scheduler=args.scheduler,
+                  resume=args.resume, engine=args.engine, head=args.head, boxes=boxes,
+                  channels=args.channels, tile=args.tile, overlap=args.overlap)
+    failures = int((table["status"] != "done").sum())
+    print(f"{len(files) - failures} of {len(files)} images done; results and manifest.csv in {args.out}",
+          file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -136,7 +139,7 @@ def _run_track(args) -> int:
     bar.close()
     export.save(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
-          f"CTC results in {out}", file=sys.stderr)
+          f"CTC results and GEFF tracks.zarr in {out}", file=sys.stderr)
     _print_warnings(Path(args.inputs[0]).name, res.warnings)
     return 0
 
@@ -146,6 +149,22 @@ def _run_evaluate(args) -> int:
 
     print(json.dumps(evaluate(args.pred, args.gt, task=args.task)))
     return 0
+
+
+def _batch_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of many-image runs (:func:`mm_core.batch`)."""
+    from mm_core.tiled import DEFAULT_TILE
+
+    p.add_argument("--workers", type=int, default=1, help="worker processes of a local Dask cluster "
+                   "(default 1: run in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None, help="send the images to an existing Dask "
+                   "scheduler, e.g. tcp://10.0.0.5:8786 (its workers must see the input and output folders)")
+    p.add_argument("--resume", action="store_true", help="skip images whose outputs in --out are complete "
+                   "(as recorded in manifest.csv)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="images larger than this many pixels on a "
+                   f"side are processed in overlapping tiles (default {DEFAULT_TILE})")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: 3 object "
+                   "diameters, at least 128)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,12 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "hub:owner/name, 'analytic', or 'auto' (a shipped learned head for this engine if any)")
         return p
 
-    common(with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels, <base>.csv "
-                                    "measurements, <base>_rois.zip ImageJ ROIs")), "segment")
-    common(with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv")),
-           "count")
+    seg = with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels, <base>.csv "
+                                   "measurements, <base>_rois.zip ImageJ ROIs"))
+    cnt = with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv"))
+    for p, what in ((seg, "segment"), (cnt, "count")):
+        common(p, what)
+        _batch_arguments(p)
     common(with_head(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, ctc.zip, "
-                                    "tracks.csv")), "track")
+                                    "tracks.csv, tracks.zarr + tracks_geff.zip (GEFF)")), "track")
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")

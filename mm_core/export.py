@@ -330,8 +330,10 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
         - counting: ``<stem>_density.tif``, ``<stem>_points.csv`` and
           ``counts.csv`` (``image,count``; this image's row added or replaced);
         - tracking: the CTC result ``maskTTT.tif`` ... + ``res_track.txt``,
-          ``<stem>_ctc.zip`` (the same under ``01_RES/``) and
-          ``<stem>_tracks.csv`` (``ctc.zip`` and ``tracks.csv`` without a stem).
+          ``<stem>_ctc.zip`` (the same under ``01_RES/``),
+          ``<stem>_tracks.csv``, ``<stem>_tracks.zarr`` (GEFF graph + segmentation, a
+          folder: :mod:`mm_core.export_geff`) and ``<stem>_tracks_geff.zip`` (the same
+          zipped); without a stem ``ctc.zip``, ``tracks.csv``, ``tracks.zarr``, ``tracks_geff.zip``.
     """
     out = Path(out_dir)
     if hasattr(result, "labels"):
@@ -353,6 +355,10 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
         prefix = f"{stem}_" if stem else ""
         folder = write_ctc(out, result.masks, result.tracks)
         ctc = sorted(p for p in folder.iterdir() if CTC_MASK_RE.match(p.name) or p.name == "res_track.txt")
+        from mm_core.export_geff import write_geff, write_geff_zip
+
         return [*ctc, write_ctc_zip(out / f"{prefix}ctc.zip", result.masks, result.tracks),
-                write_tracks_csv(out / f"{prefix}tracks.csv", result.masks, result.tracks)]
+                write_tracks_csv(out / f"{prefix}tracks.csv", result.masks, result.tracks),
+                write_geff(out, result.masks, result.tracks, name=f"{prefix}tracks.zarr"),
+                write_geff_zip(out / f"{prefix}tracks_geff.zip", result.masks, result.tracks)]
     raise InputError(f"cannot save a {type(result).__name__}: expected a segmentation, count or tracking result")

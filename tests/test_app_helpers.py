@@ -302,7 +302,7 @@ def test_run_track_animation_frames_and_downloads(app_module, tmp_path, monkeypa
     frame2, _ = app_module.show_frame(cache, 2, False)
     assert frame2 is cache["rendered"][2]
     names = {Path(f).name for f in files}
-    assert names == {"movie_ctc.zip", "movie_tracks.csv"}
+    assert names == {"movie_ctc.zip", "movie_tracks.csv", "movie_tracks_geff.zip"}
     table = pd.read_csv(tmp_path / "out" / Path(files[0]).parent.name / "movie_tracks.csv")
     assert set(table["frame"]) <= {0, 1, 2} and len(table) >= 3
 

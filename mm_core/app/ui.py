@@ -150,9 +150,9 @@ LIMITS = (f"up to {au.MAX_PIXELS:,} pixels per image or frame (MM_APP_MAX_PIXELS
 
 def _downloads(files) -> list[str]:
     """The files offered for download: everything :func:`mm_core.export.save` wrote but the
-    loose CTC frames (they are inside the CTC zip)."""
+    loose CTC frames (they are inside the CTC zip) and folders (the GEFF zarr: its zip is offered)."""
     return [str(f) for f in files if not (f.name.startswith("mask") and f.suffix == ".tif")
-            and f.name != "res_track.txt"]
+            and f.name != "res_track.txt" and not f.is_dir()]
 
 
 def run_segment(loaded, ann, opacity, show_map, progress=gr.Progress()):
@@ -370,7 +370,7 @@ def _track_tab(eng_md) -> None:
                     frame = gr.Slider(0, 1, value=0, step=1, label="Frame (move to stop on one frame)",
                                       visible=False, elem_id="track-frame", scale=4)
                     again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
-                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV")
+                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip")
         run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
                   [cache, anim, frame, stats, files, mapimg, eng_md, again])
         frame.input(show_frame, [cache, frame, show_map], [anim, mapimg], show_progress="hidden",

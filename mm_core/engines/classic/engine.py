@@ -174,8 +174,14 @@ class ClassicEngine:
 
     name = "classic"
 
-    def match(self, image: np.ndarray, boxes: np.ndarray | None = None) -> MatchMaps:
-        """Match exemplar ``boxes`` (``None``: automatic mode) in a normalised ``image``."""
+    def match(self, image: np.ndarray, boxes: np.ndarray | None = None,
+              diameter: float | None = None) -> MatchMaps:
+        """Match exemplar ``boxes`` (``None``: automatic mode) in a normalised ``image``.
+
+        ``diameter`` (automatic mode only) fixes the object diameter in input pixels
+        instead of estimating it, e.g. so that every tile of a large image is matched
+        at the scale measured once for the whole image.
+        """
         t0 = time.perf_counter()
         gray = gray_of(image)
         H, W = gray.shape
@@ -186,7 +192,7 @@ class ClassicEngine:
             diameter = sc.box_scale(boxes)
         else:
             polarity = sc.estimate_polarity(gray)
-            diameter = sc.estimate_scale(gray, polarity)
+            diameter = float(diameter) if diameter else sc.estimate_scale(gray, polarity)
         f = min(1.0, WORK_DIAMETER / max(diameter, 1.0))
         shape = (max(8, round(H * f)), max(8, round(W * f)))
         fy, fx = shape[0] / H, shape[1] / W

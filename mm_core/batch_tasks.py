@@ -1,0 +1,237 @@
+"""One image of a batch: read it, segment or count it (in tiles when large), write its files.
+
+:func:`process` is what a batch runs per image, in this process or on a Dask worker; it
+never raises: a failure becomes the image's manifest row. Results are written under a
+temporary name (``.partial``) and renamed when complete, so :func:`outputs` present on disk
+mean a finished image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mm_core.errors import InputError, MMError
+from mm_core.tiled import DEFAULT_TILE
+
+#: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
+LAZY_FROM_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a batch."""
+
+    path: str
+    base: str  #: output file stem, unique in the batch
+    boxes: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every task of a batch shares."""
+
+    task: str
+    out: str
+    engine: str = "auto"
+    head: str | None = None
+    channels: tuple | None = None
+    tile: int = DEFAULT_TILE
+    overlap: int | None = None
+    show_tiles: bool = False  #: a progress bar over the tiles of a large image (runs in this process)
+
+
+class Model:
+    """The :class:`mm_core.Matcher` of one process, built once and reused for every image."""
+
+    def __init__(self, settings: Settings):
+        from mm_core.models import Matcher
+
+        self.matcher = Matcher(engine=settings.engine, head={settings.task: settings.head})
+        self.engine_note = self.matcher.engine_note
+        self.head_note = self.matcher.head_notes()[settings.task]
+
+    def tile_fn(self, task: str):
+        """The per-tile function of :mod:`mm_core.tiled` for ``task``, on this Matcher."""
+        from mm_core.tiled import tile_fn
+
+        return tile_fn(self.matcher.engine, self.matcher.head(task), task)
+
+
+# --------------------------------------------------------------------------- outputs
+def outputs(task: str, base: str, lazy: bool = False) -> list[str]:
+    """File names a complete result of ``base`` has (the last one is written last)."""
+    if task == "segment":
+        return [f"{base}.tif"] + ([f"{base}.ome.zarr"] if lazy else []) + [f"{base}.csv"]
+    return [f"{base}_density.tif", f"{base}_points.csv"]
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _commit(path: Path) -> None:
+    """Move ``<path>.partial`` to ``path`` (replacing a file or folder there)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    os.replace(_partial(path), path)
+
+
+def is_lazy(path: str) -> bool:
+    """True for a zarr folder, or a TIFF whose plane is above :data:`LAZY_FROM_PIXELS`."""
+    from mm_core.io.lazy import is_zarr, tiff_plane_pixels
+
+    if is_zarr(path):
+        return True
+    if Path(path).suffix.lower() not in (".tif", ".tiff", ".btf", ".tf8"):
+        return False
+    n = tiff_plane_pixels(path)
+    return n is not None and n > LAZY_FROM_PIXELS
+
+
+def _bar(s: Settings, item: Item):
+    """``progress(fraction, description)`` drawing a tile progress bar, or None."""
+    if not s.show_tiles:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=Path(item.path).name, unit="%", file=sys.stderr, leave=False,
+               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
+
+    def progress(frac: float, desc: str) -> None:
+        bar.n = min(100, int(round(100 * frac)))
+        bar.set_postfix_str(desc)
+        if frac >= 1:
+            bar.close()
+
+    return progress
+
+
+def _check_boxes(item: Item, what: str) -> None:
+    if item.boxes:
+        raise InputError(f"{Path(item.path).name} is {what}, processed in tiles; exemplar boxes are not "
+                         "supported on tiled images yet (run it without boxes, or crop it)")
+
+
+def _save(result, out: Path, base: str, intensity) -> None:
+    """:func:`mm_core.export.save` into a scratch folder, then each file moved into ``out``.
+
+    ``counts.csv`` is left out (the batch writes it once from the manifest); the files are
+    moved in the order they were written, the table last, so a complete set is recognisable.
+    """
+    from mm_core import export
+
+    scratch = out / f".{base}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        files = [f for f in export.save(result, scratch, base, intensity=intensity) if f.name != "counts.csv"]
+        files.sort(key=lambda f: f.suffix == ".csv")
+        for f in files:
+            target = out / f.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(f, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
+    from mm_core.export_large import create_ome_zarr, object_table, write_bigtiff
+    from mm_core.io.lazy import open_lazy
+    from mm_core.tiled import segment_tiled
+
+    tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
+    with open_lazy(item.path, s.channels) as img:
+        _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
+        lab = create_ome_zarr(_partial(zpath), img)
+        summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item))
+        write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
+        object_table(lab).to_csv(_partial(tab), index=False)
+    for p in (tif, zpath, tab):
+        _commit(p)
+    return float(summary.n_objects)
+
+
+def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
+    from mm_core import export
+    from mm_core.export_large import create_zarr_array, write_bigtiff
+    from mm_core.io.lazy import open_lazy
+    from mm_core.tiled import count_tiled
+
+    dens_p, pts_p = out / f"{item.base}_density.tif", out / f"{item.base}_points.csv"
+    scratch = out / f".{item.base}_density.zarr.partial"
+    try:
+        with open_lazy(item.path, s.channels) as img:
+            _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
+            dens = create_zarr_array(scratch, img.shape, np.float32)
+            summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item))
+            write_bigtiff(_partial(dens_p), dens, np.float32)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    export.write_points(_partial(pts_p), summary.points)
+    for p in (dens_p, pts_p):
+        _commit(p)
+    return float(summary.count)
+
+
+def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
+    """Segment or count one image, write its files; return the objects or the count, and the warnings."""
+    from mm_core.io import read_image
+    from mm_core.io.lazy import LazyImage
+    from mm_core.pipelines import CountResult, SegmentationResult
+    from mm_core.tiled import count_tiled, needs_tiling, segment_tiled
+
+    if is_lazy(item.path):
+        return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out)
+    data = read_image(item.path, channels=s.channels).data
+    m = model.matcher
+    if not needs_tiling(data.shape, s.tile):
+        res = getattr(m, s.task)(data, boxes=item.boxes)
+    else:
+        _check_boxes(item, f"{data.shape[1]}x{data.shape[0]} pixels")
+        img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
+        notes = dict(engine_note=m.engine_note, head_note=model.head_note)
+        if s.task == "segment":
+            labels = np.zeros(data.shape[:2], np.uint32)
+            segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item))
+            res = SegmentationResult(labels=labels, image=data, maps=None, **notes)
+        else:
+            density = np.zeros(data.shape[:2], np.float32)
+            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item))
+            res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
+                              maps=None, **notes)
+    _save(res, out, item.base, data)
+    value = float(res.n_objects) if s.task == "segment" else float(res.count)
+    return value, list(getattr(res, "warnings", []) or [])
+
+
+def process(model: Model, item: Item, settings: Settings) -> dict:
+    """Run one image and write its outputs; never raises (failures become the record).
+
+    Returns
+    -------
+    dict
+        The manifest row: ``image, output, status ("done" | "failed"), value, seconds, message``
+        (for a done image, its self-check warnings, ``warning: ...`` joined by `` | ``).
+    """
+    t0 = time.perf_counter()
+    out = Path(settings.out)
+    try:
+        value, warnings = _run_image(model, item, settings, out)
+        status, msg = "done", " | ".join(f"warning: {w}" for w in warnings)
+    except MMError as exc:
+        value, status, msg = float("nan"), "failed", str(exc)
+    except MemoryError:
+        value, status, msg = float("nan"), "failed", "out of memory (try a smaller --tile)"
+    except Exception as exc:  # noqa: BLE001 - one image's failure must not end the batch
+        value, status, msg = float("nan"), "failed", f"{type(exc).__name__}: {exc}"
+    return {"image": item.path, "output": item.base, "status": status, "value": value,
+            "seconds": round(time.perf_counter() - t0, 3), "message": msg}
+
+

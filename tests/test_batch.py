@@ -1,0 +1,121 @@
+"""Many images: mm_core.batch in process and on a 2-worker Dask LocalCluster, manifest, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from skimage.draw import disk
+
+from mm_core import batching as mb
+from mm_core.cli import main
+from mm_core.errors import InputError
+
+
+def _blobs(seed, shape=(96, 96), r=9):
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 100.0)
+    centres = [(24, 24), (24, 70), (70, 30), (72, 72), (48, 48)][: 2 + seed % 4]
+    for c in centres:
+        rr, cc = disk(c, r, shape=shape)
+        img[rr, cc] = 1000.0
+    return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16), len(centres)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    counts = {}
+    for i in range(1, 5):
+        arr, n = _blobs(i)
+        tifffile.imwrite(d / f"img{i}.tif", arr)
+        counts[f"img{i}"] = n
+    (d / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    return d, counts
+
+
+def _files(d):
+    return sorted(d.glob("img*.tif")) + [d / "broken.tif"]
+
+
+def test_two_worker_local_cluster_matches_in_process_run(folder, tmp_path):
+    d, counts = folder
+    one = mb.batch(_files(d), "segment", tmp_path / "one", workers=1, engine="classic", head="analytic",
+                   progress=False)
+    two = mb.batch(_files(d), "segment", tmp_path / "two", workers=2, engine="classic", head="analytic",
+                   progress=False)
+    for table in (one, two):
+        assert list(table.columns) == ["image", "output", "status", "objects", "seconds", "message"]
+        assert len(table) == 5 and (table["status"] == "done").sum() == 4
+        bad = table[table["status"] == "failed"]
+        assert list(bad["output"]) == ["broken"] and "broken.tif" in bad["message"].iloc[0]
+    for base, n in counts.items():
+        a = tifffile.imread(tmp_path / "one" / f"{base}.tif")
+        b = tifffile.imread(tmp_path / "two" / f"{base}.tif")
+        assert np.array_equal(a, b) and a.max() == n
+        assert int(two.set_index("output").loc[base, "objects"]) == n
+        assert (tmp_path / "two" / f"{base}.csv").exists()
+
+
+def test_resume_after_an_interrupted_run(folder, tmp_path):
+    d, counts = folder
+    out = tmp_path / "out"
+    seen = []
+
+    def stop_after_two(row):
+        seen.append(row["output"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the second image
+
+    with pytest.raises(KeyboardInterrupt):
+        mb.batch(_files(d), "count", out, engine="classic", head="analytic", progress=False,
+                 on_result=stop_after_two)
+    first = pd.read_csv(out / "manifest.csv")
+    assert list(first["output"]) == ["img1", "img2"]
+    (out / ".img3.partial").mkdir()
+    (out / ".img3.partial" / "img3_density.tif").write_bytes(b"half a file")  # killed while writing img3
+    stamp = (out / "img1_density.tif").stat().st_mtime_ns
+    table = mb.batch(_files(d), "count", out, resume=True, engine="classic", head="analytic", progress=False)
+    assert len(table) == 5 and list(table["output"][:2]) == ["img1", "img2"]
+    assert (table["message"][:2] == "resumed: outputs complete").all()
+    assert (out / "img1_density.tif").stat().st_mtime_ns == stamp  # not run again
+    assert set(table.loc[table["status"] == "done", "output"]) == set(counts)
+    assert not (out / ".img3.partial").exists() and (out / "img3_density.tif").exists()
+    got = pd.read_csv(out / "counts.csv")
+    assert list(got["image"]) == ["img1", "img2", "img3", "img4"]
+    assert np.allclose(got["count"], [counts[b] for b in got["image"]], atol=0.6)
+    (out / "img4_points.csv").unlink()  # an output gone: img4 runs again
+    again = mb.batch(_files(d), "count", out, resume=True, engine="classic", head="analytic", progress=False)
+    assert again.set_index("output").loc["img4", "message"] == ""
+    assert (out / "img4_points.csv").exists()
+
+
+def test_unreachable_scheduler_gives_one_clear_message(folder, tmp_path, monkeypatch, capsys):
+    d, _ = folder
+    monkeypatch.setattr(mb, "CONNECT_TIMEOUT", 2)
+    with pytest.raises(InputError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        mb.batch(_files(d), "segment", tmp_path / "o", scheduler="tcp://127.0.0.1:9", progress=False)
+    code = main(["segment", str(d), "--out", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: cannot reach the Dask scheduler" in err and "Traceback" not in err
+
+
+def test_cli_workers_resume_and_manifest(folder, tmp_path, capsys):
+    d, counts = folder
+    out = tmp_path / "o"
+    assert main(["segment", str(d), "--out", str(out), "--engine", "classic", "--head", "analytic"]) == 1
+    assert "skipped broken.tif" in capsys.readouterr().err
+    assert main(["segment", str(d), "--out", str(out), "--engine", "classic", "--head", "analytic",
+                 "--resume"]) == 1
+    table = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert (table.loc[table["status"] == "done", "message"] == "resumed: outputs complete").all()
+    with pytest.raises(SystemExit):
+        main(["segment", str(d), "--out", str(out), "--workers", "x"])
+    with pytest.raises(InputError, match="at least 1"):
+        mb.batch(_files(d), "segment", out, workers=0)
+    assert main(["segment", str(d), "--out", str(out), "--tile", "10"]) == 2
+    assert "error: --tile must be at least 64 pixels" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--overlap must be"):
+        mb.batch(_files(d), "segment", out, tile=256, overlap=200)

@@ -188,7 +188,7 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
     from mm_core.tiled import count_tiled, needs_tiling, segment_tiled
 
     if is_lazy(item.path):
-        return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out)
+        return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out), []
     data = read_image(item.path, channels=s.channels).data
     m = model.matcher
     if not needs_tiling(data.shape, s.tile):

@@ -17,6 +17,7 @@ import pandas as pd
 
 from mm_core.engines import Engine, MatchMaps, get_engine
 from mm_core.errors import InputError
+from mm_core.io.limits import Limits
 from mm_core.transforms import normalize, prepare_boxes
 
 #: Called as ``progress(fraction, description)`` while a task runs.
@@ -94,6 +95,8 @@ def _as_image(image, name: str = "the image", allow_constant: bool = False) -> n
 def _engine(engine: str | Engine) -> tuple[Engine, str]:
     if isinstance(engine, str):
         return get_engine(engine)
+    if not callable(getattr(engine, "match", None)):
+        raise InputError(f"engine must be 'auto', 'classic', 'ldm' or an engine object, got {engine!r}")
     return engine, f"{getattr(engine, 'name', type(engine).__name__)} engine, as given"
 
 
@@ -112,7 +115,7 @@ def _tick(progress: ProgressFn | None, frac: float, desc: str) -> None:
 def _match(image, boxes, engine, head, task: str, progress: ProgressFn | None):
     """The steps ``segment`` and ``count`` share: read/normalise, check boxes, match."""
     img = _as_image(image)
-    bx = prepare_boxes(boxes, img.shape[:2])
+    bx = prepare_boxes(boxes, img.shape[:2], max_boxes=Limits.resolve().max_boxes)
     _tick(progress, 0.0, "loading engine")
     eng, note = _engine(engine)
     learned, head_note = _head(head, task, eng)
@@ -204,7 +207,7 @@ def track(frames: Sequence[np.ndarray] | np.ndarray, boxes=None, engine: str | E
     for t, f in enumerate(frames):
         if f.shape != shape0:
             raise InputError(f"frame {t} is {f.shape[1]}x{f.shape[0]} but frame 0 is {shape0[1]}x{shape0[0]}")
-    bx = prepare_boxes(boxes, shape0[:2])
+    bx = prepare_boxes(boxes, shape0[:2], max_boxes=Limits.resolve().max_boxes)
     _tick(progress, 0.0, "loading engine")
     eng, note = _engine(engine)
     masks, tracks, maps = track_frames(frames, eng, bx, progress=progress, keep_maps=keep_maps)

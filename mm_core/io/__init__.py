@@ -15,6 +15,7 @@ zip of those. See :mod:`mm_core.io.reader` for the channel, Z and T rules and
 from mm_core.io.archive import list_folder
 from mm_core.io.limits import (
     IMAGE_EXTENSIONS,
+    MAX_BOXES,
     MAX_FRAMES,
     MAX_PIXELS,
     MAX_TOTAL_PIXELS,
@@ -29,6 +30,7 @@ from mm_core.io.reader import ImageData, SequenceData, check_content, read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_BOXES",
     "MAX_FRAMES",
     "MAX_PIXELS",
     "MAX_TOTAL_PIXELS",

@@ -122,7 +122,10 @@ def _channel_list(channels: Channels, n: int, name: str):
         if channels.lower() != "composite":
             raise InputError(f"channels must be channel numbers or 'composite', got {channels!r}")
         return "composite"
-    picked = [channels] if np.isscalar(channels) else list(channels)
+    try:
+        picked = [channels] if np.isscalar(channels) else list(channels)
+    except TypeError:
+        raise InputError(f"channels must be channel numbers or 'composite', got {channels!r}") from None
     if not picked:
         raise InputError("no channel was chosen")
     for c in picked:

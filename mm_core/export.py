@@ -11,7 +11,9 @@
 
 Every writer writes only at the path it is given (creating that path's missing
 parent folders) or, for :func:`write_ctc`, only inside ``out_dir``, and returns the
-path written. Bad arrays raise :class:`mm_core.errors.InputError`.
+path written. Files are written to a temporary name and moved into place
+(:func:`mm_core.io.atomic.atomic_write`), so a symlink already at the path is
+replaced, never written through. Bad arrays raise :class:`mm_core.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pandas as pd
 import tifffile
 
 from mm_core.errors import InputError
+from mm_core.io.atomic import atomic_path, atomic_write
 
 #: Largest label id that fits the uint16 TIFFs ImageJ and the CTC format expect.
 UINT16_MAX = 65535
@@ -107,7 +110,7 @@ def write_labels(path, labels) -> Path:
     arr = _as_labels(labels, (2, 3))
     dtype = label_dtype(arr)
     out = _out_path(path)
-    out.write_bytes(_tiff_bytes(arr.astype(dtype), imagej=dtype == np.uint16))
+    atomic_write(out, _tiff_bytes(arr.astype(dtype), imagej=dtype == np.uint16))
     return out
 
 
@@ -167,7 +170,7 @@ def write_measurements(path, labels, intensity=None) -> Path:
     """Write :func:`measurements_table` as CSV (comma-separated, header row, no index)."""
     table = measurements_table(labels, intensity)
     out = _out_path(path)
-    table.to_csv(out, index=False)
+    atomic_write(out, table.to_csv(index=False))
     return out
 
 
@@ -221,10 +224,11 @@ def write_imagej_rois(path, labels) -> Path:
         roi.roitype = ROI_TYPE.POLYGON
         rois.append(roi)
     out = _out_path(path)
-    if rois:
-        roiwrite(out, rois, mode="w")
-    else:
-        zipfile.ZipFile(out, "w").close()
+    with atomic_path(out) as tmp:
+        if rois:
+            roiwrite(tmp, rois, mode="w")
+        else:
+            zipfile.ZipFile(tmp, "w").close()
     return out
 
 
@@ -277,7 +281,7 @@ def write_tracks_csv(path, masks, tracks=None) -> Path:
     """Write :func:`tracks_table` as CSV (positions with 2 decimals)."""
     table = tracks_table(masks, tracks)
     out = _out_path(path)
-    table.to_csv(out, index=False, float_format="%.2f")
+    atomic_write(out, table.to_csv(index=False, float_format="%.2f"))
     return out
 
 
@@ -350,7 +354,7 @@ def write_ctc(out_dir, masks, tracks=None) -> Path:
         if old.is_file() and _CTC_MASK.match(old.name) and old.name.startswith("mask"):
             old.unlink()
     for name, data in members:
-        (out / name).write_bytes(data)
+        atomic_write(out / name, data)
     return out
 
 
@@ -358,7 +362,7 @@ def write_ctc_zip(zip_path, masks, tracks=None, folder: str = "01_RES") -> Path:
     """Write the same CTC result as :func:`write_ctc` into a zip, under ``folder/``."""
     members = list(_ctc_members(masks, tracks))  # validate everything before writing
     out = _out_path(zip_path)
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in members:
             zf.writestr(f"{folder}/{name}" if folder else name, data)
     return out
@@ -426,7 +430,7 @@ def write_density(path, density) -> Path:
     if not np.isfinite(arr).all():
         raise InputError("the density map contains NaN or infinite values")
     out = _out_path(path)
-    out.write_bytes(_tiff_bytes(arr, imagej=True))
+    atomic_write(out, _tiff_bytes(arr, imagej=True))
     return out
 
 
@@ -443,10 +447,11 @@ def write_counts(path, rows: Iterable[tuple[str, float]]) -> Path:
             raise InputError(f"the count of {name} is not a number: {value!r}") from None
         checked.append((str(name), f"{value:.6g}" if not value.is_integer() else str(int(value))))
     out = _out_path(path)
-    with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "count"])
-        writer.writerows(checked)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(["image", "count"])
+    writer.writerows(checked)
+    atomic_write(out, buf.getvalue())
     return out
 
 
@@ -456,5 +461,5 @@ def write_points(path, points) -> Path:
     if not {"x", "y"} <= set(df.columns):
         raise InputError(f"points need the columns x and y, got {list(df.columns)}")
     out = _out_path(path)
-    df[["x", "y"]].astype(float).to_csv(out, index=False)
+    atomic_write(out, df[["x", "y"]].astype(float).to_csv(index=False))
     return out

@@ -1,7 +1,8 @@
 """Command-line interface: ``python -m mm_core {segment,count,track,evaluate}``.
 
-A thin shell over :mod:`mm_core.pipelines`, :mod:`mm_core.io`, :mod:`mm_core.export`
-and :mod:`mm_core.evaluation`. One exit-code rule for every command:
+A thin shell over one :class:`mm_core.Matcher`, :mod:`mm_core.io`, :func:`mm_core.export.save`
+and :mod:`mm_core.evaluation`; it writes the same files as the app. One exit-code rule
+for every command:
 
 - ``0``: every input was done;
 - ``1``: some input was refused (reported by file name, the others are still done);
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -26,28 +26,8 @@ from tqdm import tqdm
 
 from mm_core.engines import ENGINE_NAMES
 from mm_core.errors import InputError, MMError
+from mm_core.io import expand_inputs
 from mm_core.io.boxes import read_boxes_csv
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Image files given directly, plus the image files inside given folders (natural order)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                     and not f.name.startswith(".")]
-            out.extend(sorted(files, key=lambda f: _natural_key(f.name)))
-        else:
-            out.append(p)
-    return out
-
 
 #: Exit codes (see the module docstring).
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -102,6 +82,12 @@ def _read_boxes(path: str | None):
         raise _UsageError(f"--boxes: {exc}") from None
 
 
+def _naming(name: str, exc: Exception) -> str:
+    """The message of ``exc``, prefixed with ``name`` when it does not name it already."""
+    msg = str(exc)
+    return msg if name in msg else f"{name}: {msg}"
+
+
 def _unique_base(path: Path, seen: set[str]) -> str:
     base, k = path.stem, 2
     while base in seen:
@@ -119,12 +105,19 @@ def _out_dir(path: str) -> Path:
     return out
 
 
-def _engine(name: str):
-    from mm_core.engines import get_engine
+def _matcher(args, task: str):
+    from mm_core.models import Matcher
 
-    engine, reason = get_engine(name)
-    print(f"engine: {reason}", file=sys.stderr)
-    return engine
+    # segment/count: the checkpoint must be for that task; track: a segmentation checkpoint serves the
+    # per-frame segmentation and a linking checkpoint the linking
+    head = args.head if task == "track" else {task: args.head}
+    matcher = Matcher(engine=args.engine, head=head)
+    print(f"engine: {matcher.engine_note}", file=sys.stderr)
+    if task == "track":
+        print(f"heads: {matcher.head_notes()['segment']}; {matcher.head_notes()['track']}", file=sys.stderr)
+    else:
+        print(f"head: {matcher.head_notes()[task]}", file=sys.stderr)
+    return matcher
 
 
 def _run_batch(args, task: str) -> int:
@@ -137,47 +130,28 @@ def _run_batch(args, task: str) -> int:
         raise _UsageError("no input images found (give image files or folders holding "
                           ".tif/.png/.jpg/.bmp files)")
     csv_boxes, used = _read_boxes(args.boxes), set()
-    engine = _engine(args.engine)
-    from mm_core.heads.learned import select_head
-
-    _, head_note = select_head(args.head, task, engine.name)
-    print(f"head: {head_note}", file=sys.stderr)
-    failures, seen, counts = 0, set(), []
+    matcher = _matcher(args, task)
+    failures, seen = 0, set()
     for path in tqdm(files, desc=task, unit="image", file=sys.stderr):
         try:
             boxes = _boxes_for(path.name, args.box, csv_boxes, used=used)
             with _warnings_about(path.name):
                 img = read_image(path, channels=args.channels).data
-                res = _run_one(task, img, boxes, engine, args.head)
+                res = getattr(matcher, task)(img, boxes=boxes)
             base = _unique_base(path, seen)
-            if task == "segment":
-                export.write_labels(out / f"{base}.tif", res.labels)
-                export.write_measurements(out / f"{base}.csv", res.labels, img)
-                tqdm.write(f"{path.name}: {res.n_objects} objects ({res.maps.mode} mode)", file=sys.stderr)
-            else:
-                export.write_density(out / f"{base}_density.tif", res.density)
-                export.write_points(out / f"{base}_points.csv", res.points)
-                counts.append((base, res.count))
-                tqdm.write(f"{path.name}: count {res.count:.1f} ({res.maps.mode} mode)", file=sys.stderr)
+            export.save(res, out, base, intensity=img)
+            what = f"{res.n_objects} objects" if task == "segment" else f"count {res.count:.1f}"
+            tqdm.write(f"{path.name}: {what} ({res.maps.mode} mode)", file=sys.stderr)
         except MMError as exc:
             failures += 1
             tqdm.write(f"skipped {path.name}: {exc}", file=sys.stderr)
-    if task == "count":
-        export.write_counts(out / "counts.csv", counts)
     _unused_rows(args.boxes, csv_boxes, used)
     print(f"{len(files) - failures} of {len(files)} images done; results in {out}", file=sys.stderr)
     return EXIT_REFUSED if failures else EXIT_OK
 
 
-def _run_one(task: str, img, boxes, engine, head):
-    from mm_core import pipelines
-
-    run = pipelines.segment if task == "segment" else pipelines.count
-    return run(img, boxes=boxes, engine=engine, head=head)
-
-
 def _run_track(args) -> int:
-    from mm_core import export, pipelines
+    from mm_core import export
     from mm_core.io import read_sequence
 
     out = _out_dir(args.out)
@@ -192,7 +166,7 @@ def _run_track(args) -> int:
     first = Path(seq.names[0]).name if seq.names else "first"
     boxes = _boxes_for(first, args.box, csv_boxes, aliases=("first",), used=used)
     _unused_rows(args.boxes, csv_boxes, used)
-    engine = _engine(args.engine)
+    matcher = _matcher(args, "track")
     bar = tqdm(total=100, desc="track", unit="%", file=sys.stderr,
                bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
 
@@ -202,23 +176,16 @@ def _run_track(args) -> int:
 
     try:
         with _warnings_about(name):
-            res = pipelines.track(seq.frames, boxes=boxes, engine=engine, progress=progress)
+            res = matcher.track(seq.frames, boxes=boxes, progress=progress)
     except InputError as exc:
         bar.close()
         print(f"error: {_naming(name, exc)}", file=sys.stderr)
         return EXIT_REFUSED
     bar.close()
-    export.write_ctc(out, res.masks, res.tracks)
-    export.write_tracks_csv(out / "tracks.csv", res.masks, res.tracks)
+    export.save(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
           f"CTC results in {out}", file=sys.stderr)
     return 0
-
-
-def _naming(name: str, exc: Exception) -> str:
-    """The message of ``exc``, prefixed with ``name`` when it does not name it already."""
-    msg = str(exc)
-    return msg if name in msg else f"{name}: {msg}"
 
 
 def _run_evaluate(args) -> int:
@@ -259,10 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "hub:owner/name, 'analytic', or 'auto' (a shipped learned head for this engine if any)")
         return p
 
-    common(with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels + <base>.csv measurements")), "segment")
+    common(with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels, <base>.csv "
+                                    "measurements, <base>_rois.zip ImageJ ROIs")), "segment")
     common(with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv")),
            "count")
-    common(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, tracks.csv"), "track")
+    common(with_head(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, ctc.zip, "
+                                    "tracks.csv")), "track")
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
 
 from mm_core.errors import InputError
-from mm_core.export import read_ctc, write_ctc
-from mm_core.io.limits import natural_key
+from mm_core.export import write_ctc
+from mm_core.io import natural_key, read_ctc, read_labels
 from mm_core.metrics import IOU_THRESHOLDS, average_precision, count_errors, ctc_scores
 
 TASKS = ("seg", "count", "track")
@@ -79,17 +78,6 @@ def _summary(task: str, root: Path, n: int, missing: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- segmentation
-def _read_label_tif(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        arr = np.squeeze(tifffile.imread(path))
-    except Exception as err:  # noqa: BLE001 - tifffile raises many types on corrupt files
-        raise InputError(f"cannot read the label image {path.name}: {err}") from None
-    if arr.shape != shape:
-        raise InputError(f"{path.name} is {arr.shape[-1]}x{arr.shape[0]} pixels (shape {arr.shape}) but its "
-                         f"ground truth is {shape[-1]}x{shape[0]}")
-    return arr
-
-
 def _pred_label_file(pred: Path, base: str) -> Path | None:
     for cand in (pred / f"{base}.tif", pred / f"{base}.tiff", pred / "masks" / f"{base}.tif"):
         if cand.is_file():
@@ -112,13 +100,13 @@ def evaluate_segmentation(pred_dir, gt_root, max_images: int | None = None) -> d
         raise InputError(f"no ground-truth masks (*.tif) in {gt_root / 'masks'}")
     aps, f1s, missing, n_true, n_pred = [], [], [], 0, 0
     for gt_file in gt_files:
-        gt = np.squeeze(tifffile.imread(gt_file))
+        gt = read_labels(gt_file)
         pf = _pred_label_file(pred, gt_file.stem)
         if pf is None:
             missing.append(gt_file.stem)
             pl = np.zeros(gt.shape, np.uint8)
         else:
-            pl = _read_label_tif(pf, gt.shape)
+            pl = read_labels(pf, gt.shape)
         res = average_precision(gt, pl, IOU_THRESHOLDS)
         aps.append(res["ap"])
         tp, fp, fn = res["tp"][0], res["fp"][0], res["fn"][0]

@@ -4,12 +4,13 @@
 * per-object measurements: :func:`skimage.measure.regionprops_table` as a table / CSV;
 * ImageJ ROI sets: a zip of polygon ROIs written with :mod:`roifile`, for Fiji's ROI Manager;
 * tracks: a per-object-per-frame CSV; a Cell Tracking Challenge (CTC) result
-  folder or zip, ``maskTTT.tif`` + ``res_track.txt``; a reader for CTC ground truth
-  (``man_trackTTT.tif`` + ``man_track.txt``) and results;
+  folder or zip, ``maskTTT.tif`` + ``res_track.txt`` (read back with
+  :func:`mm_core.io.read_ctc`);
 * counting: the density map as float32 TIFF, counts as CSV (``image,count``) and
   detected points as CSV (``x,y``; x = column, y = row, in pixels).
 
-Every writer writes only at the path it is given (creating that path's missing
+:func:`save` writes every file of a task result (what the CLI and the app both
+write). Every writer writes only at the path it is given (creating that path's missing
 parent folders) or, for :func:`write_ctc`, only inside ``out_dir``, and returns the
 path written. Files are written to a temporary name and moved into place
 (:func:`mm_core.io.atomic.atomic_write`), so a symlink already at the path is
@@ -31,11 +32,18 @@ import tifffile
 
 from mm_core.errors import InputError
 from mm_core.io.atomic import atomic_path, atomic_write
+from mm_core.io.labels import CTC_MASK_RE
+from mm_core.measure import (
+    TRACK_COLUMNS,
+    as_labels,
+    check_tracks,
+    measurements_table,
+    tracks_from_masks,
+    tracks_table,
+)
 
 #: Largest label id that fits the uint16 TIFFs ImageJ and the CTC format expect.
 UINT16_MAX = 65535
-#: Columns of a CTC track table (``res_track.txt``: ``L B E P``).
-TRACK_COLUMNS = ["label", "begin", "end", "parent"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -46,25 +54,6 @@ def _out_path(path) -> Path:
         raise InputError(f"cannot write the file {p}: a folder of that name exists")
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _as_labels(labels, ndims: tuple[int, ...] = (2,), what: str = "label image") -> np.ndarray:
-    """Check an integer label array (0 = background) and return it as an ndarray."""
-    arr = np.asarray(labels)
-    if arr.ndim not in ndims:
-        raise InputError(f"the {what} must have {' or '.join(map(str, ndims))} dimensions, "
-                         f"got an array of shape {arr.shape}")
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise InputError(f"the {what} must hold whole numbers (object ids), got fractional or NaN values")
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind not in "iu":
-        raise InputError(f"the {what} must be an integer array, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
-        raise InputError(f"the {what} has negative object ids (min {arr.min()}); ids must be >= 0")
-    return arr
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
@@ -107,7 +96,7 @@ def write_labels(path, labels) -> Path:
         <= 65,535, otherwise a plain uint32 TIFF (ImageJ has no uint32 type; Fiji
         opens it through Bio-Formats, napari and tifffile read it directly).
     """
-    arr = _as_labels(labels, (2, 3))
+    arr = as_labels(labels, (2, 3))
     dtype = label_dtype(arr)
     out = _out_path(path)
     atomic_write(out, _tiff_bytes(arr.astype(dtype), imagej=dtype == np.uint16))
@@ -115,57 +104,6 @@ def write_labels(path, labels) -> Path:
 
 
 # --------------------------------------------------------------------------- measurements
-_PROPS = ("label", "area", "centroid", "bbox", "equivalent_diameter_area", "eccentricity")
-_INTENSITY_PROPS = ("intensity_mean", "intensity_min", "intensity_max")
-_RENAME = {"centroid-0": "centroid_y", "centroid-1": "centroid_x",
-           "bbox-0": "bbox_y0", "bbox-1": "bbox_x0", "bbox-2": "bbox_y1", "bbox-3": "bbox_x1",
-           "equivalent_diameter_area": "equivalent_diameter"}
-
-
-def measurements_table(labels, intensity=None) -> pd.DataFrame:
-    """Per-object measurements from :func:`skimage.measure.regionprops_table`.
-
-    Parameters
-    ----------
-    labels : ndarray
-        ``(H, W)`` integer labels, 0 = background.
-    intensity : ndarray, optional
-        ``(H, W)`` or ``(H, W, C)`` image measured inside each object.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per object, sorted by label, with columns ``label``, ``area``
-        (pixels), ``centroid_x``, ``centroid_y`` (x = column, y = row),
-        ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (x1/y1 exclusive, as the
-        exemplar boxes), ``equivalent_diameter`` (of the circle with the same
-        area), ``eccentricity`` and, with ``intensity``, ``mean_intensity``,
-        ``min_intensity``, ``max_intensity`` (for ``C > 1`` channels one column
-        per channel: ``mean_intensity_ch0``, ...).
-    """
-    from skimage.measure import regionprops_table
-
-    lab = _as_labels(labels).astype(np.int64, copy=False)
-    props = list(_PROPS)
-    img = None
-    if intensity is not None:
-        img = np.asarray(intensity, dtype=np.float64)
-        if img.ndim == 3 and img.shape[-1] == 1:
-            img = img[..., 0]
-        if img.ndim not in (2, 3) or img.shape[:2] != lab.shape:
-            raise InputError(f"the intensity image has shape {img.shape} but the label image is {lab.shape}")
-        props += _INTENSITY_PROPS
-    table = pd.DataFrame(regionprops_table(lab, intensity_image=img, properties=props))
-    rename = dict(_RENAME)
-    for stat in ("mean", "min", "max"):
-        rename[f"intensity_{stat}"] = f"{stat}_intensity"
-        for c in range(img.shape[-1] if img is not None and img.ndim == 3 else 0):
-            rename[f"intensity_{stat}-{c}"] = f"{stat}_intensity_ch{c}"
-    first = ["label", "area", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
-    table = table.rename(columns=rename).astype({c: np.int64 for c in first if "centroid" not in c})
-    return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
-
-
 def write_measurements(path, labels, intensity=None) -> Path:
     """Write :func:`measurements_table` as CSV (comma-separated, header row, no index)."""
     table = measurements_table(labels, intensity)
@@ -214,7 +152,7 @@ def write_imagej_rois(path, labels) -> Path:
     from roifile import ROI_TYPE, ImagejRoi, roiwrite
     from skimage.measure import regionprops
 
-    lab = _as_labels(labels).astype(np.int64, copy=False)
+    lab = as_labels(labels).astype(np.int64, copy=False)
     width = max(4, len(str(int(lab.max()) if lab.size else 0)))
     rois = []
     for region in regionprops(lab):
@@ -239,44 +177,6 @@ def ctc_frame_name(t: int, n_frames: int, prefix: str = "mask") -> str:
     return f"{prefix}{int(t):0{digits}d}.tif"
 
 
-def tracks_from_masks(masks) -> pd.DataFrame:
-    """Track table of a ``(T, H, W)`` label stack without lineage: each label's first
-    and last frame, parent 0."""
-    arr = _as_labels(masks, (3,), "mask stack")
-    rows: dict[int, list[int]] = {}
-    for t, frame in enumerate(arr):
-        for lab in np.unique(frame[frame > 0]):
-            rows.setdefault(int(lab), [int(lab), t, t, 0])[2] = t
-    return pd.DataFrame(sorted(rows.values()), columns=TRACK_COLUMNS, dtype=np.int64)
-
-
-def tracks_table(masks, tracks=None) -> pd.DataFrame:
-    """One row per object per frame: ``track_id, frame, x, y, area, parent``.
-
-    ``x``, ``y`` are the object's centroid (x = column, y = row) in that frame,
-    ``area`` its pixels and ``parent`` the track it divided from (0 = none).
-    Sorted by track, then frame.
-    """
-    from skimage.measure import regionprops_table
-
-    arr = _as_labels(masks, (3,), "mask stack")
-    table = _check_tracks(tracks)
-    parts = []
-    for t, frame in enumerate(arr):
-        if frame.any():
-            p = regionprops_table(frame.astype(np.int64), properties=("label", "centroid", "area"))
-            parts.append(pd.DataFrame({"track_id": p["label"], "frame": t, "x": p["centroid-1"],
-                                       "y": p["centroid-0"], "area": p["area"]}))
-    cols = ["track_id", "frame", "x", "y", "area", "parent"]
-    if not parts:
-        return pd.DataFrame(columns=cols)
-    out = pd.concat(parts, ignore_index=True)
-    parent = dict(zip(table["label"], table["parent"]))
-    out["parent"] = out["track_id"].map(parent).fillna(0).astype(np.int64)
-    out[["track_id", "area"]] = out[["track_id", "area"]].astype(np.int64)
-    return out[cols].sort_values(["track_id", "frame"], ignore_index=True)
-
-
 def write_tracks_csv(path, masks, tracks=None) -> Path:
     """Write :func:`tracks_table` as CSV (positions with 2 decimals)."""
     table = tracks_table(masks, tracks)
@@ -285,45 +185,21 @@ def write_tracks_csv(path, masks, tracks=None) -> Path:
     return out
 
 
-def _check_tracks(tracks) -> pd.DataFrame:
-    """The ``label, begin, end, parent`` columns of a track table (DataFrame or (N, 4) array) as int64."""
-    if tracks is None:
-        return pd.DataFrame(columns=TRACK_COLUMNS, dtype=np.int64)
-    if isinstance(tracks, pd.DataFrame):
-        df = tracks
-    else:
-        arr = np.asarray(tracks)
-        if arr.size % 4:
-            raise InputError("a track table needs 4 numbers per track (label, begin, end, parent), "
-                             f"got an array of shape {arr.shape}")
-        df = pd.DataFrame(arr.reshape(-1, 4), columns=TRACK_COLUMNS)
-    missing = [c for c in TRACK_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"the track table lacks the column(s) {', '.join(missing)}")
-    try:
-        return df[TRACK_COLUMNS].astype(np.int64).reset_index(drop=True)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"the track table must hold whole numbers: {err}") from None
-
-
 def _ctc_members(masks, tracks) -> Iterator[tuple[str, bytes]]:
     """Yield ``(file name, bytes)`` of a CTC result: every ``maskTTT.tif``, then ``res_track.txt``."""
-    arr = _as_labels(masks, (3,), "mask stack")
+    arr = as_labels(masks, (3,), "mask stack")
     if arr.shape[0] == 0:
         raise InputError("the mask stack has no frames")
     if arr.size and arr.max() > UINT16_MAX:
         raise InputError("the Cell Tracking Challenge format stores 16-bit labels; "
                          f"label {arr.max()} is too large")
-    table = tracks_from_masks(arr) if tracks is None else _check_tracks(tracks)
+    table = tracks_from_masks(arr) if tracks is None else check_tracks(tracks)
     for t, frame in enumerate(arr):
         buf = io.BytesIO()
         tifffile.imwrite(buf, frame.astype(np.uint16), compression="zlib")
         yield ctc_frame_name(t, arr.shape[0]), buf.getvalue()
     text = "".join(f"{r.label} {r.begin} {r.end} {r.parent}\n" for r in table.itertuples())
     yield "res_track.txt", text.encode("ascii")
-
-
-_CTC_MASK = re.compile(r"^(mask|man_track)(\d+)\.tif$")
 
 
 def write_ctc(out_dir, masks, tracks=None) -> Path:
@@ -351,7 +227,7 @@ def write_ctc(out_dir, masks, tracks=None) -> Path:
     members = list(_ctc_members(masks, tracks))  # validate everything before writing
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():
-        if old.is_file() and _CTC_MASK.match(old.name) and old.name.startswith("mask"):
+        if old.is_file() and CTC_MASK_RE.match(old.name) and old.name.startswith("mask"):
             old.unlink()
     for name, data in members:
         atomic_write(out / name, data)
@@ -366,57 +242,6 @@ def write_ctc_zip(zip_path, masks, tracks=None, folder: str = "01_RES") -> Path:
         for name, data in members:
             zf.writestr(f"{folder}/{name}" if folder else name, data)
     return out
-
-
-def read_ctc(folder) -> tuple[np.ndarray, pd.DataFrame]:
-    """Read a CTC ground-truth or result folder.
-
-    Parameters
-    ----------
-    folder : str or Path
-        A result folder (``maskTTT.tif`` + ``res_track.txt``), a ground-truth
-        ``TRA`` folder (``man_trackTTT.tif`` + ``man_track.txt``) or the
-        ``<SEQ>_GT`` folder holding it.
-
-    Returns
-    -------
-    masks : ndarray
-        ``(T, H, W)`` labels as stored (uint16 in the CTC format).
-    tracks : pandas.DataFrame
-        Columns ``label, begin, end, parent`` (int64).
-    """
-    root = Path(folder)
-    if (root / "TRA").is_dir():
-        root = root / "TRA"
-    if not root.is_dir():
-        raise InputError(f"{folder} is not a folder")
-    files = {}
-    for p in root.iterdir():
-        m = _CTC_MASK.match(p.name)
-        if m and p.is_file():
-            files[int(m.group(2))] = p
-    txt = next((root / n for n in ("res_track.txt", "man_track.txt") if (root / n).is_file()), None)
-    if not files or txt is None:
-        raise InputError(f"{folder} is not a Cell Tracking Challenge folder: it needs mask000.tif ... "
-                         "with res_track.txt, or man_track000.tif ... with man_track.txt")
-    missing = sorted(set(range(max(files) + 1)) - set(files))
-    if missing:
-        raise InputError(f"{folder}: frame {missing[0]} is missing (frames must be numbered 0, 1, 2, ...)")
-    frames = []
-    for t in range(len(files)):
-        try:
-            frames.append(tifffile.imread(files[t]))
-        except Exception as err:  # noqa: BLE001 - tifffile raises many types on corrupt files
-            raise InputError(f"cannot read {files[t].name}: {err}") from None
-        if frames[-1].shape != frames[0].shape or frames[-1].ndim != 2:
-            raise InputError(f"{files[t].name} is {frames[-1].shape}, expected a 2-D mask like "
-                             f"{files[0].name} {frames[0].shape}")
-    try:
-        raw = [line.split() for line in txt.read_text().splitlines() if line.strip()]
-        tracks = pd.DataFrame([[int(v) for v in r] for r in raw], columns=TRACK_COLUMNS, dtype=np.int64)
-    except ValueError:
-        raise InputError(f"{txt.name} must have 4 whole numbers per line (L B E P)") from None
-    return np.stack(frames), tracks
 
 
 # --------------------------------------------------------------------------- counting
@@ -463,3 +288,71 @@ def write_points(path, points) -> Path:
     out = _out_path(path)
     atomic_write(out, df[["x", "y"]].astype(float).to_csv(index=False))
     return out
+
+
+# --------------------------------------------------------------------------- one save layer
+def _upsert_count(path: Path, name: str, value: float) -> Path:
+    """Write ``counts.csv`` with ``name``'s row replaced (or added); other images' rows are kept."""
+    rows: dict[str, float] = {}
+    if path.is_file():
+        try:
+            old = pd.read_csv(path, dtype={"image": str})
+            rows = dict(zip(old["image"].astype(str), old["count"].astype(float)))
+        except (ValueError, KeyError, pd.errors.ParserError):
+            rows = {}  # not ours or damaged: rewritten
+    rows[name] = value
+    return write_counts(path, sorted(rows.items()))
+
+
+def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
+    """Write every file of a result into ``out_dir``; the CLI and the app both call this.
+
+    Parameters
+    ----------
+    result : SegmentationResult, CountResult or TrackResult
+        What :class:`mm_core.Matcher` returned.
+    out_dir : str or Path
+        Output folder (created if missing); nothing is written elsewhere.
+    stem : str
+        Name prefix of the files, usually the input's name without extension
+        (needed for images; optional for a time-lapse).
+    intensity : ndarray, optional
+        Raw image measured in the segmentation table (default: the normalised
+        image of the result).
+
+    Returns
+    -------
+    list of Path
+        The files written:
+
+        - segmentation: ``<stem>.tif`` (labels), ``<stem>.csv`` (measurements),
+          ``<stem>_rois.zip`` (ImageJ ROIs, when there are objects);
+        - counting: ``<stem>_density.tif``, ``<stem>_points.csv`` and
+          ``counts.csv`` (``image,count``; this image's row added or replaced);
+        - tracking: the CTC result ``maskTTT.tif`` ... + ``res_track.txt``,
+          ``<stem>_ctc.zip`` (the same under ``01_RES/``) and
+          ``<stem>_tracks.csv`` (``ctc.zip`` and ``tracks.csv`` without a stem).
+    """
+    out = Path(out_dir)
+    if hasattr(result, "labels"):
+        if not stem:
+            raise InputError("saving a segmentation needs a file name stem")
+        files = [write_labels(out / f"{stem}.tif", result.labels),
+                 write_measurements(out / f"{stem}.csv", result.labels,
+                                    result.image if intensity is None else intensity)]
+        if result.n_objects:
+            files.append(write_imagej_rois(out / f"{stem}_rois.zip", result.labels))
+        return files
+    if hasattr(result, "density"):
+        if not stem:
+            raise InputError("saving a count needs a file name stem")
+        return [write_density(out / f"{stem}_density.tif", result.density),
+                write_points(out / f"{stem}_points.csv", result.points),
+                _upsert_count(out / "counts.csv", stem, float(result.count))]
+    if hasattr(result, "masks") and hasattr(result, "tracks"):
+        prefix = f"{stem}_" if stem else ""
+        folder = write_ctc(out, result.masks, result.tracks)
+        ctc = sorted(p for p in folder.iterdir() if CTC_MASK_RE.match(p.name) or p.name == "res_track.txt")
+        return [*ctc, write_ctc_zip(out / f"{prefix}ctc.zip", result.masks, result.tracks),
+                write_tracks_csv(out / f"{prefix}tracks.csv", result.masks, result.tracks)]
+    raise InputError(f"cannot save a {type(result).__name__}: expected a segmentation, count or tracking result")

@@ -279,9 +279,9 @@ def test_segmentation_with_box(page):
     assert 0.7 * n_true <= n <= 1.3 * n_true, (n, n_true)
     files = downloads(page, "seg")
     stem = Path(name).stem
-    labels = tifffile.imread(io.BytesIO(files[f"{stem}_labels.tif"]))
+    labels = tifffile.imread(io.BytesIO(files[f"{stem}.tif"]))
     assert labels.shape == (512, 512) and len(np.unique(labels[labels > 0])) == n
-    csv = files[f"{stem}_objects.csv"].decode().strip().splitlines()
+    csv = files[f"{stem}.csv"].decode().strip().splitlines()
     assert len(csv) == n + 1
     assert zipfile.ZipFile(io.BytesIO(files[f"{stem}_rois.zip"])).namelist()
     # Opacity re-renders from the cached result: a new picture, same count, no Run.
@@ -354,7 +354,7 @@ def test_counting_with_box_and_downloads(page):
     files = downloads(page, "count")
     density = tifffile.imread(io.BytesIO(files["crowded_cells_density.tif"]))
     assert density.shape == (384, 384) and abs(float(density.sum()) - n) <= 0.05 * n + 0.5
-    assert "crowded_cells" in files["crowded_cells_count.csv"].decode()
+    assert "crowded_cells" in files["counts.csv"].decode()
 
 
 def test_counting_real_image_automatic(page, shared_data):

@@ -66,7 +66,7 @@ def test_examples_are_small_documented_and_reproducible(tmp_path):
 
 
 def test_app_example_lists_name_shipped_files():
-    import app
+    from mm_core.app import ui as app
 
     for names in app.EXAMPLE_FILES.values():
         for name in names:

@@ -14,7 +14,7 @@ import tifffile
 from PIL import Image
 
 from mm_core import export
-from mm_core import app_utils as au
+from mm_core.app import helpers as au
 from mm_core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,9 +131,17 @@ def test_big_number_html():
 
 @pytest.fixture(scope="module")
 def app_module():
-    import app
+    from mm_core.app import ui
 
-    return app
+    return ui
+
+
+def test_app_py_is_the_thin_entry_point():
+    import app
+    from mm_core.app import ui
+
+    assert app.main is ui.main and app.build_app is ui.build_app
+    assert len(Path(app.__file__).read_text().splitlines()) < 30
 
 
 def test_guarded_turns_errors_into_messages(app_module, caplog):
@@ -170,9 +178,11 @@ def test_on_upload_returns_annotator_value(app_module, tmp_path, monkeypatch):
     assert app_module.on_upload(None, sequence=False)[0] is None
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00nonsense")
-    with pytest.warns(UserWarning, match="bad.tif"):
-        out = app_module.on_upload(str(bad), sequence=False)
-    assert out[0] is None and out[1] is None and out[4] is None  # widgets emptied for the next try
+    before = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    with pytest.raises(InputError, match="bad.tif"):  # an error (for API clients too), not a warning
+        app_module.on_upload(str(bad), sequence=False)
+    assert sorted(p for p in tmp_path.iterdir() if p.is_dir()) == before  # no folder for a refusal
+    assert app_module._empty_input()[0] is None  # what the failure listener puts in the widgets
 
 
 def test_build_app_layout_and_system_fonts(app_module):
@@ -247,33 +257,34 @@ def loaded_image(tmp_path):
 def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tmp_path, monkeypatch):
     monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
     ann = (loaded_image.preview, [(12, 12, 28, 28, "exemplar")])
-    cache, overlay, html, files, _, note = app_module.run_segment(
+    key, overlay, html, files, _, note = app_module.run_segment(
         loaded_image, ann, 0.5, False, progress=_no_progress
     )
+    cache = app_module.STORE.get(key)
     n = cache["result"].n_objects
     assert f">{n}<" in html and 5 <= n <= 13
     assert overlay.shape == (384, 384, 3) and overlay.dtype == np.uint8  # shown enlarged
     names = sorted(Path(f).name for f in files)
-    assert names == ["blobs_labels.tif", "blobs_objects.csv", "blobs_rois.zip"]
+    assert names == ["blobs.csv", "blobs.tif", "blobs_rois.zip"]
     assert tifffile.imread(next(f for f in files if f.endswith(".tif"))).max() > 0
     np.testing.assert_array_equal(cache["boxes"], [[12, 12, 29, 29]])
-    again = app_module.rerender(au.segmentation_view, cache, 0.0)
+    again = app_module.rerender(au.segmentation_view, key, 0.0)
     assert again.shape == overlay.shape and not (again == overlay).all()
-    shown = app_module._map_update(cache, True)
+    shown = app_module._map_update(key, True)
     assert shown["visible"] and shown["value"].shape == (384, 384, 3)
     assert "Engine" in note
 
 
 def test_run_count_writes_downloads(app_module, loaded_image, tmp_path, monkeypatch):
     monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
-    cache, overlay, html, files, _, _ = app_module.run_count(
+    key, overlay, html, files, _, _ = app_module.run_count(
         loaded_image, None, 0.6, False, progress=_no_progress
     )
-    res = cache["result"]
+    res = app_module.STORE.get(key)["result"]
     assert 5 <= res.count <= 13 and f"{res.count:,.1f}" in html
     density = tifffile.imread(next(f for f in files if f.endswith("_density.tif")))
     assert abs(float(density.sum()) - res.count) < 1e-3 * max(1.0, res.count)
-    counts = pd.read_csv(next(f for f in files if f.endswith("_count.csv")))
+    counts = pd.read_csv(next(f for f in files if f.endswith("counts.csv")))
     assert list(counts.columns) == ["image", "count"] and counts["image"][0] == "blobs"
 
 
@@ -283,15 +294,17 @@ def test_run_track_animation_frames_and_downloads(app_module, tmp_path, monkeypa
     frames = np.stack([_blobs(shift=(0, t)) for t in range(3)]).astype(np.uint16)
     tifffile.imwrite(path, frames, imagej=True, metadata={"axes": "TYX"})
     loaded = au.load_upload(path, True, tmp_path)
-    cache, gif, slider, first, stats, files, mapview, _ = app_module.run_track(
+    key, gif, slider, first, stats, files, mapview, _ = app_module.run_track(
         loaded, None, True, progress=_no_progress
     )
     with Image.open(gif) as im:
         assert im.n_frames == 3
     assert slider["maximum"] == 2 and first.shape == (384, 384, 3) and "tracks" in stats
     assert mapview["visible"] and mapview["value"].shape == (384, 384, 3)
-    frame2, _ = app_module.show_frame(cache, 2, False)
-    assert frame2 is cache["rendered"][2]
+    frame2, _ = app_module.show_frame(key, 2, False)
+    assert frame2.shape == first.shape and not np.array_equal(frame2, first)
+    with pytest.raises(InputError, match="frame number"):
+        app_module.show_frame(key, 99, False)
     names = {Path(f).name for f in files}
     assert names == {"movie_ctc.zip", "movie_tracks.csv"}
     table = pd.read_csv(tmp_path / "out" / Path(files[0]).parent.name / "movie_tracks.csv")

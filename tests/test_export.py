@@ -12,10 +12,10 @@ from roifile import ROI_TYPE, roiread
 from skimage.draw import disk, polygon2mask
 
 from mm_core.errors import InputError
+from mm_core.io import read_ctc
 from mm_core.export import (
     ctc_frame_name,
     measurements_table,
-    read_ctc,
     tracks_from_masks,
     write_counts,
     write_ctc,

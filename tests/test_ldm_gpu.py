@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from mm_core.engines.ldm import LDMEngine, plain_sdpa
-from mm_core.engines.ldm.loading import clear_cache
 from mm_core.engines.ldm.testing import TINY_SIZE, tiny_pipeline_dir
 
 pytestmark = [pytest.mark.gpu,
@@ -24,7 +23,6 @@ def _image():
 
 
 def test_fp16_cuda_maps_match_cpu_fp32():
-    clear_cache()
     cpu = LDMEngine.from_pretrained(tiny_pipeline_dir(), device="cpu", dtype=torch.float32, size=TINY_SIZE)
     gpu = LDMEngine.from_pretrained(tiny_pipeline_dir(), device="cuda", dtype=torch.float16, size=TINY_SIZE)
     assert gpu.c.unet.dtype == torch.float16 and gpu.c.device.type == "cuda"

@@ -247,7 +247,7 @@ def test_exemplar_attention_loss_matches_the_formula():
 
 
 def test_select_head_says_which_head_runs(tmp_path, monkeypatch):
-    from mm_core.heads.learned import registry
+    from mm_core.heads.learned import checkpoints, registry
     from mm_core.heads.learned.registry import select_head
 
     head, note = select_head("analytic", "segment", "classic")
@@ -263,7 +263,7 @@ def test_select_head_says_which_head_runs(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="trained on the classic engine"):
         select_head(folder, "segment", "ldm")
     # shipped folders are found by name, and a default is used when configured
-    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(checkpoints, "WEIGHTS_DIR", tmp_path / "weights")
     monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic"): "seg-test"})
     assert "seg-test" in registry.available_heads()
     head, note = select_head("auto", "segment", "classic")

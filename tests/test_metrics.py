@@ -13,7 +13,8 @@ from conftest import shared_path
 
 from mm_core.errors import InputError
 from mm_core.evaluation import evaluate
-from mm_core.export import read_ctc, write_counts, write_ctc, write_labels
+from mm_core.export import write_counts, write_ctc, write_labels
+from mm_core.io import read_ctc
 from mm_core.io.limits import natural_key
 from mm_core.metrics import (
     IOU_THRESHOLDS,

@@ -50,6 +50,23 @@ def guarded(what: str):
     return deco
 
 
+def checked_input(component, what: str):
+    """Make ``component`` refuse a value it cannot take (e.g. ``'abc'`` for a slider, sent
+    through the API) with a message naming ``what``, instead of Gradio's bare TypeError."""
+    original = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - any value the widget cannot take is the caller's error
+            raise gr.Error(f"{what} cannot be {str(payload)[:40]!r}; give a number", title="Input refused") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 def session_of(request) -> str | None:
     """The session id of a request (``None`` outside a server, e.g. in tests)."""
     return getattr(request, "session_hash", None)

@@ -27,9 +27,8 @@ import pandas as pd
 import tifffile
 
 from mm_core.errors import InputError
-
-IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-
+from mm_core.io import IMAGE_EXTENSIONS as IMAGE_EXTS
+from mm_core.io.labels import read_ctc, read_labels, read_points
 
 @dataclass
 class Sample:
@@ -149,42 +148,12 @@ def load_image(path: Path) -> np.ndarray:
     return normalize(arr)
 
 
-def load_labels(path: Path) -> np.ndarray:
-    """Instance labels ``(H, W)`` int32 from a TIFF/PNG mask (RGB-coded masks are refused)."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        arr = tifffile.imread(path)
-    else:
-        from PIL import Image
-
-        arr = np.asarray(Image.open(path))
-    arr = np.squeeze(arr)
-    if arr.ndim != 2:
-        raise InputError(f"{path.name}: expected a 2-D label image, got shape {arr.shape}")
-    return arr.astype(np.int32)
-
-
-def load_points(path: Path) -> np.ndarray:
-    """Points ``(N, 2)`` as ``(row, col)`` from a CSV with columns ``x, y`` (x = column),
-    or the object centroids of a label image."""
-    if Path(path).suffix.lower() in IMAGE_EXTS:
-        from skimage.measure import regionprops_table
-
-        props = regionprops_table(load_labels(Path(path)), properties=("centroid",))
-        return np.stack([props["centroid-0"], props["centroid-1"]], 1).reshape(-1, 2)
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path.name} could not be read as CSV ({exc})") from None
-    cols = {c.lower().strip(): c for c in df.columns}
-    if "x" not in cols or "y" not in cols:
-        raise InputError(f"{path.name} needs columns x and y, has {', '.join(map(str, df.columns))}")
-    return np.stack([df[cols["y"]].to_numpy(float), df[cols["x"]].to_numpy(float)], 1).reshape(-1, 2)
+load_labels = read_labels
+load_points = read_points
 
 
 def load_ctc(seq: Path, gt: Path) -> tuple[list[np.ndarray], np.ndarray, pd.DataFrame]:
     """Frames (normalised), TRA masks ``(T, H, W)`` and the ``man_track.txt`` table of a CTC sequence."""
-    from mm_core.export import read_ctc
-
     masks, tracks = read_ctc(gt / "TRA")
     files = sorted(p for p in seq.iterdir() if p.suffix.lower() in (".tif", ".tiff") and p.stem.startswith("t"))
     if len(files) != len(masks):

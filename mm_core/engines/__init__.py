@@ -4,8 +4,9 @@
 - ``ldm``: frozen Stable Diffusion v1.4 attention matching (needs the weights,
   best on a GPU).
 
-:func:`get_engine` returns an engine instance and the reason it was chosen; engines
-are created once per process and reused.
+:func:`choose_engine` decides which engine a name means (``auto`` looks for a GPU
+and the weights) and says why; :func:`create_engine` builds one. Nothing is cached
+here: a :class:`mm_core.Matcher` holds the engine it made.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from mm_core.engines.base import Engine, MatchMaps
 from mm_core.errors import InputError
 
 ENGINE_NAMES = ("auto", "classic", "ldm")
-_CACHE: dict[str, Engine] = {}
+
+__all__ = ["ENGINE_NAMES", "Engine", "MatchMaps", "choose_engine", "create_engine"]
 
 
 def _ldm_available() -> tuple[bool, str]:
@@ -23,35 +25,66 @@ def _ldm_available() -> tuple[bool, str]:
     return availability()
 
 
-def get_engine(name: str = "auto") -> tuple[Engine, str]:
-    """Return ``(engine, reason)`` for ``name`` in ``auto``, ``classic``, ``ldm``.
+def choose_engine(name: str = "auto") -> tuple[str, str]:
+    """Decide which engine ``name`` means, without loading it.
 
-    ``auto`` picks the LDM engine only when a GPU and its weights are available,
-    else the weight-free ``classic`` engine; ``reason`` says which and why, in words
-    fit for the CLI and the app.
+    Parameters
+    ----------
+    name : {"auto", "classic", "ldm"}
+        ``auto`` picks the LDM engine only when a CUDA GPU and its weights are
+        available, else the weight-free ``classic`` engine.
+
+    Returns
+    -------
+    engine : str
+        ``"classic"`` or ``"ldm"``.
+    reason : str
+        Which engine and why, in words fit for the CLI and the app.
+
+    Raises
+    ------
+    InputError
+        ``name`` is not an engine name.
     """
-    name = (name or "auto").lower()
-    if name not in ENGINE_NAMES:
+    if not isinstance(name, str) or name.lower() not in ENGINE_NAMES:
         raise InputError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+    name = name.lower()
     if name == "auto":
         ok, why = _ldm_available()
-        name = "ldm" if ok else "classic"
-        reason = (f"LDM engine (Stable Diffusion v1.4 attention): {why}" if ok
-                  else f"weight-free engine: {why}")
-    elif name == "ldm":
-        reason = "LDM engine (Stable Diffusion v1.4 attention), as requested"
-    else:
-        reason = "weight-free engine, as requested"
-    if name not in _CACHE:
-        if name == "ldm":
-            from mm_core.engines.ldm import LDMEngine
-
-            _CACHE[name] = LDMEngine.from_pretrained()
-        else:
-            from mm_core.engines.classic import ClassicEngine
-
-            _CACHE[name] = ClassicEngine()
-    return _CACHE[name], reason
+        if ok:
+            return "ldm", f"LDM engine (Stable Diffusion v1.4 attention): {why}"
+        return "classic", f"weight-free engine: {why}"
+    if name == "ldm":
+        return "ldm", "LDM engine (Stable Diffusion v1.4 attention), as requested"
+    return "classic", "weight-free engine, as requested"
 
 
-__all__ = ["Engine", "MatchMaps", "get_engine", "ENGINE_NAMES"]
+def create_engine(name: str, device: str | None = None) -> Engine:
+    """Build a new engine (loading its weights, for the LDM engine).
+
+    Parameters
+    ----------
+    name : {"classic", "ldm"}
+        A name as returned by :func:`choose_engine`.
+    device : str, optional
+        Torch device of the LDM engine (default: CUDA when present); the classic
+        engine runs on the CPU.
+
+    Returns
+    -------
+    Engine
+
+    Raises
+    ------
+    ModelUnavailableError
+        The LDM engine's weights are not on this machine (and may not be downloaded).
+    """
+    if name == "ldm":
+        from mm_core.engines.ldm import LDMEngine
+
+        return LDMEngine.from_pretrained(device=device)
+    if name == "classic":
+        from mm_core.engines.classic import ClassicEngine
+
+        return ClassicEngine()
+    raise InputError(f"unknown engine {name!r}; choose classic or ldm")

@@ -93,3 +93,21 @@ def density_from_maps(maps: MatchMaps, image: np.ndarray | None = None) -> tuple
     density = ndi.gaussian_filter(density, max(0.5, DENSITY_SIGMA_FRAC * maps.scale), mode="reflect")
     density *= total / max(float(density.sum()), 1e-12)
     return density.astype(np.float32), pts.astype(float)
+
+
+class DensityHead:
+    """The analytic counting head as an object: :func:`density_from_maps`.
+
+    ``predict(maps, image)`` returns ``(density, points)`` like every counting
+    head; it needs no training and reads either engine's maps.
+    """
+
+    task = "count"
+
+    def predict(self, maps: MatchMaps, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Density ``(H, W)`` (its sum is the count) and centres ``(N, 2)`` as ``(row, col)``."""
+        return density_from_maps(maps, image)
+
+    def describe(self) -> str:
+        """One line naming the head (for the CLI and the app)."""
+        return "analytic density head"

@@ -8,11 +8,13 @@ arrays that did not come through the readers.
 
 Formats: PNG, JPEG, BMP, TIFF (8/16/32-bit integer, 16/32/64-bit float; gray,
 RGB, RGBA, multi-channel; multi-page, ImageJ hyperstacks, OME-TIFF), a folder or
-zip of those. See :mod:`mm_core.io.reader` for the channel, Z and T rules and
+zip of those. ``read_labels``, ``read_points`` and ``read_ctc`` read ground truth
+and results. See :mod:`mm_core.io.reader` for the channel, Z and T rules and
 :mod:`mm_core.io.limits` for the safety limits and their environment variables.
 """
 
-from mm_core.io.archive import list_folder
+from mm_core.io.archive import expand_inputs, list_folder
+from mm_core.io.labels import read_ctc, read_labels, read_points
 from mm_core.io.limits import (
     IMAGE_EXTENSIONS,
     MAX_BOXES,
@@ -42,8 +44,12 @@ __all__ = [
     "Limits",
     "SequenceData",
     "check_content",
+    "expand_inputs",
     "list_folder",
     "natural_key",
+    "read_ctc",
     "read_image",
+    "read_labels",
+    "read_points",
     "read_sequence",
 ]

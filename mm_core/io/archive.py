@@ -51,6 +51,26 @@ def list_folder(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def expand_inputs(inputs) -> list[Path]:
+    """Files given directly, plus the image files inside given folders (natural order).
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        Image files and folders (a folder contributes :func:`list_folder`).
+
+    Returns
+    -------
+    list of Path
+        Files are kept as given (the readers refuse what they cannot read).
+    """
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        out.extend(list_folder(p) if p.is_dir() else [p])
+    return out
+
+
 def _check_member_name(info: zipfile.ZipInfo, zname: str) -> None:
     name = info.filename
     mode = info.external_attr >> 16

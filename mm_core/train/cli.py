@@ -113,7 +113,7 @@ def _find(task: str, folders: list[str], exclude: list[str]) -> list:
 def run(argv: list[str]) -> dict:
     """Train one head as described by command-line ``argv``; returns the fit summary."""
     args = build_parser().parse_args(argv)
-    from mm_core.engines import get_engine
+    from mm_core.engines import choose_engine, create_engine
     from mm_core.train.cache import EngineCache
 
     if args.threads:
@@ -125,7 +125,8 @@ def run(argv: list[str]) -> dict:
         train_s, val_s = split(samples, args.val_fraction, args.seed)
     if args.max_images:
         train_s = train_s[: args.max_images]
-    engine, why = get_engine(args.engine)
+    name, why = choose_engine(args.engine)
+    engine = create_engine(name)
     cache = EngineCache(engine, None if str(args.cache_dir).lower() == "none" else args.cache_dir,
                         args.cache_version)
     print(f"{args.task}: {len(train_s)} training / {len(val_s)} validation items; engine: {why}")

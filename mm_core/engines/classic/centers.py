@@ -9,8 +9,7 @@ from skimage.morphology import remove_small_holes
 
 from mm_core.engines.classic.bank import blob_response
 from mm_core.engines.classic.scale import DIAMETER_PER_SIGMA
-from mm_core.heads.segmentation import HOLE_AREA_FRAC
-from mm_core.transforms import resize_map
+from mm_core.transforms import HOLE_AREA_FRAC, resize_map
 
 #: Template scales tried for normalised cross-correlation.
 NCC_SCALES = (0.8, 1.0, 1.25)

@@ -2,7 +2,7 @@
 
 Point it at the weights with ``MM_SD_MODEL`` (a local diffusers folder or a hub id
 already in the Hugging Face cache); :func:`availability` says, without downloading
-anything (and without importing diffusers), whether ``get_engine("auto")`` may pick it.
+anything (and without importing diffusers), whether ``choose_engine("auto")`` may pick it.
 
 Modules: :mod:`.loading` (weights), :mod:`.attention` (capture processors,
 self-cross), :mod:`.conditioning` (template, task token, exemplar slots),

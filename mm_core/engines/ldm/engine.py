@@ -47,7 +47,6 @@ from mm_core.engines.ldm.tiling import tiled_maps
 from mm_core.transforms import prepare_boxes
 
 HEADS_ENV = "MM_LDM_HEADS"
-_ENGINES: dict[tuple, LDMEngine] = {}
 
 
 class LDMEngine:
@@ -107,16 +106,16 @@ class LDMEngine:
     @classmethod
     def from_pretrained(cls, model_id=None, device=None, dtype=None, *, allow_download=None,
                         heads: str | None = None, **kwargs) -> LDMEngine:
-        """Load SD v1.4 (once per process; see :mod:`.loading`) and build the engine.
+        """Load SD v1.4 (see :mod:`.loading`) and build the engine.
+
+        Every call loads the weights again: hold the engine (a :class:`mm_core.Matcher`
+        does) rather than calling this per image.
 
         ``heads`` (or ``MM_LDM_HEADS``): a safetensors file with trained
         ``projector.*`` weights and/or a ``task_token`` embedding.
         """
         comps = load_components(model_id, device, dtype, allow_download=allow_download)
-        key = (comps.model_id, str(comps.device), comps.dtype, tuple(sorted(kwargs.items())))
-        if key not in _ENGINES:
-            _ENGINES[key] = cls(comps, **kwargs)
-        engine = _ENGINES[key]
+        engine = cls(comps, **kwargs)
         heads = heads or os.environ.get(HEADS_ENV)
         if heads:
             engine.load_heads(heads, allow_download=bool(allow_download))
@@ -256,7 +255,7 @@ class LDMEngine:
         return torch.cat(feats, dim=1)
 
     # ------------------------------------------------------------------ one square image
-    def _box_masks(self, boxes: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    def box_masks(self, boxes: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
         """(K, h*w) latent pixels whose centres fall inside each box (``size``-pixel coordinates)."""
         h, w = hw
         fy, fx = self.size / h, self.size / w
@@ -284,8 +283,8 @@ class LDMEngine:
         with self._lock:
             return exemplar_cross_attention(self, image01, boxes, latents)
 
-    def _square(self, x01: torch.Tensor, boxes: np.ndarray | None, per_object: bool,
-                emb: torch.Tensor | None = None, protos: torch.Tensor | None = None) -> dict:
+    def match_square(self, x01: torch.Tensor, boxes: np.ndarray | None, per_object: bool,
+                     emb: torch.Tensor | None = None, protos: torch.Tensor | None = None) -> dict:
         """Maps of one ``size`` x ``size`` image; boxes in its pixel coordinates.
 
         ``emb``: exemplar embeddings to insert (else computed from ``boxes`` when the
@@ -322,7 +321,7 @@ class LDMEngine:
                 if not per_object:
                     queries = queries.mean(0, keepdim=True)
             else:
-                masks = self._box_masks(boxes, hw).to(selfa.device)
+                masks = self.box_masks(boxes, hw).to(selfa.device)
                 queries = box_self_attention(selfa, masks)
                 if self.sharpen:
                     m = masks.float().to(fvec)
@@ -375,7 +374,7 @@ class LDMEngine:
         else:
             fy, fx = self.size / shape[0], self.size / shape[1]
             sq_boxes = None if boxes is None else boxes * np.array([fx, fy, fx, fy], np.float32)
-            out = self._square(self.prepare(image), sq_boxes, per_object)
+            out = self.match_square(self.prepare(image), sq_boxes, per_object)
             out["input_per_latent"] = float(np.sqrt(shape[0] * shape[1] / np.prod(out["hw"])))
             out["scale"] = estimate_scale(out["self"], out["hw"],
                                           normalise01(out["self_cross"].max(0)), out["input_per_latent"])

@@ -22,7 +22,6 @@ resident; a second request returns the same objects.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +39,6 @@ _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model
                  "model.safetensors", "model.fp16.safetensors", "pytorch_model.bin",
                  "pytorch_model.fp16.bin")
 
-_CACHE: dict[tuple, SDComponents] = {}
-_LOCK = threading.Lock()
 
 
 @dataclass
@@ -118,7 +115,7 @@ def _load_all(source: str, local_only: bool, device: torch.device, dtype: torch.
 
 def load_components(model_id: str | os.PathLike | None = None, device=None, dtype=None,
                     allow_download: bool | None = None) -> SDComponents:
-    """Load (once per process) VAE, UNet, CLIP text encoder, tokenizer and DDPM scheduler.
+    """Load VAE, UNet, CLIP text encoder, tokenizer and DDPM scheduler.
 
     Parameters
     ----------
@@ -142,38 +139,33 @@ def load_components(model_id: str | os.PathLike | None = None, device=None, dtyp
     """
     source = resolve_model_id(model_id)
     dev, dt = default_device_dtype(device, dtype)
-    key = (source, str(dev), dt)
-    with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        if _looks_like_path(source):
-            path = Path(source).expanduser()
-            missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
-            if missing:
-                what = "does not exist" if not path.exists() else f"lacks {', '.join(missing)}"
-                raise ModelUnavailableError(f"Stable Diffusion weights not found: the folder {source!r} "
-                                            f"{what}. {_how_to_fix(DEFAULT_MODEL_ID)}")
-            attempts = [(str(path), True)]
-        else:
-            attempts = [(source, True)] + ([(source, False)] if _download_allowed(allow_download) else [])
-        error: Exception | None = None
-        for src, local_only in attempts:
-            try:
-                comps = _load_all(src, local_only, dev, dt)
-                break
-            except (OSError, ValueError) as exc:  # missing files, offline, bad folder
-                error = exc
-        else:
-            tried = "the local folder" if _looks_like_path(source) else (
-                "the local Hugging Face cache" + (" and the hub" if len(attempts) > 1 else
-                                                  " only (downloads are off)"))
-            raise ModelUnavailableError(
-                f"Stable Diffusion weights for {source!r} could not be loaded from {tried}: "
-                f"{type(error).__name__}: {(str(error).splitlines() or [''])[0].rstrip('.')}. "
-                f"{_how_to_fix(source)}") from error
-        comps.model_id = source
-        _CACHE[key] = comps
-        return comps
+    if _looks_like_path(source):
+        path = Path(source).expanduser()
+        missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
+        if missing:
+            what = "does not exist" if not path.exists() else f"lacks {', '.join(missing)}"
+            raise ModelUnavailableError(f"Stable Diffusion weights not found: the folder {source!r} "
+                                        f"{what}. {_how_to_fix(DEFAULT_MODEL_ID)}")
+        attempts = [(str(path), True)]
+    else:
+        attempts = [(source, True)] + ([(source, False)] if _download_allowed(allow_download) else [])
+    error: Exception | None = None
+    for src, local_only in attempts:
+        try:
+            comps = _load_all(src, local_only, dev, dt)
+            break
+        except (OSError, ValueError) as exc:  # missing files, offline, bad folder
+            error = exc
+    else:
+        tried = "the local folder" if _looks_like_path(source) else (
+            "the local Hugging Face cache" + (" and the hub" if len(attempts) > 1 else
+                                              " only (downloads are off)"))
+        raise ModelUnavailableError(
+            f"Stable Diffusion weights for {source!r} could not be loaded from {tried}: "
+            f"{type(error).__name__}: {(str(error).splitlines() or [''])[0].rstrip('.')}. "
+            f"{_how_to_fix(source)}") from error
+    comps.model_id = source
+    return comps
 
 
 def weights_present(model_id: str | os.PathLike | None = None) -> tuple[bool, str]:
@@ -219,12 +211,6 @@ def download_weights(model_id: str | None = None, cache_dir: str | None = None) 
         f"{s}/{w}" for s in ("vae", "unet", "text_encoder") for w in
         ("diffusion_pytorch_model.safetensors", "model.safetensors")]
     return snapshot_download(source, allow_patterns=patterns, cache_dir=cache_dir)
-
-
-def clear_cache() -> None:
-    """Forget the resident components (tests; frees memory)."""
-    with _LOCK:
-        _CACHE.clear()
 
 
 if __name__ == "__main__":  # python -m mm_core.engines.ldm.loading [model_id]

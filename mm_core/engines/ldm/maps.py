@@ -138,25 +138,3 @@ def center_map(foreground: np.ndarray, diameter_latent: float) -> np.ndarray:
     """Object-centre evidence: foreground smoothed by a Gaussian of a quarter diameter, in [0, 1]."""
     sigma = max(0.5, 0.25 * float(diameter_latent))
     return normalise01(ndimage.gaussian_filter(np.asarray(foreground, np.float32), sigma, mode="nearest"))
-
-
-def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
-    """Evenly spread starts of ``tile``-long windows covering ``length``, overlapping >= ``overlap``.
-
-    Starts are multiples of ``align`` (``length - tile`` should be one too).
-    """
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    n = int(np.ceil((length - tile) / step)) + 1
-    return [round(i * (length - tile) / (n - 1) / align) * align for i in range(n)]
-
-
-def blend_weight(tile: int, overlap: int) -> np.ndarray:
-    """(tile, tile) weight ramping linearly over ``overlap`` pixels at each edge, > 0 everywhere."""
-    ramp = np.ones(tile, np.float32)
-    if overlap > 0:
-        edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        ramp[:overlap] = np.minimum(ramp[:overlap], edge)
-        ramp[-overlap:] = np.minimum(ramp[-overlap:], edge[::-1])
-    return np.outer(ramp, ramp)

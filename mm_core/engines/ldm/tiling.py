@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mm_core.engines.ldm.maps import blend_weight, estimate_scale, normalise01, rgb01, tile_starts
+from mm_core.engines.ldm.maps import estimate_scale, normalise01, rgb01
+from mm_core.tiling import blend_window, tile_starts
 
 
 def tiled_maps(engine, image: np.ndarray, boxes: np.ndarray | None, per_object: bool) -> dict:
@@ -37,20 +38,20 @@ def tiled_maps(engine, image: np.ndarray, boxes: np.ndarray | None, per_object: 
         if engine.projector_trained:
             emb = engine.exemplar_embeddings(whole, gboxes, per_object)
         else:
-            glob = engine._square(whole, gboxes, per_object)
-            masks = engine._box_masks(gboxes, glob["hw"]).to(glob["fvec"])
+            glob = engine.match_square(whole, gboxes, per_object)
+            masks = engine.box_masks(gboxes, glob["hw"]).to(glob["fvec"])
             protos = F.normalize((masks @ glob["fvec"].T) / masks.sum(1, keepdim=True), dim=1)
     acc, wsum, scales, n = None, None, [], 0
     for y0 in tile_starts(hs, engine.size, engine.tile_overlap, align=f):
         for x0 in tile_starts(ws, engine.size, engine.tile_overlap, align=f):
-            res = engine._square(img[..., y0:y0 + engine.size, x0:x0 + engine.size], None, per_object,
+            res = engine.match_square(img[..., y0:y0 + engine.size, x0:x0 + engine.size], None, per_object,
                                  emb=emb, protos=protos)
             hl, wl = res["hw"]
             if acc is None:
                 acc = {k: np.zeros((res[k].shape[0], hs // f, ws // f), np.float32)
                        for k in ("cross", "self_cross", "features")}
                 wsum = np.zeros((hs // f, ws // f), np.float32)
-                wt = blend_weight(hl, engine.tile_overlap // f)
+                wt = blend_window((hl, wl), engine.tile_overlap // f)
             ly, lx = y0 // f, x0 // f
             for k in acc:
                 acc[k][:, ly:ly + hl, lx:lx + wl] += res[k] * wt

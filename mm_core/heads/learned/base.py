@@ -18,21 +18,27 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mm_core.tiling import blend_window, tile_starts
+
 from mm_core.engines.base import MatchMaps
-from mm_core.errors import InputError, ModelUnavailableError
+from mm_core.errors import InputError
+from mm_core.heads.learned.checkpoints import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    check_engine,
+    read_config,
+    resolve,
+)
 from mm_core.heads.learned.inputs import (
     HeadInputs,
-    blend_window,
     gather_inputs,
     sample_inputs,
-    tiles,
     working_factor,
 )
 
-#: Version of the checkpoint format (bumped when config keys change meaning).
-FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+#: ``head_type`` -> class; every subclass of :class:`LearnedHead` registers itself here.
+HEAD_TYPES: dict[str, type[LearnedHead]] = {}
 
 
 class LearnedHead(nn.Module):
@@ -55,6 +61,10 @@ class LearnedHead(nn.Module):
     head_type = "base"
     defaults: ClassVar[dict] = {}
     n_outputs = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        HEAD_TYPES[cls.head_type] = cls
 
     def __init__(self, engine: str, n_features: int = 0, **config):
         super().__init__()
@@ -103,8 +113,6 @@ class LearnedHead(nn.Module):
     @classmethod
     def from_pretrained(cls, path, engine: str | None = None) -> LearnedHead:
         """Load a head from a checkpoint folder, a registry name or a hub id."""
-        from mm_core.heads.learned.registry import load_head
-
         head = load_head(path, engine=engine)
         if not isinstance(head, cls):
             raise InputError(f"{path} holds a {head.head_type} head, not a {cls.head_type} head")
@@ -128,8 +136,8 @@ class LearnedHead(nn.Module):
         acc = np.zeros((self.n_outputs, max(hw, th), max(ww, tw)), np.float32)
         wsum = np.zeros(acc.shape[1:], np.float32)
         win = blend_window((th, tw), overlap)
-        for y in tiles(acc.shape[1], th, overlap):
-            for x in tiles(acc.shape[2], tw, overlap):
+        for y in tile_starts(acc.shape[1], th, overlap):
+            for x in tile_starts(acc.shape[2], tw, overlap):
                 region = (y / f, x / f, (y + th) / f, (x + tw) / f)
                 base, feats = sample_inputs(inp, region, (th, tw))
                 out = self(base[None], None if feats is None else feats[None])[0].numpy()
@@ -153,32 +161,6 @@ def to_input_size(arr: np.ndarray, shape: tuple[int, int], keep_sum: bool = Fals
     return out.astype(np.float32)
 
 
-def check_engine(cfg: dict, engine: str, head_type: str = "head") -> None:
-    """Raise :class:`InputError` when a head trained on one engine meets another."""
-    want = cfg.get("engine")
-    if want and engine and want != engine:
-        raise InputError(f"this {head_type} head was trained on the {want} engine's match maps and cannot "
-                         f"read the {engine} engine's maps; run with --engine {want} or use a head trained "
-                         f"for the {engine} engine (python -m mm_core.train ... --engine {engine})")
-
-
-def read_config(folder: Path) -> dict:
-    """Read and check ``config.json`` of a checkpoint folder."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file() or not (Path(folder) / WEIGHTS_NAME).is_file():
-        raise ModelUnavailableError(f"{folder} is not a head checkpoint: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc})") from None
-    for key in ("head_type", "engine"):
-        if key not in cfg:
-            raise InputError(f"{path} does not say which {key.replace('_', ' ')} it is for")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputError(f"{path} was written by a newer mm_core (format {cfg['format_version']}); upgrade mm_core")
-    return cfg
-
-
 def load_weights(head: LearnedHead, folder: Path) -> LearnedHead:
     """Load ``model.safetensors`` into ``head`` (strict: every tensor must match)."""
     state = load_file(str(Path(folder) / WEIGHTS_NAME))
@@ -195,3 +177,35 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+def load_head(path_or_name, engine: str | None = None) -> LearnedHead:
+    """Load a learned head.
+
+    Parameters
+    ----------
+    path_or_name : str or Path
+        Checkpoint folder, registry name or hub id.
+    engine : str, optional
+        Engine whose maps the head will read; a head trained on another engine is
+        refused with :class:`~mm_core.errors.InputError`.
+
+    Returns
+    -------
+    LearnedHead
+        In eval mode, with ``predict(maps, image)`` and ``describe()``.
+    """
+    folder = resolve(path_or_name)
+    cfg = read_config(folder)
+    if engine is not None:
+        check_engine(cfg, engine, cfg["head_type"])
+    if cfg["head_type"] == "exemplar_projector":
+        raise InputError(f"{folder} holds the LDM engine's exemplar projector, not a task head: load it with "
+                         f"LDMEngine.from_pretrained(heads='{folder / WEIGHTS_NAME}') or set MM_LDM_HEADS to that file")
+    classes = HEAD_TYPES
+    if cfg["head_type"] not in classes:
+        raise InputError(f"{folder} holds an unknown head type {cfg['head_type']!r} "
+                         f"(known: {', '.join(classes)})")
+    head = load_weights(classes[cfg["head_type"]].from_config(cfg), folder)
+    head.config["info"].setdefault("name", folder.name)
+    return head

@@ -136,26 +136,3 @@ def sample_inputs(inp: HeadInputs, region, out_shape) -> tuple[torch.Tensor, tor
     base = sample_region(inp.base, region, out_shape, inp.shape)
     feats = None if inp.features is None else sample_region(inp.features, region, out_shape, inp.shape)
     return base, feats
-
-
-def tiles(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with ``overlap``."""
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return sorted(set(starts))
-
-
-def blend_window(shape: tuple[int, int], overlap: int) -> np.ndarray:
-    """Weights for blending overlapping tiles: linear ramps over ``overlap`` pixels at the edges."""
-    ramps = []
-    for n in shape:
-        ov = min(overlap, n // 4)
-        ramp = np.ones(n, np.float32)
-        if ov > 0:
-            r = (np.arange(ov, dtype=np.float32) + 1) / (ov + 1)
-            ramp[:ov] = r
-            ramp[-ov:] = r[::-1]
-        ramps.append(ramp)
-    return np.outer(ramps[0], ramps[1])

@@ -1,116 +1,17 @@
-"""Finding and loading learned heads: a checkpoint folder, a registry name or a hub id.
+"""Which head runs: the shipped defaults per task and engine, and :func:`select_head`.
 
-The registry maps short names to a folder shipped inside the package
-(``mm_core/heads/learned/weights/<name>``) or to a Hugging Face hub id. Heads are
-loaded once per process.
+Checkpoints are found by :mod:`mm_core.heads.learned.checkpoints` and loaded by
+:func:`mm_core.heads.learned.base.load_head`; nothing is cached here (a
+:class:`mm_core.Matcher` holds the heads it loaded).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from mm_core.errors import InputError
+from mm_core.heads.learned.base import LearnedHead, load_head
+from mm_core.heads.learned.checkpoints import REGISTRY, available_heads, resolve
 
-from mm_core.errors import InputError, ModelUnavailableError
-from mm_core.heads.learned.base import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    LearnedHead,
-    check_engine,
-    load_weights,
-    read_config,
-)
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-#: name -> folder (relative to ``WEIGHTS_DIR``) or ``hub:<repo id>``.
-REGISTRY: dict[str, str] = {}
-_LOADED: dict[tuple[str, str | None], LearnedHead] = {}
-
-
-def head_classes() -> dict[str, type[LearnedHead]]:
-    """``head_type`` -> class, for every learned head."""
-    from mm_core.heads.learned.counting import CountingHead
-    from mm_core.heads.learned.segmentation import SegmentationHead
-    from mm_core.heads.learned.tracking import LinkingHead
-
-    return {c.head_type: c for c in (SegmentationHead, CountingHead, LinkingHead)}
-
-
-def available_heads() -> dict[str, str]:
-    """Registered names (and shipped folders found in ``WEIGHTS_DIR``) -> location."""
-    out = dict(REGISTRY)
-    if WEIGHTS_DIR.is_dir():
-        for d in sorted(WEIGHTS_DIR.iterdir()):
-            if (d / CONFIG_NAME).is_file():
-                out.setdefault(d.name, d.name)
-    return out
-
-
-def resolve(path_or_name) -> Path:
-    """Local folder of a checkpoint given as a folder, a registry name or ``hub:<owner>/<name>``."""
-    p = Path(str(path_or_name)).expanduser()
-    if p.is_dir():
-        return p
-    if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME):
-        return p.parent
-    name = str(path_or_name)
-    known = available_heads()
-    if name in known:
-        loc = known[name]
-        if not loc.startswith("hub:"):
-            return WEIGHTS_DIR / loc
-        name = loc
-    if name.startswith("hub:"):
-        return _from_hub(name.removeprefix("hub:"))
-    choices = ", ".join(sorted(known)) or "none shipped"
-    raise InputError(f"no head checkpoint at {path_or_name!r}: give a folder with {CONFIG_NAME} and "
-                     f"{WEIGHTS_NAME}, a hub id (hub:owner/name) or a registered name ({choices})")
-
-
-def _from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
-    except Exception as exc:  # noqa: BLE001  (offline, unknown repo, ...)
-        raise ModelUnavailableError(f"the head {repo_id!r} could not be fetched from the Hugging Face hub "
-                                    f"({type(exc).__name__}); download it on a connected machine and pass "
-                                    f"its folder instead") from None
-
-
-def load_head(path_or_name, engine: str | None = None) -> LearnedHead:
-    """Load a learned head.
-
-    Parameters
-    ----------
-    path_or_name : str or Path
-        Checkpoint folder, registry name or hub id.
-    engine : str, optional
-        Engine whose maps the head will read; a head trained on another engine is
-        refused with :class:`~mm_core.errors.InputError`.
-
-    Returns
-    -------
-    LearnedHead
-        In eval mode, with ``predict(maps, image)`` and ``describe()``.
-    """
-    folder = resolve(path_or_name)
-    key = (str(folder.resolve()), engine)
-    if key in _LOADED:
-        return _LOADED[key]
-    cfg = read_config(folder)
-    if engine is not None:
-        check_engine(cfg, engine, cfg["head_type"])
-    if cfg["head_type"] == "exemplar_projector":
-        raise InputError(f"{folder} holds the LDM engine's exemplar projector, not a task head: load it with "
-                         f"LDMEngine.from_pretrained(heads='{folder / WEIGHTS_NAME}') or set MM_LDM_HEADS to that file")
-    classes = head_classes()
-    if cfg["head_type"] not in classes:
-        raise InputError(f"{folder} holds an unknown head type {cfg['head_type']!r} "
-                         f"(known: {', '.join(classes)})")
-    head = load_weights(classes[cfg["head_type"]].from_config(cfg), folder)
-    head.config["info"].setdefault("name", folder.name)
-    _LOADED[key] = head
-    return head
+__all__ = ["DEFAULTS", "REGISTRY", "available_heads", "load_head", "resolve", "select_head"]
 
 
 #: Shipped heads used by default: (task, engine) -> registry name. Filled only for heads

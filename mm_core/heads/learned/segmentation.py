@@ -120,7 +120,7 @@ def instances_from_distance(fg: np.ndarray, dist: np.ndarray, boundary: np.ndarr
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    from mm_core.heads import segmentation as analytic
+    from mm_core.heads.segmentation import finish_instances
 
     mask = fg > fg_threshold
     if not mask.any():
@@ -139,9 +139,4 @@ def instances_from_distance(fg: np.ndarray, dist: np.ndarray, boundary: np.ndarr
         ocomp, _ = ndi.label(orphan)
         markers[orphan] = ocomp[orphan] + n
     labels = watershed(-relief, markers, mask=mask).astype(np.int32)
-    labels = analytic._fill_holes(labels)
-    areas = np.bincount(labels.ravel())
-    small = areas < analytic.MIN_AREA_FRAC * analytic.typical_area(diameter)
-    small[0] = False
-    labels[small[labels]] = 0
-    return analytic._relabel_sequential(labels)
+    return finish_instances(labels, diameter)

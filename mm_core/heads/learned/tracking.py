@@ -65,6 +65,7 @@ class LinkingHead(LearnedHead):
 
     head_type = "linking"
     n_outputs = 0
+    needs_maps = True  #: the pipeline keeps every frame's maps for this head
     defaults: ClassVar[dict] = {"dim": 32, "heads": 4, "layers": 1, "crop": 16, "window": 3.0, "p_link": 0.5,
                 "target_diameter": 16.0, "tile": 256, "tile_overlap": 0}
 
@@ -156,6 +157,14 @@ class LinkingHead(LearnedHead):
             return np.zeros((int(labels_a.max()) + 1, 0), np.float32)
         logits = self(*self.tokens(labels_a, labels_b, maps_a, maps_b, image_a, image_b))
         return torch.softmax(logits, dim=1).T.numpy()
+
+    def frame_summary(self, labels, maps, frame) -> None:
+        """Nothing: this head reads whole maps (``needs_maps``), see :meth:`link_sequence`."""
+        return None
+
+    def link_sequence(self, labels, summaries, maps, frames):
+        """The linker interface of :mod:`mm_core.heads.tracking`: :meth:`link` with greedy linking."""
+        return self.link(labels, maps, frames)
 
     def link(self, masks, maps_list, frames, method: str = "greedy"):
         """Link per-frame labels into tracks.

@@ -1,0 +1,170 @@
+"""Measurements of results: per-object properties and per-object-per-frame track tables.
+
+Numbers only (pandas tables from :func:`skimage.measure.regionprops_table`);
+:mod:`mm_core.export` writes them to files, the results' ``table()`` methods call
+them directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mm_core.errors import InputError
+
+#: Columns of a CTC track table (``res_track.txt``: ``L B E P``).
+TRACK_COLUMNS = ["label", "begin", "end", "parent"]
+#: Columns of :func:`tracks_table`.
+TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area", "parent"]
+
+__all__ = ["TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "as_labels", "check_tracks", "measurements_table",
+           "tracks_from_masks", "tracks_table"]
+
+
+def as_labels(labels, ndims: tuple[int, ...] = (2,), what: str = "label image") -> np.ndarray:
+    """Check an integer label array (0 = background) and return it as an ndarray.
+
+    Parameters
+    ----------
+    labels : array-like
+        Integer (or whole-valued float, or bool) object ids.
+    ndims : tuple of int
+        Accepted numbers of dimensions.
+    what : str
+        Name of the array in error messages.
+
+    Returns
+    -------
+    ndarray
+        Integer labels (bool becomes uint8, float becomes int64).
+
+    Raises
+    ------
+    InputError
+        Wrong dimensions, fractional/NaN values or negative ids.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim not in ndims:
+        raise InputError(f"the {what} must have {' or '.join(map(str, ndims))} dimensions, "
+                         f"got an array of shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise InputError(f"the {what} must hold whole numbers (object ids), got fractional or NaN values")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"the {what} must be an integer array, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise InputError(f"the {what} has negative object ids (min {arr.min()}); ids must be >= 0")
+    return arr
+
+
+_PROPS = ("label", "area", "centroid", "bbox", "equivalent_diameter_area", "eccentricity")
+_INTENSITY_PROPS = ("intensity_mean", "intensity_min", "intensity_max")
+_RENAME = {"centroid-0": "centroid_y", "centroid-1": "centroid_x",
+           "bbox-0": "bbox_y0", "bbox-1": "bbox_x0", "bbox-2": "bbox_y1", "bbox-3": "bbox_x1",
+           "equivalent_diameter_area": "equivalent_diameter"}
+
+
+def measurements_table(labels, intensity=None) -> pd.DataFrame:
+    """Per-object measurements from :func:`skimage.measure.regionprops_table`.
+
+    Parameters
+    ----------
+    labels : ndarray
+        ``(H, W)`` integer labels, 0 = background.
+    intensity : ndarray, optional
+        ``(H, W)`` or ``(H, W, C)`` image measured inside each object.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per object, sorted by label, with columns ``label``, ``area``
+        (pixels), ``centroid_x``, ``centroid_y`` (x = column, y = row),
+        ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (x1/y1 exclusive, as the
+        exemplar boxes), ``equivalent_diameter`` (of the circle with the same
+        area), ``eccentricity`` and, with ``intensity``, ``mean_intensity``,
+        ``min_intensity``, ``max_intensity`` (for ``C > 1`` channels one column
+        per channel: ``mean_intensity_ch0``, ...).
+    """
+    from skimage.measure import regionprops_table
+
+    lab = as_labels(labels).astype(np.int64, copy=False)
+    props = list(_PROPS)
+    img = None
+    if intensity is not None:
+        img = np.asarray(intensity, dtype=np.float64)
+        if img.ndim == 3 and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.ndim not in (2, 3) or img.shape[:2] != lab.shape:
+            raise InputError(f"the intensity image has shape {img.shape} but the label image is {lab.shape}")
+        props += _INTENSITY_PROPS
+    table = pd.DataFrame(regionprops_table(lab, intensity_image=img, properties=props))
+    rename = dict(_RENAME)
+    for stat in ("mean", "min", "max"):
+        rename[f"intensity_{stat}"] = f"{stat}_intensity"
+        for c in range(img.shape[-1] if img is not None and img.ndim == 3 else 0):
+            rename[f"intensity_{stat}-{c}"] = f"{stat}_intensity_ch{c}"
+    first = ["label", "area", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
+    table = table.rename(columns=rename).astype({c: np.int64 for c in first if "centroid" not in c})
+    return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
+
+
+def tracks_from_masks(masks) -> pd.DataFrame:
+    """Track table of a ``(T, H, W)`` label stack without lineage: each label's first
+    and last frame, parent 0."""
+    arr = as_labels(masks, (3,), "mask stack")
+    rows: dict[int, list[int]] = {}
+    for t, frame in enumerate(arr):
+        for lab in np.unique(frame[frame > 0]):
+            rows.setdefault(int(lab), [int(lab), t, t, 0])[2] = t
+    return pd.DataFrame(sorted(rows.values()), columns=TRACK_COLUMNS, dtype=np.int64)
+
+
+def tracks_table(masks, tracks=None) -> pd.DataFrame:
+    """One row per object per frame: ``track_id, frame, x, y, area, parent``.
+
+    ``x``, ``y`` are the object's centroid (x = column, y = row) in that frame,
+    ``area`` its pixels and ``parent`` the track it divided from (0 = none).
+    Sorted by track, then frame.
+    """
+    from skimage.measure import regionprops_table
+
+    arr = as_labels(masks, (3,), "mask stack")
+    table = check_tracks(tracks)
+    parts = []
+    for t, frame in enumerate(arr):
+        if frame.any():
+            p = regionprops_table(frame.astype(np.int64), properties=("label", "centroid", "area"))
+            parts.append(pd.DataFrame({"track_id": p["label"], "frame": t, "x": p["centroid-1"],
+                                       "y": p["centroid-0"], "area": p["area"]}))
+    cols = TRACK_TABLE_COLUMNS
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(parts, ignore_index=True)
+    parent = dict(zip(table["label"], table["parent"]))
+    out["parent"] = out["track_id"].map(parent).fillna(0).astype(np.int64)
+    out[["track_id", "area"]] = out[["track_id", "area"]].astype(np.int64)
+    return out[cols].sort_values(["track_id", "frame"], ignore_index=True)
+
+
+def check_tracks(tracks) -> pd.DataFrame:
+    """The ``label, begin, end, parent`` columns of a track table (DataFrame or (N, 4) array) as int64."""
+    if tracks is None:
+        return pd.DataFrame(columns=TRACK_COLUMNS, dtype=np.int64)
+    if isinstance(tracks, pd.DataFrame):
+        df = tracks
+    else:
+        arr = np.asarray(tracks)
+        if arr.size % 4:
+            raise InputError("a track table needs 4 numbers per track (label, begin, end, parent), "
+                             f"got an array of shape {arr.shape}")
+        df = pd.DataFrame(arr.reshape(-1, 4), columns=TRACK_COLUMNS)
+    missing = [c for c in TRACK_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"the track table lacks the column(s) {', '.join(missing)}")
+    try:
+        return df[TRACK_COLUMNS].astype(np.int64).reset_index(drop=True)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"the track table must hold whole numbers: {err}") from None

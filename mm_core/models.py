@@ -1,0 +1,254 @@
+"""The model object: :class:`Matcher` holds one engine and its task heads.
+
+Make it once and reuse it (the LDM engine loads gigabytes of weights)::
+
+    import mm_core
+    matcher = mm_core.Matcher()                  # engine="auto", shipped default heads
+    res = matcher.segment(image, boxes=[[10, 10, 40, 40]])
+    matcher.count(image).count
+    matcher.track(frames).tracks
+
+``mm_core.segment``, ``count`` and ``track`` are one-line conveniences over one
+default :class:`Matcher` (the only object kept at module level).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from mm_core.engines import ENGINE_NAMES, Engine, choose_engine, create_engine
+from mm_core.errors import InputError
+from mm_core.heads.selection import TASKS, head_for, head_or_fallback
+from mm_core.pipelines import (CountResult, ProgressFn, SegmentationResult, TrackResult, run_count,
+                               run_segment, run_track)
+
+#: Named set-ups for :meth:`Matcher.from_pretrained`: name -> engine and heads.
+PRETRAINED: dict[str, dict] = {
+    "auto": {"engine": "auto", "head": None},
+    "classic": {"engine": "classic", "head": None},
+    "ldm-sd14": {"engine": "ldm", "head": None},
+}
+
+__all__ = ["PRETRAINED", "Matcher", "count", "default_matcher", "segment", "track"]
+
+
+class Matcher:
+    """One engine and the heads that turn its match maps into task outputs.
+
+    Parameters
+    ----------
+    engine : {"auto", "classic", "ldm"} or Engine
+        ``auto``: the LDM engine when a CUDA GPU and its weights are available,
+        else the weight-free ``classic`` engine. An object with ``name`` and
+        ``match(image, boxes)`` is used as it is.
+    head : None, str, path or mapping
+        ``None``/``"auto"``: each task's shipped learned head for this engine when
+        one ships, else the analytic head. ``"analytic"``: the analytic heads.
+        A registry name, checkpoint folder or ``hub:owner/name``: that learned
+        head (for the task it was trained for). A mapping ``{"segment": ...,
+        "count": ..., "track": ...}`` chooses per task.
+    device : str, optional
+        Torch device of the LDM engine (default: CUDA when present).
+
+    Attributes
+    ----------
+    engine : Engine
+    engine_note : str
+        Which engine runs and why.
+    """
+
+    def __init__(self, engine: str | Engine = "auto", head=None, device: str | None = None):
+        if isinstance(engine, str):
+            name, self.engine_note = choose_engine(engine)
+            self.engine = create_engine(name, device)
+        elif callable(getattr(engine, "match", None)):
+            self.engine = engine
+            self.engine_note = f"{getattr(engine, 'name', type(engine).__name__)} engine, as given"
+        else:
+            raise InputError(f"engine must be one of {', '.join(ENGINE_NAMES)} or an engine object, "
+                             f"got {type(engine).__name__}")
+        self._specs = self._head_specs(head)
+        self._per_task = isinstance(head, Mapping)
+        self._heads: dict[str, tuple[object, str]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, name: str = "auto", device: str | None = None, **kwargs) -> Matcher:
+        """A :class:`Matcher` from a named set-up in :data:`PRETRAINED`.
+
+        Parameters
+        ----------
+        name : str
+            ``"auto"``, ``"classic"`` or ``"ldm-sd14"``.
+        device : str, optional
+            Torch device of the LDM engine.
+        **kwargs
+            Override the set-up's ``engine`` or ``head``.
+
+        Returns
+        -------
+        Matcher
+        """
+        if name not in PRETRAINED:
+            raise InputError(f"unknown pretrained set-up {name!r}; choose one of {', '.join(PRETRAINED)}")
+        return cls(**{**PRETRAINED[name], **kwargs}, device=device)
+
+    # ------------------------------------------------------------------ heads
+    @staticmethod
+    def _head_specs(head) -> dict:
+        if isinstance(head, Mapping):
+            unknown = set(head) - set(TASKS)
+            if unknown:
+                raise InputError(f"unknown task(s) {', '.join(map(str, sorted(unknown)))} in head=; "
+                                 f"the tasks are {', '.join(TASKS)}")
+            return {t: head.get(t) for t in TASKS}
+        if head is not None and not isinstance(head, str) and not hasattr(head, "__fspath__"):
+            raise InputError(f"head must be a name, a checkpoint folder or a mapping of task to head, "
+                             f"got {type(head).__name__}")
+        return {t: head for t in TASKS}
+
+    def head(self, task: str):
+        """The head that runs for ``task`` (loaded on first use, then kept).
+
+        Parameters
+        ----------
+        task : {"segment", "count", "track"}
+
+        Returns
+        -------
+        object
+            A head with the task's interface (see :mod:`mm_core.heads.selection`).
+        """
+        if task not in TASKS:
+            raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        with self._lock:
+            if task not in self._heads:
+                self._heads[task] = self._load_head(task)
+            return self._heads[task][0]
+
+    def _load_head(self, task: str) -> tuple[object, str]:
+        spec, engine = self._specs[task], getattr(self.engine, "name", "classic")
+        if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
+            return head_or_fallback(None, task, engine)  # a broken shipped default must not stop a run
+        if not self._per_task and not (isinstance(spec, str) and spec.lower() in ("analytic", "none")):
+            from mm_core.heads.learned.checkpoints import read_config, resolve
+
+            if read_config(resolve(spec))["head_type"] != _HEAD_TYPES[task]:
+                return head_or_fallback(None, task, engine)  # one checkpoint given: it serves its own task
+        return head_for(spec, task, engine)
+
+    def head_notes(self) -> dict[str, str]:
+        """Which head runs for each task, in words (loads the heads)."""
+        return {t: self._note(t) for t in TASKS}
+
+    def _note(self, task: str) -> str:
+        self.head(task)
+        return self._heads[task][1]
+
+    @property
+    def head_note(self) -> str:
+        """Which heads run, one line (``segment: ...; count: ...; track: ...``)."""
+        return "; ".join(f"{t}: {n}" for t, n in self.head_notes().items())
+
+    # ------------------------------------------------------------------ tasks
+    def segment(self, image, boxes=None, progress: ProgressFn | None = None) -> SegmentationResult:
+        """Instance segmentation of one image by within-image matching.
+
+        Parameters
+        ----------
+        image : ndarray or path
+            ``(H, W)`` or ``(H, W, 3)`` raw intensities (normalised here), or a file.
+        boxes : array-like (N, 4) or None
+            Exemplar boxes ``x0, y0, x1, y1`` in pixels (x = column, x1/y1
+            exclusive); ``None`` = automatic mode.
+        progress : callable, optional
+            ``progress(fraction, description)``.
+
+        Returns
+        -------
+        SegmentationResult
+        """
+        head = self.head("segment")
+        return run_segment(self.engine, head, image, boxes, progress, (self.engine_note, self._note("segment")))
+
+    def count(self, image, boxes=None, progress: ProgressFn | None = None) -> CountResult:
+        """Count objects in one image; parameters as :meth:`segment`.
+
+        Returns
+        -------
+        CountResult
+            ``count`` is the integral of ``density``.
+        """
+        head = self.head("count")
+        return run_count(self.engine, head, image, boxes, progress, (self.engine_note, self._note("count")))
+
+    def track(self, frames, boxes=None, progress: ProgressFn | None = None,
+              keep_maps: bool = False) -> TrackResult:
+        """Track objects through a time-lapse (see :func:`mm_core.pipelines.run_track`).
+
+        Parameters
+        ----------
+        frames : sequence of ndarray or (T, H, W[, 3]) array
+            Raw frames, all the same size.
+        boxes : array-like (N, 4) or None
+            Exemplar boxes on the first frame; ``None`` = automatic mode.
+        progress : callable, optional
+            ``progress(fraction, description)``.
+        keep_maps : bool
+            Keep every frame's match maps in the result (for display).
+
+        Returns
+        -------
+        TrackResult
+        """
+        seg, link = self.head("segment"), self.head("track")
+        note = f"{self._note('segment')}; {self._note('track')}"
+        return run_track(self.engine, seg, link, frames, boxes, progress, keep_maps, (self.engine_note, note))
+
+    def __repr__(self) -> str:
+        return f"Matcher(engine={getattr(self.engine, 'name', self.engine)!r})"
+
+
+_HEAD_TYPES = {"segment": "segmentation", "count": "counting", "track": "linking"}
+_DEFAULT: dict = {"key": None, "matcher": None}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_matcher(engine: str | Engine = "auto", head=None) -> Matcher:
+    """The one :class:`Matcher` kept at module level, made again when asked for another set-up.
+
+    Parameters
+    ----------
+    engine, head
+        As for :class:`Matcher`. An engine object always gives a new Matcher.
+
+    Returns
+    -------
+    Matcher
+    """
+    if not isinstance(engine, str):
+        return Matcher(engine, head)
+    key = (engine.lower(), None if head is None else str(head))
+    with _DEFAULT_LOCK:
+        if _DEFAULT["key"] != key:
+            _DEFAULT["matcher"], _DEFAULT["key"] = Matcher(engine, head), key
+        return _DEFAULT["matcher"]
+
+
+def segment(image, boxes=None, engine: str | Engine = "auto", progress: ProgressFn | None = None,
+            head=None) -> SegmentationResult:
+    """:meth:`Matcher.segment` on the default :class:`Matcher` for ``engine`` and ``head``."""
+    return default_matcher(engine, head).segment(image, boxes, progress)
+
+
+def count(image, boxes=None, engine: str | Engine = "auto", progress: ProgressFn | None = None,
+          head=None) -> CountResult:
+    """:meth:`Matcher.count` on the default :class:`Matcher` for ``engine`` and ``head``."""
+    return default_matcher(engine, head).count(image, boxes, progress)
+
+
+def track(frames, boxes=None, engine: str | Engine = "auto", progress: ProgressFn | None = None,
+          keep_maps: bool = False, head=None) -> TrackResult:
+    """:meth:`Matcher.track` on the default :class:`Matcher` for ``engine`` and ``head``."""
+    return default_matcher(engine, head).track(frames, boxes, progress, keep_maps)

@@ -136,23 +136,24 @@ def session(url: str, i: int, rnd: int, good: dict, hostile: dict, sizes: list[i
     tab = "seg" if (i + rnd) % 2 == 0 else "count"
     if i % 3 == 0:
         name = sorted(hostile)[(i // 3 + rnd) % len(hostile)]
+        where = "track" if name.endswith(".zip") else tab
         try:
-            client.predict(handle_file(str(hostile[name])), api_name=f"/{tab}_upload")
+            client.predict(handle_file(str(hostile[name])), api_name=f"/{where}_upload")
             out["errors"].append(f"{name} was accepted")
         except Exception as exc:  # noqa: BLE001 - a refusal is what we want here
             msg = str(exc)
-            if name.split(".")[0] in msg or "refused" in msg.lower() or "not" in msg:
+            if msg and "verbose error reporting" not in msg:
                 out["refused"] += 1
             else:
                 out["errors"].append(f"{name}: refusal without a clear message: {msg[:200]}")
     size = sizes[(i + rnd) % len(sizes)]
     out["size"] = size
     try:
-        ann = client.predict(handle_file(str(good[size])), api_name=f"/{tab}_upload")[1]
+        ann = client.predict(handle_file(str(good[size])), api_name=f"/{tab}_upload")[0]
         boxes = []
         if i % 2 == 1:  # exemplar mode: one box around the first blob-sized patch in the preview
             boxes = [{"left": 10, "top": 10, "right": 40, "bottom": 40, "label": "exemplar"}]
-        value = {"image": handle_file(ann["image"]["url"] or ann["image"]["path"]), "annotations": boxes}
+        value = {"image": handle_file(ann["image"]["path"]), "annotations": boxes}  # same machine
         t0 = time.perf_counter()
         client.predict(value, 0.5, False, api_name=f"/{tab}_run")
         out["latency"] = time.perf_counter() - t0

@@ -27,10 +27,14 @@ def display8(raw: np.ndarray) -> np.ndarray:
 
 def slim(result):
     """``result`` with only what re-rendering needs: no input image, no engine features,
-    only the display map that is shown, labels in the smallest integer type."""
+    only the map that is shown (as float16), labels in the smallest integer type."""
     maps = result.maps
     shown = next(iter(maps.display), None) if getattr(maps, "display", None) else None
-    maps = dataclasses.replace(maps, features=None, display={shown: maps.display[shown]} if shown else {})
+    small = np.float16  # a picture's precision is enough for the map that is shown
+    display = {shown: np.asarray(maps.display[shown], small)} if shown else {}
+    fg = np.zeros((1, 1), small) if shown else np.asarray(maps.foreground, small)
+    maps = dataclasses.replace(maps, features=None, display=display, foreground=fg,
+                               centers=np.zeros((1, 1), small))
     changes = {"maps": maps, "image": None}
     labels = getattr(result, "labels", None)
     if labels is not None and (not labels.size or labels.max() <= np.iinfo(np.uint16).max):

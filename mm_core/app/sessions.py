@@ -36,8 +36,8 @@ log = logging.getLogger("mm_core.app")
 
 #: Seconds without use after which a session's results are freed (``MM_APP_IDLE_S``).
 IDLE_S = float(os.environ.get("MM_APP_IDLE_S", "600"))
-#: Most bytes of results held by one server process (``MM_APP_MAX_STATE_MB``, default 2048 MB).
-MAX_BYTES = int(float(os.environ.get("MM_APP_MAX_STATE_MB", "2048")) * 2**20)
+#: Most bytes of results held by one server process (``MM_APP_MAX_STATE_MB``, default 1024 MB).
+MAX_BYTES = int(float(os.environ.get("MM_APP_MAX_STATE_MB", "1024")) * 2**20)
 
 
 def size_of(obj: Any, _depth: int = 0) -> int:

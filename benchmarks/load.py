@@ -3,7 +3,8 @@
 Starts ``app.py`` on loopback (classic engine, a fresh output folder and Gradio
 cache), then runs ``--rounds`` rounds of ``--sessions`` concurrent ``gradio_client``
 sessions (each one new, as a new user). Session ``i`` of a round loads an image
-(512², 2048² or 4096² in turn, some with an exemplar box) and runs segmentation or
+(512², 2048² or 4096² in a repeating pattern, by default one 4096², two 2048² and
+five 512² per round of 8; every other one with an exemplar box) and runs segmentation or
 counting on it, then changes the opacity; every third session first tries a
 hostile file (truncated TIFF, text named .png, a zip bomb, a one-frame
 "time-lapse") that must be refused with a message (a refusal counts as success,
@@ -131,8 +132,17 @@ def session(url: str, i: int, rnd: int, good: dict, hostile: dict, sizes: list[i
     """One new client: maybe a hostile upload, then load, run and re-render; returns timings/errors."""
     from gradio_client import Client, handle_file
 
-    out = {"latency": None, "errors": [], "refused": 0, "size": None}
-    client = Client(url, verbose=False, download_files=False)
+    out = {"latency": None, "errors": [], "refused": 0, "size": None, "retries": 0}
+    for attempt in range(6):  # a busy server may answer the first connection late; clients retry
+        try:
+            client = Client(url, verbose=False, download_files=False)
+            break
+        except Exception as exc:  # noqa: BLE001 - counted, and an error after the last try
+            out["retries"] += 1
+            if attempt == 5:
+                out["errors"].append(f"could not connect: {type(exc).__name__}: {exc}")
+                return out
+            time.sleep(5 * (attempt + 1))
     tab = "seg" if (i + rnd) % 2 == 0 else "count"
     if i % 3 == 0:
         name = sorted(hostile)[(i // 3 + rnd) % len(hostile)]
@@ -146,7 +156,7 @@ def session(url: str, i: int, rnd: int, good: dict, hostile: dict, sizes: list[i
                 out["refused"] += 1
             else:
                 out["errors"].append(f"{name}: refusal without a clear message: {msg[:200]}")
-    size = sizes[(i + rnd) % len(sizes)]
+    size = sizes[(i + rnd) % len(sizes)]  # the mix: a pattern of sizes, shifted each round
     out["size"] = size
     try:
         ann = client.predict(handle_file(str(good[size])), api_name=f"/{tab}_upload")[0]
@@ -172,16 +182,18 @@ def main(argv=None) -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--idle", type=float, default=30.0, help="MM_APP_IDLE_S of the server, seconds")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 4096])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 4096, 512, 512, 2048, 512, 512],
+                        help="image sizes, cycled over the sessions (shifted by one each round)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="mm_load_"))
-    good, hostile = make_inputs(work, args.sizes)
+    good, hostile = make_inputs(work, sorted(set(args.sizes)))
     port = free_port()
     proc = start_server(work, port, args.idle, work / "server.log")
     url = f"http://127.0.0.1:{port}/"
     print(f"app pid {proc.pid} on {url}; start RSS {rss_mb(proc.pid):.0f} MB; "
           f"{args.rounds} rounds x {args.sessions} sessions, sizes {args.sizes}", flush=True)
-    print(f"{'round':>5} {'p50 s':>7} {'p95 s':>7} {'errors':>6} {'refused':>7} {'RSS MB':>7}", flush=True)
+    print(f"{'round':>5} {'p50 s':>7} {'p95 s':>7} {'errors':>6} {'refused':>7} {'retries':>7} {'RSS MB':>7}",
+          flush=True)
     rows, all_lat, errors = [], [], []
     try:
         for rnd in range(args.rounds):
@@ -195,7 +207,8 @@ def main(argv=None) -> int:
             rss = rss_mb(proc.pid)
             rows.append(rss)
             print(f"{rnd + 1:>5} {percentile(lat, 50):>7.1f} {percentile(lat, 95):>7.1f} {len(errs):>6} "
-                  f"{sum(r['refused'] for r in results):>7} {rss:>7.0f}", flush=True)
+                  f"{sum(r['refused'] for r in results):>7} {sum(r['retries'] for r in results):>7} {rss:>7.0f}",
+                  flush=True)
             for e in errs:
                 print(f"      error: {e}", flush=True)
         wait = args.idle + max(5.0, min(60.0, args.idle / 4)) + 5

@@ -155,6 +155,9 @@ class SessionStore:
             keys = [k for k, e in self._items.items() if now - e.last > self.idle_s]
         for k in keys:
             self.drop(k)
+        if keys:
+            log.info("%d result(s) unused for %.0f s freed, %.0f MB held", len(keys), self.idle_s,
+                     self.nbytes / 2**20)
         return len(keys)
 
     def _evict(self, keep: str) -> None:

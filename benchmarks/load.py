@@ -135,7 +135,8 @@ def session(url: str, i: int, rnd: int, good: dict, hostile: dict, sizes: list[i
     out = {"latency": None, "errors": [], "refused": 0, "size": None, "retries": 0}
     for attempt in range(6):  # a busy server may answer the first connection late; clients retry
         try:
-            client = Client(url, verbose=False, download_files=False)
+            # a loaded 2-core box answers slowly: a patient client, as a script would be
+            client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 600})
             break
         except Exception as exc:  # noqa: BLE001 - counted, and an error after the last try
             out["retries"] += 1

@@ -77,3 +77,15 @@ def test_idle_entries_are_swept_by_the_timer(tmp_path):
     while len(real) and time.time() < deadline:
         time.sleep(0.02)
     assert len(real) == 0 and calls
+
+
+def test_closed_session_is_freed_after_a_grace_period_unless_it_comes_back(tmp_path):
+    clock = Clock()
+    store = SessionStore(max_bytes=2**30, idle_s=600, clock=clock)
+    store.put("gone:seg", _mb(1))
+    store.put("back:seg", _mb(1))
+    assert store.close_session("gone", grace_s=30) == 1 and store.close_session("back", grace_s=30) == 1
+    clock.t = 10
+    assert store.get("back:seg") is not None  # the heartbeat reconnected and the session went on
+    clock.t = 31
+    assert store.sweep() == 1 and "gone:seg" not in store and "back:seg" in store

@@ -73,8 +73,9 @@ def session_of(request) -> str | None:
 
 
 def end_session(request: gr.Request) -> None:
-    """The browser tab closed: free everything the session kept."""
-    STORE.drop_session(session_of(request))
+    """The browser tab closed (or its connection dropped): free what the session kept, after
+    a short grace period in case it reconnects."""
+    STORE.close_session(session_of(request))
 
 
 def drop_loaded(loaded) -> None:

@@ -73,7 +73,7 @@ def kept(store: SessionStore, key):
     value = store.get(key) if isinstance(key, str) else None
     if value is None:
         raise InputError(f"this result was cleared from the server (unused for {store.idle_s / 60:.0f} "
-                         "minutes, or memory was needed for others); press Run again")
+                         "minutes, the session ended, or memory was needed for others); press Run again")
     return value
 
 

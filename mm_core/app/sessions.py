@@ -5,7 +5,8 @@ density, small maps), never engine features, and keep it here instead of in
 ``gr.State``: a state holds only the key. The store frees an entry
 
 - when the same session replaces it (a new upload or run in the same tab);
-- when the session ends (Gradio's unload, or the end of its state);
+- when the session ends (Gradio's unload, after :data:`CLOSED_GRACE_S` seconds in case
+  it reconnects; or the end of its state);
 - after :data:`IDLE_S` seconds without use, checked by a timer, so API clients
   that never send a heartbeat are freed too;
 - when the whole store holds more than :data:`MAX_BYTES` (least recently used first).
@@ -36,6 +37,8 @@ log = logging.getLogger("mm_core.app")
 
 #: Seconds without use after which a session's results are freed (``MM_APP_IDLE_S``).
 IDLE_S = float(os.environ.get("MM_APP_IDLE_S", "600"))
+#: Seconds a closed session's results are kept in case it reconnects (``MM_APP_CLOSED_GRACE_S``).
+CLOSED_GRACE_S = float(os.environ.get("MM_APP_CLOSED_GRACE_S", "30"))
 #: Most bytes of results held by one server process (``MM_APP_MAX_STATE_MB``, default 1024 MB).
 MAX_BYTES = int(float(os.environ.get("MM_APP_MAX_STATE_MB", "1024")) * 2**20)
 
@@ -137,16 +140,28 @@ class SessionStore:
         with self._lock:
             entry = self._items.pop(key, None)
         if entry is not None:
+            log.debug("dropped %s", key)
             remove_folder(entry.folder)
             _release_memory()
 
     def drop_session(self, session: str | None) -> int:
-        """Forget every entry of a session (it ended); returns how many."""
+        """Forget every entry of a session now; returns how many."""
         with self._lock:
             keys = [k for k, e in self._items.items() if e.session == session]
         for k in keys:
             self.drop(k)
         return len(keys)
+
+    def close_session(self, session: str | None, grace_s: float = CLOSED_GRACE_S) -> int:
+        """A session's connection ended: free its entries ``grace_s`` seconds from now (by
+        :meth:`sweep`) unless it comes back and uses them (Gradio's heartbeat also drops and
+        reconnects on a busy server or a flaky network). Returns how many entries."""
+        now = self.clock()
+        with self._lock:
+            entries = [e for e in self._items.values() if e.session == session]
+            for e in entries:
+                e.last = min(e.last, now - self.idle_s + grace_s)
+        return len(entries)
 
     def sweep(self) -> int:
         """Drop the entries idle for more than ``idle_s``; returns how many."""

@@ -374,7 +374,8 @@ def main(argv=None) -> None:
         help="simultaneous runs (default: 1 with the LDM engine on a GPU, else 2)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("MM_APP_DEBUG") else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     load_engine()
     log.info("engine: %s", MATCHER["reason"])
     gpu = getattr(getattr(MATCHER["matcher"], "engine", None), "name", "") == "ldm"

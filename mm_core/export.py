@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,7 +33,6 @@ from mm_core.errors import InputError
 from mm_core.io.atomic import atomic_path, atomic_write
 from mm_core.io.labels import CTC_MASK_RE
 from mm_core.measure import (
-    TRACK_COLUMNS,
     as_labels,
     check_tracks,
     measurements_table,

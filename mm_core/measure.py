@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 
 from mm_core.errors import InputError
+from mm_core.io.labels import TRACK_COLUMNS
 
-#: Columns of a CTC track table (``res_track.txt``: ``L B E P``).
-TRACK_COLUMNS = ["label", "begin", "end", "parent"]
 #: Columns of :func:`tracks_table`.
 TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area", "parent"]
 
@@ -112,8 +111,10 @@ def measurements_table(labels, intensity=None) -> pd.DataFrame:
 
 
 def tracks_from_masks(masks) -> pd.DataFrame:
-    """Track table of a ``(T, H, W)`` label stack without lineage: each label's first
-    and last frame, parent 0."""
+    """Track table of a ``(T, H, W)`` label stack without lineage.
+
+    Each label's first and last frame, parent 0.
+    """
     arr = as_labels(masks, (3,), "mask stack")
     rows: dict[int, list[int]] = {}
     for t, frame in enumerate(arr):

@@ -123,8 +123,10 @@ def average_precision(gt_labels, pred_labels, thresholds=IOU_THRESHOLDS) -> dict
 
 
 def f1_score(gt_labels, pred_labels, thresholds=IOU_THRESHOLDS) -> np.ndarray:
-    """F1 = ``2 TP / (2 TP + FP + FN)`` at each IoU threshold (same matching as
-    :func:`average_precision`; 1.0 when both images are empty)."""
+    """F1 = ``2 TP / (2 TP + FP + FN)`` at each IoU threshold.
+
+    Same matching as :func:`average_precision`; 1.0 when both images are empty.
+    """
     c = matching_counts(gt_labels, pred_labels, thresholds)
     denom = 2 * c["tp"] + c["fp"] + c["fn"]
     return np.where(denom > 0, 2 * c["tp"] / np.maximum(denom, 1), 1.0)

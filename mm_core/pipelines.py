@@ -9,7 +9,7 @@ returned results by :mod:`mm_core.export` and :mod:`mm_core.viz`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from skimage.segmentation import relabel_sequential
 
 from mm_core.engines.base import Engine, MatchMaps
 from mm_core.errors import InputError
-from mm_core.heads.linking import boxes_from_labels
+from mm_core.heads.objects import boxes_from_labels
 from mm_core.io.limits import Limits
 from mm_core.transforms import normalize, prepare_boxes
 

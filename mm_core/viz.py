@@ -215,8 +215,10 @@ def draw_boxes(
 
 
 def upscale_nearest(rgb: np.ndarray, min_side: int = 384) -> np.ndarray:
-    """Enlarge a small picture by a whole factor (pixel replication) so its longest side
-    reaches ``min_side``; larger pictures are returned unchanged."""
+    """Enlarge a small picture by a whole factor (pixel replication).
+
+    The longest side then reaches ``min_side``; larger pictures are returned unchanged.
+    """
     rgb = np.asarray(rgb)
     side = max(rgb.shape[:2])
     k = int(np.ceil(min_side / side)) if 0 < side < min_side else 1

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
 
 from mm_core.errors import InputError
 from mm_core.io import IMAGE_EXTENSIONS as IMAGE_EXTS

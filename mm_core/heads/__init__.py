@@ -1,1 +1,8 @@
-"""Task heads: turn match maps into instance labels, densities and tracks."""
+"""Task heads: turn match maps into instance labels, densities and tracks.
+
+Analytic heads (no training): :mod:`.segmentation`, :mod:`.counting`, :mod:`.tracking`;
+learned heads: :mod:`.learned`; :mod:`.selection` picks the head of a task.
+"""
+
+#: Task -> the ``head_type`` a learned checkpoint for that task has.
+TASK_HEAD_TYPES = {"segment": "segmentation", "count": "counting", "track": "linking"}

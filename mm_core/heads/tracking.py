@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from mm_core.engines.base import MatchMaps
-from mm_core.heads.linking import LinkParams, link_labels, object_features
+from mm_core.heads.linking import LinkParams, link_labels
+from mm_core.heads.objects import object_features
 
 __all__ = ["AnalyticLinker"]
 

@@ -18,10 +18,10 @@ from mm_core.io.limits import IMAGE_EXTENSIONS
 
 #: File names of CTC masks: ``maskTTT.tif`` (results) or ``man_trackTTT.tif`` (ground truth).
 CTC_MASK_RE = re.compile(r"^(mask|man_track)(\d+)\.tif$")
-#: Columns of a CTC track table (``L B E P``).
-_TRACK_COLUMNS = ["label", "begin", "end", "parent"]
+#: Columns of a CTC track table (``res_track.txt``/``man_track.txt``: ``L B E P``).
+TRACK_COLUMNS = ["label", "begin", "end", "parent"]
 
-__all__ = ["CTC_MASK_RE", "read_ctc", "read_labels", "read_points"]
+__all__ = ["CTC_MASK_RE", "TRACK_COLUMNS", "read_ctc", "read_labels", "read_points"]
 
 
 def read_labels(path, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -132,7 +132,7 @@ def read_ctc(folder) -> tuple[np.ndarray, pd.DataFrame]:
                              f"{files[0].name} {frames[0].shape}")
     try:
         raw = [line.split() for line in txt.read_text().splitlines() if line.strip()]
-        tracks = pd.DataFrame([[int(v) for v in r] for r in raw], columns=_TRACK_COLUMNS, dtype=np.int64)
+        tracks = pd.DataFrame([[int(v) for v in r] for r in raw], columns=TRACK_COLUMNS, dtype=np.int64)
     except ValueError:
         raise InputError(f"{txt.name} must have 4 whole numbers per line (L B E P)") from None
     return np.stack(frames), tracks

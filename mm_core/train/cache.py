@@ -30,20 +30,40 @@ def cache_key(image: np.ndarray, engine_name: str, boxes: np.ndarray | None, eng
     return h.hexdigest()
 
 
-def engine_version(engine) -> str:
-    """The engine's ``version`` attribute plus a hash of its package's source files.
+def engine_sources(engine) -> list[Path]:
+    """Source files of the engine's module and of every ``mm_core`` module it imports, even indirectly.
 
-    Editing the engine's code therefore invalidates cached maps.
+    Found with grimp's import graph (the library behind import-linter), so a change
+    anywhere the maps depend on (``mm_core.transforms`` say) is seen, not only in the
+    engine's own package.
     """
-    import inspect
+    import importlib.util
 
+    import grimp
+
+    module = type(engine).__module__
+    if not module.startswith("mm_core."):
+        return []
+    graph = grimp.build_graph("mm_core", cache_dir=None)
+    names = sorted({module} | set(graph.find_upstream_modules(module)))
+    files = []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            files.append(Path(spec.origin))
+    return files
+
+
+def engine_version(engine) -> str:
+    """The engine's ``version`` attribute plus a hash of every source file its maps depend on.
+
+    Editing the engine's code, or any ``mm_core`` module it imports
+    (:func:`engine_sources`), therefore invalidates cached maps.
+    """
     h = hashlib.sha1(str(getattr(engine, "version", "")).encode())
-    try:
-        folder = Path(inspect.getfile(type(engine))).parent
-        for f in sorted(folder.glob("*.py")):
-            h.update(f.read_bytes())
-    except (TypeError, OSError):
-        pass
+    for f in engine_sources(engine):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 

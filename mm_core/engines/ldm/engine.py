@@ -220,7 +220,7 @@ class LDMEngine:
 
     def unet_pass(self, latents: torch.Tensor, hidden: torch.Tensor, capture_self: bool = True,
                   graph_ok: bool = False) -> None:
-        """One UNet pass that fills :attr:`store` and the decoder features.
+        """One UNet pass that fills ``self.store`` (the attention maps) and the decoder features.
 
         ``graph_ok``: the pass may be replayed as a CUDA graph (fixed-length sequences only).
         """

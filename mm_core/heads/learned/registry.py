@@ -8,6 +8,7 @@ Checkpoints are found by :mod:`mm_core.heads.learned.checkpoints` and loaded by
 from __future__ import annotations
 
 from mm_core.errors import InputError
+from mm_core.heads import TASK_HEAD_TYPES
 from mm_core.heads.learned.base import LearnedHead, load_head
 from mm_core.heads.learned.checkpoints import REGISTRY, available_heads, resolve
 
@@ -17,7 +18,6 @@ __all__ = ["DEFAULTS", "REGISTRY", "available_heads", "load_head", "resolve", "s
 #: Shipped heads used by default: (task, engine) -> registry name. Filled only for heads
 #: that beat the analytic head on held-out dev data (see the README's heads section).
 DEFAULTS: dict[tuple[str, str], str] = {}
-_TASK_TYPES = {"segment": "segmentation", "count": "counting", "track": "linking"}
 _ANALYTIC = {"segment": "analytic watershed head", "count": "analytic density head",
              "track": "analytic linking (overlap + distance + descriptors)"}
 
@@ -41,8 +41,8 @@ def select_head(spec, task: str, engine: str) -> tuple[LearnedHead | None, str]:
     note : str
         E.g. ``"learned segmentation head 'seg-classic' (trained on classic engine maps)"``.
     """
-    if task not in _TASK_TYPES:
-        raise InputError(f"unknown task {task!r}; choose one of {', '.join(_TASK_TYPES)}")
+    if task not in TASK_HEAD_TYPES:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASK_HEAD_TYPES)}")
     if spec is not None and str(spec).lower() in ("analytic", "none"):
         return None, f"{_ANALYTIC[task]}, as requested"
     if spec is None or str(spec).lower() == "auto":
@@ -51,6 +51,6 @@ def select_head(spec, task: str, engine: str) -> tuple[LearnedHead | None, str]:
             return None, f"{_ANALYTIC[task]} (no learned {task} head ships for the {engine} engine)"
         spec = name
     head = load_head(spec, engine=engine)
-    if head.head_type != _TASK_TYPES[task]:
-        raise InputError(f"{spec} is a {head.head_type} head; the {task} task needs a {_TASK_TYPES[task]} head")
+    if head.head_type != TASK_HEAD_TYPES[task]:
+        raise InputError(f"{spec} is a {head.head_type} head; the {task} task needs a {TASK_HEAD_TYPES[task]} head")
     return head, head.describe()

@@ -3,8 +3,9 @@
 The head predicts three maps at full working resolution: foreground logit,
 normalised distance to the object boundary (1 at each object's centre, 0 at its
 edge) and a boundary logit. Instances come from a marker-controlled watershed on
-the predicted distance, shared with the analytic head
-(:func:`mm_core.heads.segmentation.watershed_instances`).
+the predicted distance (:func:`instances_from_distance`); hole filling, fragment
+removal and renumbering are the analytic head's
+(:func:`mm_core.heads.segmentation.finish_instances`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,107 @@
+"""mm_core.Matcher: one engine and its heads, made once; the conveniences over a default one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mm_core
+from mm_core.engines.classic import ClassicEngine
+from mm_core.errors import InputError
+from mm_core.heads.counting import DensityHead
+from mm_core.heads.segmentation import WatershedHead
+from mm_core.heads.tracking import AnalyticLinker
+
+
+def blobs(shape=(96, 96), shift=0, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100, 4, shape).astype(np.float32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for cy, cx in ((24, 24), (24, 70), (70, 24), (70, 70)):
+        img[(yy - cy) ** 2 + (xx - cx - shift) ** 2 <= 64] += 300
+    return img
+
+
+class CountingEngine(ClassicEngine):
+    """The classic engine, counting its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def match(self, image, boxes=None):
+        self.calls += 1
+        return super().match(image, boxes)
+
+
+def test_matcher_holds_one_engine_and_its_heads():
+    m = mm_core.Matcher("classic")
+    assert m.engine.name == "classic" and "weight-free" in m.engine_note
+    assert isinstance(m.head("segment"), WatershedHead) and m.head("segment") is m.head("segment")
+    assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("track"), AnalyticLinker)
+    assert "segment: analytic watershed head" in m.head_note
+    res = m.segment(blobs())
+    assert res.n_objects == 4 and res.head_note.startswith("analytic watershed head")
+    assert round(m.count(blobs()).count) == 4
+
+
+def test_engine_object_is_used_as_given_and_tracking_is_driven_by_the_pipeline():
+    eng = CountingEngine()
+    m = mm_core.Matcher(eng, head="analytic")
+    frames = [blobs(shift=2 * t, seed=t) for t in range(3)]
+    res = m.track(frames)
+    assert eng.calls >= 3 and res.n_tracks == 4 and "as given" in res.engine_note
+    assert "analytic watershed head" in res.head_note and "analytic linking" in res.head_note
+
+
+def test_from_pretrained_and_bad_arguments():
+    assert mm_core.Matcher.from_pretrained("classic").engine.name == "classic"
+    with pytest.raises(InputError, match="unknown pretrained"):
+        mm_core.Matcher.from_pretrained("nope")
+    with pytest.raises(InputError, match="unknown engine"):
+        mm_core.Matcher("gpu-please")
+    with pytest.raises(InputError, match="engine must be"):
+        mm_core.Matcher(42)
+    with pytest.raises(InputError, match="unknown task"):
+        mm_core.Matcher("classic", head={"segmentation": "analytic"})
+    with pytest.raises(InputError, match="head must be"):
+        mm_core.Matcher("classic", head=3.5)
+    with pytest.raises(InputError, match="no head checkpoint"):
+        mm_core.Matcher("classic", head={"segment": "no-such-head"}).segment(blobs())
+
+
+def test_one_checkpoint_serves_its_own_task(tmp_path, torch_one_thread):
+    """``head=<linking checkpoint>`` makes track use it; segment and count keep their defaults."""
+    import torch
+
+    from mm_core.heads.learned import LinkingHead
+
+    torch.manual_seed(0)
+    folder = LinkingHead("classic", 28, dim=16, heads=2).save_pretrained(tmp_path / "link-test")
+    m = mm_core.Matcher("classic", head=str(folder))
+    assert isinstance(m.head("track"), LinkingHead) and isinstance(m.head("segment"), WatershedHead)
+    res = m.track([blobs(shift=2 * t, seed=t) for t in range(3)])
+    assert "learned linking head 'link-test'" in res.head_note
+    assert res.masks.shape == (3, 96, 96) and res.n_tracks >= 4
+    with pytest.raises(InputError, match="needs a segmentation head"):  # per task: strict
+        mm_core.Matcher("classic", head={"segment": str(folder)}).segment(blobs())
+
+
+def test_default_matcher_is_reused_and_replaced():
+    from mm_core.models import default_matcher
+
+    a = default_matcher("classic")
+    assert default_matcher("classic") is a
+    b = default_matcher("classic", head="analytic")
+    assert b is not a and default_matcher("classic", head="analytic") is b
+    assert mm_core.segment(blobs(), engine="classic").n_objects == 4
+
+
+def test_training_cache_key_covers_every_source_the_maps_depend_on():
+    from mm_core.train.cache import engine_sources
+
+    names = {Path(p).name for p in engine_sources(ClassicEngine())}
+    assert {"engine.py", "bank.py", "centers.py", "transforms.py", "base.py"} <= names
+    assert "segmentation.py" not in names  # heads do not shape the engine's maps

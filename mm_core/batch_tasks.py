@@ -12,12 +12,13 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mm_core.errors import InputError, MMError
+from mm_core.errors import InputError, InputWarning, MMError
 from mm_core.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
@@ -223,8 +224,11 @@ def process(model: Model, item: Item, settings: Settings) -> dict:
     t0 = time.perf_counter()
     out = Path(settings.out)
     try:
-        value, warnings = _run_image(model, item, settings, out)
-        status, msg = "done", " | ".join(f"warning: {w}" for w in warnings)
+        with warnings.catch_warnings(record=True) as caught:  # the boxes' warnings (swapped corners, ...)
+            warnings.simplefilter("always", InputWarning)
+            value, checks = _run_image(model, item, settings, out)
+        told = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+        status, msg = "done", " | ".join(f"warning: {w}" for w in told + checks)
     except MMError as exc:
         value, status, msg = float("nan"), "failed", str(exc)
     except MemoryError:

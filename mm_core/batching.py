@@ -305,7 +305,7 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
                            else f"skipped {name}: {row['message']}", file=sys.stderr)
                 if row["status"] == "done" and row["message"]:
                     for w in row["message"].split(" | "):
-                        tqdm.write(f"{name}: {w}", file=sys.stderr)
+                        tqdm.write(f"warning: {name}: {w.removeprefix('warning: ')}", file=sys.stderr)
             if on_result is not None:
                 on_result(row)
     finally:

@@ -1,17 +1,25 @@
 """Command-line interface: ``python -m mm_core {segment,count,track,evaluate}``.
 
 A thin shell over one :class:`mm_core.Matcher`, :mod:`mm_core.io`, :func:`mm_core.export.save`
-and :mod:`mm_core.evaluation`; it writes the same files as the app. In a batch, a file that cannot be used is reported by
-name and skipped; the exit code is then non-zero (1). Bad arguments exit with 2.
+and :mod:`mm_core.evaluation`; it writes the same files as the app. One exit-code rule
+for every command:
+
+- ``0``: every input was done;
+- ``1``: some input was refused (reported by file name, the others are still done);
+- ``2``: a usage error (bad arguments or options, a bad ``--boxes`` CSV, no input,
+  an output folder that cannot be made, an engine or head that cannot be had).
+
+Warnings (swapped box corners, a box over the whole image, ``--boxes`` rows that name
+no input image) are printed as ``warning: <file>: ...`` and do not change the code.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from collections import defaultdict
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,6 +27,7 @@ from tqdm import tqdm
 from mm_core.engines import ENGINE_NAMES
 from mm_core.errors import InputError, MMError
 from mm_core.io import expand_inputs
+from mm_core.io.boxes import read_boxes_csv
 
 
 def _inputs(items: list[str]) -> list[Path]:
@@ -31,34 +40,63 @@ def _inputs(items: list[str]) -> list[Path]:
     return out
 
 
-def read_boxes_csv(path: str | None) -> dict[str, list[list[float]]]:
-    """Read a boxes CSV with header ``image,x0,y0,x1,y1`` into ``{image: [[x0, y0, x1, y1], ...]}``."""
-    boxes: dict[str, list[list[float]]] = defaultdict(list)
-    if not path:
-        return boxes
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            need = {"image", "x0", "y0", "x1", "y1"}
-            if reader.fieldnames is None or not need <= set(reader.fieldnames):
-                raise InputError(f"{Path(path).name}: the boxes CSV needs the header image,x0,y0,x1,y1 "
-                                 f"(found {', '.join(reader.fieldnames or []) or 'nothing'})")
-            for i, row in enumerate(reader, start=2):
-                try:
-                    box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
-                except (TypeError, ValueError):
-                    raise InputError(f"{Path(path).name}, line {i}: box coordinates must be numbers") from None
-                boxes[(row["image"] or "").strip()].append(box)
-    except OSError as exc:
-        raise InputError(f"cannot read the boxes CSV {path}: {exc.strerror}") from None
-    return boxes
+#: Exit codes (see the module docstring).
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
-def _boxes_for(name: str, cli_boxes: list | None, csv_boxes: dict, aliases: tuple[str, ...] = ()) -> list | None:
+class _UsageError(MMError):
+    """A problem with the command line itself (exit code 2)."""
+
+
+def _boxes_for(name: str, cli_boxes: list | None, csv_boxes: dict, aliases: tuple[str, ...] = (),
+               used: set | None = None) -> list | None:
     found = list(cli_boxes or [])
     for key in dict.fromkeys((name, Path(name).stem, *aliases)):
+        if key in csv_boxes and used is not None:
+            used.add(key)
         found.extend(csv_boxes.get(key, []))
     return found or None
+
+
+def _warn(where: str, message: str) -> None:
+    tqdm.write(f"warning: {where}: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _warnings_about(where: str):
+    """Print every :class:`~mm_core.errors.InputWarning` raised in the block, naming ``where``."""
+    from mm_core.errors import InputWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, InputWarning):
+            _warn(where, str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _unused_rows(csv_path: str | None, csv_boxes, used: set) -> None:
+    """Warn about ``--boxes`` rows whose image matches no input."""
+    for key, lines in getattr(csv_boxes, "lines", {}).items():
+        if key not in used:
+            where = f"{Path(csv_path).name}, line{'s' * (len(lines) > 1)} {', '.join(map(str, lines[:5]))}"
+            _warn(where, f"image {key!r} matches no input image; {len(lines)} box"
+                  f"{'es were' if len(lines) > 1 else ' was'} not used")
+
+
+def _read_boxes(path: str | None):
+    try:
+        return read_boxes_csv(path)
+    except InputError as exc:
+        raise _UsageError(f"--boxes: {exc}") from None
+
+
+def _naming(name: str, exc: Exception) -> str:
+    """The message of ``exc``, prefixed with ``name`` when it does not name it already."""
+    msg = str(exc)
+    return msg if name in msg else f"{name}: {msg}"
 
 
 def _unique_base(path: Path, seen: set[str]) -> str:
@@ -74,7 +112,7 @@ def _out_dir(path: str) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create the output folder {out}: {exc.strerror}") from None
+        raise _UsageError(f"cannot create the output folder {out}: {exc.strerror}") from None
     return out
 
 
@@ -94,9 +132,9 @@ def _matcher(args, task: str):
 
 
 def _print_warnings(name: str, warnings: list[str]) -> None:
-    """One line per warning of a result (see :mod:`mm_core.checks`)."""
+    """One line per warning of a result (see :mod:`mm_core.checks`), as every CLI warning: ``warning: <file>: ...``."""
     for w in warnings:
-        tqdm.write(f"{name}: warning: {w}", file=sys.stderr)
+        _warn(name, w)
 
 
 def _run_batch(args, task: str) -> int:
@@ -104,9 +142,11 @@ def _run_batch(args, task: str) -> int:
 
     files = _inputs(args.inputs)
     if not files:
-        raise InputError("no input images found (give image files or folders holding .tif/.png/.jpg/.bmp files)")
-    csv_boxes = read_boxes_csv(args.boxes)
-    boxes = {str(p): b for p in files if (b := _boxes_for(p.name, args.box, csv_boxes))}
+        raise _UsageError("no input images found (give image files or folders holding "
+                          ".tif/.png/.jpg/.bmp files)")
+    csv_boxes, used = _read_boxes(args.boxes), set()
+    boxes = {str(p): b for p in files if (b := _boxes_for(p.name, args.box, csv_boxes, used=used))}
+    _unused_rows(args.boxes, csv_boxes, used)
     where = (f"Dask scheduler {args.scheduler}" if args.scheduler
              else f"{args.workers} local Dask workers" if args.workers > 1 else "this process")
     print(f"{task}: {len(files)} images on {where}; engine {args.engine}, head {args.head}", file=sys.stderr)
@@ -116,7 +156,7 @@ def _run_batch(args, task: str) -> int:
     failures = int((table["status"] != "done").sum())
     print(f"{len(files) - failures} of {len(files)} images done; results and manifest.csv in {args.out}",
           file=sys.stderr)
-    return 1 if failures else 0
+    return EXIT_REFUSED if failures else EXIT_OK
 
 
 def _run_track(args) -> int:
@@ -124,9 +164,17 @@ def _run_track(args) -> int:
     from mm_core.io import read_sequence
 
     out = _out_dir(args.out)
-    seq = read_sequence(args.inputs[0], channels=args.channels)
+    csv_boxes, used = _read_boxes(args.boxes), set()
+    name = Path(args.inputs[0]).name
+    try:
+        with _warnings_about(name):
+            seq = read_sequence(args.inputs[0], channels=args.channels)
+    except InputError as exc:
+        print(f"error: {_naming(name, exc)}", file=sys.stderr)
+        return EXIT_REFUSED
     first = Path(seq.names[0]).name if seq.names else "first"
-    boxes = _boxes_for(first, args.box, read_boxes_csv(args.boxes), aliases=("first",))
+    boxes = _boxes_for(first, args.box, csv_boxes, aliases=("first",), used=used)
+    _unused_rows(args.boxes, csv_boxes, used)
     matcher = _matcher(args, "track")
     bar = tqdm(total=100, desc="track", unit="%", file=sys.stderr,
                bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
@@ -135,20 +183,30 @@ def _run_track(args) -> int:
         bar.n = min(100, int(round(100 * frac)))
         bar.set_postfix_str(desc)  # e.g. "frame 12/65"
 
-    res = matcher.track(seq.frames, boxes=boxes, progress=progress)
+    try:
+        with _warnings_about(name):
+            res = matcher.track(seq.frames, boxes=boxes, progress=progress)
+    except InputError as exc:
+        bar.close()
+        print(f"error: {_naming(name, exc)}", file=sys.stderr)
+        return EXIT_REFUSED
     bar.close()
     export.save(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
           f"CTC results and GEFF tracks.zarr in {out}", file=sys.stderr)
-    _print_warnings(Path(args.inputs[0]).name, res.warnings)
-    return 0
+    _print_warnings(name, res.warnings)
+    return EXIT_OK
 
 
 def _run_evaluate(args) -> int:
     from mm_core.evaluation import evaluate
 
-    print(json.dumps(evaluate(args.pred, args.gt, task=args.task)))
-    return 0
+    try:
+        print(json.dumps(evaluate(args.pred, args.gt, task=args.task)))
+    except InputError as exc:
+        print(f"error: {_naming(Path(args.pred).name, exc)}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def _batch_arguments(p: argparse.ArgumentParser) -> None:
@@ -220,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_evaluate(args)
     except MMError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -17,5 +17,13 @@ class InputError(MMError, ValueError):
     """User input that cannot be used, with a message that says why."""
 
 
+class InputWarning(UserWarning):
+    """Input that is used, but maybe not as the user meant (e.g. swapped box corners).
+
+    Raised with :func:`warnings.warn`; the CLI prints each one with the file it is
+    about, the app shows it next to the result.
+    """
+
+
 class ModelUnavailableError(MMError, RuntimeError):
     """Model weights or hardware needed by an engine or head cannot be had."""

@@ -12,7 +12,9 @@
 :func:`save` writes every file of a task result (what the CLI and the app both
 write). Every writer writes only at the path it is given (creating that path's missing
 parent folders) or, for :func:`write_ctc`, only inside ``out_dir``, and returns the
-path written. Bad arrays raise :class:`mm_core.errors.InputError`.
+path written. Files are written to a temporary name and moved into place
+(:func:`mm_core.io.atomic.atomic_write`), so a symlink already at the path is
+replaced, never written through. Bad arrays raise :class:`mm_core.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pandas as pd
 import tifffile
 
 from mm_core.errors import InputError
+from mm_core.io.atomic import atomic_path, atomic_write
 from mm_core.io.labels import CTC_MASK_RE
 from mm_core.measure import (
     as_labels,
@@ -94,7 +97,7 @@ def write_labels(path, labels) -> Path:
     arr = as_labels(labels, (2, 3))
     dtype = label_dtype(arr)
     out = _out_path(path)
-    out.write_bytes(_tiff_bytes(arr.astype(dtype), imagej=dtype == np.uint16))
+    atomic_write(out, _tiff_bytes(arr.astype(dtype), imagej=dtype == np.uint16))
     return out
 
 
@@ -103,7 +106,7 @@ def write_measurements(path, labels, intensity=None) -> Path:
     """Write :func:`measurements_table` as CSV (comma-separated, header row, no index)."""
     table = measurements_table(labels, intensity)
     out = _out_path(path)
-    table.to_csv(out, index=False)
+    atomic_write(out, table.to_csv(index=False))
     return out
 
 
@@ -157,10 +160,11 @@ def write_imagej_rois(path, labels) -> Path:
         roi.roitype = ROI_TYPE.POLYGON
         rois.append(roi)
     out = _out_path(path)
-    if rois:
-        roiwrite(out, rois, mode="w")
-    else:
-        zipfile.ZipFile(out, "w").close()
+    with atomic_path(out) as tmp:
+        if rois:
+            roiwrite(tmp, rois, mode="w")
+        else:
+            zipfile.ZipFile(tmp, "w").close()
     return out
 
 
@@ -175,7 +179,7 @@ def write_tracks_csv(path, masks, tracks=None) -> Path:
     """Write :func:`tracks_table` as CSV (positions with 2 decimals)."""
     table = tracks_table(masks, tracks)
     out = _out_path(path)
-    table.to_csv(out, index=False, float_format="%.2f")
+    atomic_write(out, table.to_csv(index=False, float_format="%.2f"))
     return out
 
 
@@ -224,7 +228,7 @@ def write_ctc(out_dir, masks, tracks=None) -> Path:
         if old.is_file() and CTC_MASK_RE.match(old.name) and old.name.startswith("mask"):
             old.unlink()
     for name, data in members:
-        (out / name).write_bytes(data)
+        atomic_write(out / name, data)
     return out
 
 
@@ -232,7 +236,7 @@ def write_ctc_zip(zip_path, masks, tracks=None, folder: str = "01_RES") -> Path:
     """Write the same CTC result as :func:`write_ctc` into a zip, under ``folder/``."""
     members = list(_ctc_members(masks, tracks))  # validate everything before writing
     out = _out_path(zip_path)
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in members:
             zf.writestr(f"{folder}/{name}" if folder else name, data)
     return out
@@ -249,7 +253,7 @@ def write_density(path, density) -> Path:
     if not np.isfinite(arr).all():
         raise InputError("the density map contains NaN or infinite values")
     out = _out_path(path)
-    out.write_bytes(_tiff_bytes(arr, imagej=True))
+    atomic_write(out, _tiff_bytes(arr, imagej=True))
     return out
 
 
@@ -266,10 +270,11 @@ def write_counts(path, rows: Iterable[tuple[str, float]]) -> Path:
             raise InputError(f"the count of {name} is not a number: {value!r}") from None
         checked.append((str(name), f"{value:.6g}" if not value.is_integer() else str(int(value))))
     out = _out_path(path)
-    with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "count"])
-        writer.writerows(checked)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(["image", "count"])
+    writer.writerows(checked)
+    atomic_write(out, buf.getvalue())
     return out
 
 
@@ -286,7 +291,7 @@ def write_points(path, points) -> Path:
     df = df[cols].astype({"x": float, "y": float})
     if "n" in cols:
         df["n"] = df["n"].astype(int)
-    df.to_csv(out, index=False)
+    atomic_write(out, df.to_csv(index=False))
     return out
 
 

@@ -21,6 +21,7 @@ from mm_core import checks
 from mm_core.engines.base import Engine, MatchMaps
 from mm_core.errors import InputError
 from mm_core.heads.objects import boxes_from_labels
+from mm_core.io.limits import Limits
 from mm_core.transforms import normalize, prepare_boxes
 
 #: Called as ``progress(fraction, description)`` while a task runs.
@@ -146,7 +147,7 @@ def _tick(progress: ProgressFn | None, frac: float, desc: str) -> None:
 def _match(engine: Engine, image, boxes, progress: ProgressFn | None):
     """The steps segment and count share: read/normalise, check boxes, match."""
     img = as_image(image)
-    bx = prepare_boxes(boxes, img.shape[:2])
+    bx = prepare_boxes(boxes, img.shape[:2], max_boxes=Limits.resolve().max_boxes)
     _tick(progress, 0.2, "matching")
     maps = engine.match(img, bx)
     _tick(progress, 0.7, "post-processing")
@@ -322,7 +323,7 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     TrackResult
     """
     frames = as_frames(frames)
-    seed = prepare_boxes(boxes, frames[0].shape[:2])
+    seed = prepare_boxes(boxes, frames[0].shape[:2], max_boxes=Limits.resolve().max_boxes)
     labels, summaries, kept = [], [], []
     keep = keep_maps or bool(getattr(linker, "needs_maps", False))
     exemplars, T = seed, len(frames)

@@ -6,10 +6,12 @@ resizing and exemplar-box validation.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from skimage.transform import resize
 
-from mm_core.errors import InputError
+from mm_core.errors import InputError, InputWarning
 
 #: Default percentiles of :func:`normalize` (as in Cellpose and StarDist).
 DEFAULT_PERCENTILES = (1.0, 99.8)
@@ -76,7 +78,25 @@ def resize_map(arr: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.nd
                   preserve_range=True).astype(np.float32)
 
 
-def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0) -> np.ndarray | None:
+#: Share of the image area above which an exemplar box is "the whole image" (warned about).
+WHOLE_IMAGE_FRAC = 0.9
+
+
+def _box_array(boxes) -> np.ndarray:
+    """``boxes`` as a float64 array, or an InputError saying what was given instead."""
+    if isinstance(boxes, (str, bytes, dict, set)) or np.isscalar(boxes):
+        raise InputError(f"exemplar boxes must be a list of [x0, y0, x1, y1], got {type(boxes).__name__} "
+                         f"{str(boxes)[:40]!r}")
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError("exemplar boxes must be a list of [x0, y0, x1, y1] with 4 numbers each, got "
+                         f"{str(boxes)[:60]!r}") from None
+    return arr
+
+
+def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0,
+                  max_boxes: int | None = None) -> np.ndarray | None:
     """Validate exemplar boxes and clip them to the image.
 
     Parameters
@@ -88,6 +108,8 @@ def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0) ->
         ``(H, W)`` of the image the boxes were drawn on.
     min_size : float
         Smallest accepted width and height after clipping, in pixels.
+    max_boxes : int, optional
+        Most boxes accepted (the pipelines pass ``MM_MAX_BOXES``); ``None`` = no cap.
 
     Returns
     -------
@@ -98,22 +120,35 @@ def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0) ->
     ------
     InputError
         A box that is malformed, lies outside the image or is smaller than
-        ``min_size`` once clipped.
+        ``min_size`` once clipped, or more than ``max_boxes`` boxes.
+
+    Warns
+    -----
+    InputWarning
+        A box given with swapped corners (``x1 < x0`` or ``y1 < y0``; it is used
+        with the corners put in order) or one covering most of the image.
     """
     if boxes is None:
         return None
-    arr = np.asarray(boxes, dtype=np.float64)
+    arr = _box_array(boxes)
     if arr.size == 0:
         return None
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4:
         raise InputError(f"exemplar boxes must be given as x0, y0, x1, y1; got an array of shape {np.shape(boxes)}")
+    if max_boxes is not None and len(arr) > max_boxes:
+        raise InputError(f"{len(arr):,} exemplar boxes were given; at most {max_boxes} are allowed per image "
+                         "(MM_MAX_BOXES); one to a few boxes around typical objects are enough")
     if not np.isfinite(arr).all():
         raise InputError("an exemplar box has a missing or non-numeric coordinate")
     h, w = image_shape[:2]
     out = []
     for x0, y0, x1, y1 in arr:
+        given = f"({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+        if x1 < x0 or y1 < y0:
+            warnings.warn(f"exemplar box {given} has its corners swapped (x1 < x0 or y1 < y0); it was "
+                          "read with the corners put in order", InputWarning, stacklevel=2)
         x0, x1 = sorted((x0, x1))
         y0, y1 = sorted((y0, y1))
         desc = f"({x0:g}, {y0:g}, {x1:g}, {y1:g})"
@@ -122,6 +157,10 @@ def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0) ->
         cx0, cy0, cx1, cy1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
         if cx1 - cx0 < min_size or cy1 - cy0 < min_size:
             raise InputError(f"exemplar box {desc} is empty or smaller than {min_size:g} pixels inside the {w}x{h} image")
+        if (cx1 - cx0) * (cy1 - cy0) >= WHOLE_IMAGE_FRAC * h * w:
+            warnings.warn(f"exemplar box {desc} covers {100 * (cx1 - cx0) * (cy1 - cy0) / (h * w):.0f}% of the "
+                          f"{w}x{h} image, so the whole image is the example; draw a box around one "
+                          "typical object instead", InputWarning, stacklevel=2)
         out.append((cx0, cy0, cx1, cy1))
     return np.asarray(out, dtype=np.float32)
 

@@ -173,9 +173,11 @@ def test_on_upload_returns_annotator_value(app_module, tmp_path, monkeypatch):
     assert app_module.on_upload(None, sequence=False)[0] is None
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00nonsense")
-    with pytest.warns(UserWarning, match="bad.tif"):
-        out = app_module.on_upload(str(bad), sequence=False)
-    assert out[0] is None and out[1] is None and out[4] is None  # widgets emptied for the next try
+    before = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    with pytest.raises(InputError, match="bad.tif"):  # an error (for API clients too), not a warning
+        app_module.on_upload(str(bad), sequence=False)
+    assert sorted(p for p in tmp_path.iterdir() if p.is_dir()) == before  # no folder for a refusal
+    assert app_module._empty_input()[0] is None  # what the failure listener puts in the widgets
 
 
 def test_build_app_layout_and_system_fonts(app_module):
@@ -210,6 +212,7 @@ def test_cli_defaults_and_environment(app_module, monkeypatch):
 
     monkeypatch.setattr(app_module, "build_app", lambda: FakeDemo())
     monkeypatch.setattr(app_module, "load_engine", lambda: None)
+    monkeypatch.setattr(app_module, "start_cleanup", lambda: None)  # no background timer from a unit test
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
     app_module.main([])
@@ -250,9 +253,10 @@ def loaded_image(tmp_path):
 def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tmp_path, monkeypatch):
     monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
     ann = (loaded_image.preview, [(12, 12, 28, 28, "exemplar")])
-    cache, overlay, html, files, _, note, legend = app_module.run_segment(
+    key, overlay, html, files, _, note, legend = app_module.run_segment(
         loaded_image, ann, 0.5, False, progress=_no_progress
     )
+    cache = app_module.STORE.get(key)
     n = cache["result"].n_objects
     assert f">{n}<" in html and 5 <= n <= 13
     assert overlay.shape == (384, 384, 3) and overlay.dtype == np.uint8  # shown enlarged
@@ -260,9 +264,9 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
     assert names == ["blobs.csv", "blobs.tif", "blobs_rois.zip"]
     assert tifffile.imread(next(f for f in files if f.endswith(".tif"))).max() > 0
     np.testing.assert_array_equal(cache["boxes"], [[12, 12, 29, 29]])
-    again = app_module.rerender(au.segmentation_view, cache, 0.0)
+    again = app_module.rerender(au.segmentation_view, key, 0.0)
     assert again.shape == overlay.shape and not (again == overlay).all()
-    shown = app_module._map_update(cache, True)
+    shown = app_module._map_update(key, True)
     assert shown["visible"] and shown["value"].shape == (384, 384, 3)
     assert "Engine" in note and "Head" in note and "One colour per object" in legend
     assert ("mm-warn" in html) == bool(cache["result"].warnings)
@@ -270,10 +274,10 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
 
 def test_run_count_writes_downloads(app_module, loaded_image, tmp_path, monkeypatch):
     monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
-    cache, overlay, html, files, _, _, legend = app_module.run_count(
+    key, overlay, html, files, _, _, legend = app_module.run_count(
         loaded_image, None, 0.6, False, progress=_no_progress
     )
-    res = cache["result"]
+    res = app_module.STORE.get(key)["result"]
     assert isinstance(res.count, int) and 5 <= res.count <= 13 and f">{res.count:,d}<" in html
     assert "objects per 10×10 pixels" in legend
     points = pd.read_csv(next(f for f in files if f.endswith("_points.csv")))
@@ -290,17 +294,19 @@ def test_run_track_animation_frames_and_downloads(app_module, tmp_path, monkeypa
     frames = np.stack([_blobs(shift=(0, t)) for t in range(3)]).astype(np.uint16)
     tifffile.imwrite(path, frames, imagej=True, metadata={"axes": "TYX"})
     loaded = au.load_upload(path, True, tmp_path)
-    cache, gif, slider, stats, files, mapview, _, play = app_module.run_track(
+    key, gif, slider, stats, files, mapview, _, play = app_module.run_track(
         loaded, None, True, progress=_no_progress
     )
     with Image.open(gif) as im:
         assert im.n_frames == 3
-    first = cache["rendered"][0]
-    assert slider["maximum"] == 2 and first.shape == (384, 384, 3) and "tracks" in stats
-    assert play["visible"] and app_module.play(cache) == gif
+    first = app_module.show_frame(key, 0, False)[0]
+    assert slider["maximum"] == 2 and first.shape[0] >= 384 and first.shape[2] == 3 and "tracks" in stats
+    assert play["visible"] and app_module.play(key) == gif
     assert mapview["visible"] and mapview["value"].shape == (384, 384, 3)
-    frame2, _ = app_module.show_frame(cache, 2, False)
-    assert frame2 is cache["rendered"][2]
+    frame2, _ = app_module.show_frame(key, 2, False)
+    assert frame2.shape == first.shape and not np.array_equal(frame2, first)
+    with pytest.raises(InputError, match="frame number"):
+        app_module.show_frame(key, 99, False)
     names = {Path(f).name for f in files}
     assert names == {"movie_ctc.zip", "movie_tracks.csv", "movie_tracks_geff.zip"}
     table = pd.read_csv(tmp_path / "out" / Path(files[0]).parent.name / "movie_tracks.csv")

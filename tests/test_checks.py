@@ -124,7 +124,7 @@ def test_cli_prints_each_warning_on_its_own_line(tmp_path, capsys):
     noise = ((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
     assert main(["count", str(tmp_path / "noise.png"), "--out", str(tmp_path / "out"), "--engine", "classic"]) == 0
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("noise.png: warning: ")]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: noise.png: ")]
     assert len(lines) >= 1 and all("Try:" in ln for ln in lines)
     pts = pd.read_csv(tmp_path / "out" / "noise_points.csv")
     counts = pd.read_csv(tmp_path / "out" / "counts.csv")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mm_core.errors import InputError
+from mm_core.errors import InputError, InputWarning
 from mm_core.transforms import normalize, prepare_boxes, resize_map, scale_boxes, to_gray
 
 
@@ -54,7 +54,8 @@ def test_to_gray_and_resize_map():
 
 
 def test_prepare_boxes_clips_and_orders():
-    out = prepare_boxes([[-5, 10, 20, 30], [40, 50, 30, 45]], (48, 64))
+    with pytest.warns(InputWarning, match="swapped"):
+        out = prepare_boxes([[-5, 10, 20, 30], [40, 50, 30, 45]], (48, 64))
     np.testing.assert_allclose(out, [[0, 10, 20, 30], [30, 45, 40, 48]])
     assert prepare_boxes(None, (10, 10)) is None and prepare_boxes([], (10, 10)) is None
     assert prepare_boxes([1, 1, 5, 5], (10, 10)).shape == (1, 4)

@@ -41,12 +41,16 @@ ProgressFn = Callable[[float, str], None]
 
 
 def new_request_dir(root: Path | None = None) -> Path:
-    """Create a fresh output folder under ``root`` and clean up old ones."""
+    """Create a fresh output folder under ``root``, readable by this user only (mode 700).
+
+    Old folders are deleted by the app's clean-up timer (:func:`cleanup_old`), not here.
+    """
     root = Path(root or OUTPUT_ROOT)
-    root.mkdir(parents=True, exist_ok=True)
-    cleanup_old(root, MAX_AGE_S)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
     out = root / uuid.uuid4().hex
-    out.mkdir()
+    out.mkdir(mode=0o700)
+    os.chmod(out, 0o700)
     return out
 
 
@@ -66,18 +70,34 @@ def cleanup_old(root: Path, max_age_s: float = MAX_AGE_S, now: float | None = No
 
 @dataclass
 class Loaded:
-    """An upload ready to run: raw frames, the preview shown for drawing boxes."""
+    """An upload ready to run: its raw frames on disk, the preview shown for drawing boxes.
 
-    frames: list  #: raw float32 arrays (one for an image, T for a time-lapse)
+    The frames live in ``frames.npy`` in the upload's request folder, so what a
+    session holds between requests is a few hundred bytes, not the image.
+    """
+
+    folder: Path  #: the upload's request folder (frames.npy, preview.png)
     name: str
     preview: str  #: PNG path shown in the annotator (first frame)
     preview_scale: float  #: preview pixels per image pixel
     summary: str  #: one line describing the upload
+    shape: tuple = ()  #: (H, W) of a frame
     info: dict = field(default_factory=dict)
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.frames[0].shape[:2])
+    def frames(self) -> np.ndarray:
+        """``(T, H, W[, 3])`` raw float32 frames, memory-mapped from disk."""
+        try:
+            return np.load(self.folder / FRAMES_FILE, mmap_mode="r")
+        except (OSError, ValueError):
+            raise InputError(
+                f"{self.name} is no longer on the server (uploads are deleted after "
+                f"{MAX_AGE_S / 60:.0f} minutes or when the session ends); load the file again"
+            ) from None
+
+
+#: Name of the raw frames of an upload in its request folder.
+FRAMES_FILE = "frames.npy"
 
 
 def write_preview(image: np.ndarray, path: Path, max_side: int = PREVIEW_SIDE) -> tuple[Path, float]:
@@ -92,8 +112,11 @@ def write_preview(image: np.ndarray, path: Path, max_side: int = PREVIEW_SIDE) -
     return Path(path), scale
 
 
-def load_upload(path: str | Path, sequence: bool, out_dir: Path) -> Loaded:
-    """Read an uploaded file with :mod:`mm_core.io` and write its preview into ``out_dir``.
+def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -> Loaded:
+    """Read an uploaded file with :mod:`mm_core.io`; write its frames and preview into ``out_dir``.
+
+    ``out_dir`` (default: a new request folder) is made only once the file has been
+    read, so a refused upload leaves no folder behind.
 
     Raises
     ------
@@ -117,9 +140,13 @@ def load_upload(path: str | Path, sequence: bool, out_dir: Path) -> Loaded:
         dtype = img.dtype
         what = f"{img.n_channels} channel{'s' if img.n_channels != 1 else ''}"
     h, w = frames[0].shape[:2]
-    preview, scale = write_preview(frames[0], out_dir / "preview.png")
+    out_dir = Path(out_dir) if out_dir is not None else new_request_dir()
+    np.save(out_dir / FRAMES_FILE, np.stack(frames).astype(np.float32, copy=False))
+    del frames
+    preview, scale = write_preview(np.load(out_dir / FRAMES_FILE, mmap_mode="r")[0], out_dir / "preview.png")
     summary = f"{path.name}: {w}×{h} px, {dtype}, {what}"
-    return Loaded(frames=frames, name=path.stem, preview=str(preview), preview_scale=scale, summary=summary)
+    return Loaded(folder=out_dir, name=path.stem, preview=str(preview), preview_scale=scale,
+                  summary=summary, shape=(h, w))
 
 
 def example_thumbnail(path: str | Path, sequence: bool, out_dir: Path, side: int = 160) -> Path:

@@ -1,8 +1,9 @@
-"""MicroscopyMatching in the browser: segmentation, counting and tracking (layout and handlers).
+"""MicroscopyMatching in the browser: segmentation, counting and tracking (the layout).
 
 A thin Gradio shell over one :class:`mm_core.Matcher`, made at start-up; pictures
 come from :mod:`mm_core.viz`, downloads from :func:`mm_core.export.save` (the same
-files as the CLI); :mod:`mm_core.app.helpers` holds what needs no Gradio.
+files as the CLI). The handlers are in :mod:`mm_core.app.handlers`; :mod:`mm_core.app.helpers`
+holds what needs no Gradio.
 
 Run ``python app.py`` (http://127.0.0.1:7860) or ``python app.py --host 0.0.0.0 --port 7860``;
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (set by Hugging Face Spaces) work too.
@@ -22,15 +23,39 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core import export, viz, viz_tracks
 from mm_core.app import display, offline
 from mm_core.app import helpers as au
-from mm_core.errors import MMError
+from mm_core.app import results as ar
+from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
+    MATCHER,
+    MAX_FILE_SIZE,
+    LIMITS,
+    cleared_image_tab,
+    cleared_track_tab,
+    engine_line,
+    load_engine,
+    matcher,
+    on_upload,
+    play,
+    rerender,
+    run_count,
+    run_segment,
+    run_track,
+    show_frame,
+    _downloads,
+    _empty_input,
+    _inputs,
+    _map_update,
+    _note,
+    _progress,
+    _show_annotator,
+    _track_map,
+)
+from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
 
 log = logging.getLogger("mm_core.app")
 #: Example files shown in the gallery (the repository's ``examples/`` unless ``MM_EXAMPLES`` is set).
 EXAMPLES = Path(os.environ.get("MM_EXAMPLES", Path(__file__).resolve().parents[2] / "examples"))
-MAX_FILE_SIZE = os.environ.get("MM_APP_MAX_FILE_SIZE", "200mb")
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"]
 SEQUENCE_TYPES = [".tif", ".tiff", ".zip"]
 THUMBS = Path(tempfile.gettempdir()) / "mm_app_thumbs"  # example thumbnails, made at start-up
@@ -46,80 +71,6 @@ CSS = """
 .mm-big-num {font-size:3.2em; font-weight:700; line-height:1}
 .mm-big-cap {font-size:1.1em; opacity:.75}
 """ + display.CSS
-MATCHER = {"matcher": None, "reason": "engine not loaded yet"}
-
-
-def load_engine() -> None:
-    """Make the app's one :class:`mm_core.Matcher`, at start-up (the LDM engine stays resident)."""
-    from mm_core.models import Matcher
-
-    try:
-        MATCHER["matcher"] = Matcher(engine=os.environ.get("MM_ENGINE", "auto"))
-        MATCHER["reason"] = MATCHER["matcher"].engine_note
-    except Exception as exc:
-        log.exception("engine could not be loaded")
-        MATCHER["matcher"], MATCHER["reason"] = None, f"no engine could be loaded ({exc})"
-
-
-def matcher():
-    """The app's Matcher (made on first use when start-up did not make it)."""
-    if MATCHER["matcher"] is None:
-        load_engine()
-    if MATCHER["matcher"] is None:
-        raise gr.Error(f"The analysis engine is not available: {MATCHER['reason']}", title="No engine")
-    return MATCHER["matcher"]
-
-
-def engine_line() -> str:
-    """What runs, in plain words (the technical note goes to the details section)."""
-    return display.engine_words(getattr(getattr(MATCHER["matcher"], "engine", None), "name", None))
-
-
-def guarded(what: str):
-    """Show :class:`MMError` messages as they are, anything else as a short message + a log line."""
-
-    def deco(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except MMError as exc:
-                raise gr.Error(str(exc), title="Input refused") from None
-            except Exception:
-                log.exception("unexpected error while %s", what)
-                raise gr.Error(
-                    f"Something went wrong while {what}; the details were logged. "
-                    "Please try again or with another file."
-                ) from None
-
-        return wrapper
-
-    return deco
-
-
-# ---- handlers ------------------------------------------------------------------------------------
-
-
-def on_upload(path, sequence: bool):
-    """File chosen (upload, annotator or example): read it, show it in the annotator.
-
-    Returns ``(loaded, annotator value, summary, mode line, upload widget)``; a refused
-    file is reported as a warning and the widgets are emptied for the next try.
-    """
-    empty = (None, None, "", au.mode_line(None), None)
-    if not path:
-        return empty
-    try:
-        loaded = au.load_upload(path, sequence, au.new_request_dir())
-    except MMError as exc:
-        gr.Warning(display.app_message(str(exc)), title="File refused")
-        return empty
-    # the upload box is emptied again: it stays a drop zone for the next file
-    return loaded, (loaded.preview, []), f"**Loaded:** {loaded.summary}", au.mode_line(None), None
-
-
 _MODE_JS = """(v) => {
   const n = (v && v.annotations) ? v.annotations.length : 0;
   if (n === 0) return %r;
@@ -127,122 +78,6 @@ _MODE_JS = """(v) => {
     + (n > 1 ? "them" : "it") + " are found.";
 }""" % au.mode_line(None)
 
-
-def _inputs(loaded, ann):
-    if loaded is None:
-        raise gr.Error("Upload an image first (or pick an example).", title="No image")
-    return au.boxes_from_annotation(ann, loaded.preview_scale), au.new_request_dir()
-
-
-def _progress(progress):
-    return lambda frac, desc="": progress(min(max(float(frac), 0.0), 1.0), desc=desc)
-
-
-def _note(res) -> str:
-    """The details section after a run: engine and head, in technical terms."""
-    return display.details_markdown(res.engine_note, getattr(res, "head_note", ""), LIMITS)
-
-
-LIMITS = (f"up to {au.MAX_PIXELS:,} pixels per image or frame (MM_APP_MAX_PIXELS), {au.MAX_FRAMES} frames "
-          f"(MM_APP_MAX_FRAMES), files up to {MAX_FILE_SIZE} (MM_APP_MAX_FILE_SIZE)")
-
-
-
-def _downloads(files) -> list[str]:
-    """The files offered for download: everything :func:`mm_core.export.save` wrote but the
-    loose CTC frames (they are inside the CTC zip) and folders (the GEFF zarr: its zip is offered)."""
-    return [str(f) for f in files if not (f.name.startswith("mask") and f.suffix == ".tif")
-            and f.name != "res_track.txt" and not f.is_dir()]
-
-
-def run_segment(loaded, ann, opacity, show_map, progress=gr.Progress()):
-    boxes, out = _inputs(loaded, ann)
-    res = matcher().segment(loaded.frames[0], boxes=boxes, progress=_progress(progress))
-    files = export.save(res, out, loaded.name, intensity=loaded.frames[0])
-    cache = {"result": res, "boxes": boxes, "display": viz.display_image(loaded.frames[0])}
-    return (cache, rerender(au.segmentation_view, cache, opacity),
-            display.result_html(res.n_objects, "objects", res.warnings), _downloads(files),
-            _map_update(cache, show_map), _note(res), display.SEG_LEGEND)
-
-
-def run_count(loaded, ann, opacity, show_map, progress=gr.Progress()):
-    boxes, out = _inputs(loaded, ann)
-    res = matcher().count(loaded.frames[0], boxes=boxes, progress=_progress(progress))
-    files = export.save(res, out, loaded.name)
-    cache = {"result": res, "boxes": boxes, "display": viz.display_image(loaded.frames[0])}
-    return (cache, rerender(au.count_view, cache, opacity),
-            display.result_html(res.count, "objects counted", res.warnings), _downloads(files),
-            _map_update(cache, show_map), _note(res), display.density_legend(res.density))
-
-
-def run_track(loaded, ann, show_map, progress=gr.Progress()):
-    boxes, out = _inputs(loaded, ann)
-    frames = loaded.frames
-    small = len(frames) * frames[0].shape[0] * frames[0].shape[1] <= 20_000_000
-    res = matcher().track(frames, boxes=boxes, progress=_progress(progress), keep_maps=bool(show_map) or small)
-    progress(1.0, desc="drawing")
-    images = [viz.display_image(f) for f in frames]
-    rendered = viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True, min_side=384)
-    gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", rendered, fps=4)
-    files = export.save(res, out, loaded.name)
-    maps = [au.map_view(im, m) for im, m in zip(images, res.maps)] if res.maps else None
-    cache = {"rendered": rendered, "maps": maps, "gif": str(gif)}
-    stats = display.result_html(res.n_tracks, "tracks", res.warnings, extra=[(res.n_divisions, "divisions")])
-    slider = gr.update(maximum=len(rendered) - 1, value=0, visible=True)
-    return (cache, str(gif), slider, stats, _downloads(files), _track_map(cache, 0, show_map), _note(res),
-            gr.update(visible=True))
-
-
-def _map_update(cache, show):
-    if not show or not cache:
-        return gr.update(visible=bool(show), value=None)
-    res = cache["result"]
-    return gr.update(visible=True, value=au.map_view(cache["display"], res.maps))
-
-
-def _track_map(cache, t, show):
-    if not show or not cache:
-        return gr.update(visible=bool(show), value=None)
-    if not cache.get("maps"):
-        gr.Warning("Match maps were not kept for this long sequence: tick 'show match map' before Run.")
-        return gr.update(visible=True, value=None)
-    return gr.update(visible=True, value=cache["maps"][int(t)])
-
-
-def rerender(view, cache, opacity):
-    """Opacity changed: redraw from the cached result, no re-run."""
-    return None if not cache else view(cache["result"], opacity, cache["boxes"], cache["display"])
-
-
-def show_frame(cache, t, show_map):
-    """Slider moved: the one tracks panel shows that frame (still)."""
-    if not cache:
-        return gr.update(), gr.update()
-    return cache["rendered"][int(t)], _track_map(cache, t, show_map)
-
-
-def play(cache):
-    """The tracks panel shows the animation again."""
-    return gr.update() if not cache else cache["gif"]
-
-
-# ---- stale results: a new file clears the previous one's ---------------------------------------
-
-
-def cleared_image_tab():
-    """Outputs of a Segmentation/Counting tab emptied (cache, picture, number, files, map, legend)."""
-    return None, None, "", None, gr.update(value=None), ""
-
-
-def cleared_track_tab():
-    """Outputs of the Tracking tab emptied (cache, panel, slider, numbers, files, map, play button)."""
-    return (None, None, gr.update(visible=False, value=0), "", None, gr.update(value=None),
-            gr.update(visible=False))
-
-
-def _show_annotator(loaded):
-    """The annotator appears with a loaded file only (the upload box is the one place to load)."""
-    return gr.update(visible=loaded is not None)
 
 
 # ---- layout --------------------------------------------------------------------------------------
@@ -287,19 +122,26 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         show_fullscreen_button=False,
     )
 
-    def pick(evt: gr.SelectData):
-        return load(examples[evt.index])
+    @guarded("loading the example")
+    def pick(evt: gr.EventData = None):  # EventData, not SelectData: API calls may send no event data
+        data = getattr(evt, "_data", None)
+        index = ar.as_index(data.get("index") if isinstance(data, dict) else None, len(examples),
+                            "the example number")
+        return load(examples[index])
 
     for comp in (summary, ann, mode):
         comp.render()
-    loads = [gallery.select(pick, None, outs, concurrency_limit=4),
-             upload.upload(load, [upload], outs, concurrency_limit=4),
-             ann.upload(lambda v: load(v[0] if v else None), [ann], outs, concurrency_limit=4)]
+    reader = guarded("reading the file")(lambda v: load(v[0] if v else None))
+    loads = [gallery.select(pick, None, outs, concurrency_limit=4, api_name=f"{tab}_example"),
+             upload.upload(load, [upload], outs, concurrency_limit=4, api_name=f"{tab}_upload"),
+             ann.upload(reader, [ann], outs, concurrency_limit=4, api_name=False)]
     for ev in loads:
+        ev.failure(_empty_input, None, outs, queue=False, api_name=False).then(
+            _show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
         ev.then(_show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
-    emptied = lambda: (None, None, "", au.mode_line(None), None)
-    upload.clear(emptied, None, outs, queue=False)
-    ann.clear(emptied, None, outs, queue=False).then(_show_annotator, [loaded], [ann], queue=False)
+    upload.clear(_empty_input, None, outs, queue=False, api_name=False)
+    ann.clear(_empty_input, None, outs, queue=False, api_name=False).then(_show_annotator, [loaded], [ann],
+                                                                         queue=False)
     # In the browser: boxes being dragged have fractional corners, which the server would refuse.
     ann.change(None, [ann], [mode], js=_MODE_JS, show_progress="hidden")
     # what clears the previous result: a new file, an example, or emptying the file
@@ -332,7 +174,7 @@ def _outputs(tab: str, files_label: str):
 def _image_tab(tab: str, spec: dict, eng_md) -> None:
     """Segmentation or Counting tab."""
     with gr.Tab(spec["title"], id=tab):
-        loaded, cache = gr.State(time_to_live=3600), gr.State(time_to_live=3600)
+        loaded, cache = _states()
         with gr.Row():
             with gr.Column():
                 ann, triggers = _input_column(tab, False, loaded)
@@ -343,20 +185,29 @@ def _image_tab(tab: str, spec: dict, eng_md) -> None:
                                    elem_id=f"{tab}-overlay")
                 legend = gr.HTML(elem_id=f"{tab}-legend")
                 label, value = spec["opacity"]
-                opacity = gr.Slider(0, 1, value=value, step=0.05, label=label, elem_id=f"{tab}-opacity")
+                opacity = checked_input(gr.Slider(0, 1, value=value, step=0.05, label=label,
+                                                  elem_id=f"{tab}-opacity"), "the opacity")
                 show_map, mapimg, files = _outputs(tab, spec["files"])
         results = [cache, picture, big, files, mapimg, eng_md, legend]
-        run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map], results)
+        run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map], results,
+                  api_name=f"{tab}_run")
         gr.on(triggers, cleared_image_tab, None, [cache, picture, big, files, mapimg, legend], queue=False,
               show_progress="hidden")
-        opacity.change(functools.partial(rerender, spec["view"]), [cache, opacity], [picture],
-                       show_progress="hidden", concurrency_limit=None)
-        show_map.change(_map_update, [cache, show_map], [mapimg], show_progress="hidden")
+        opacity.change(guarded("redrawing")(functools.partial(rerender, spec["view"])), [cache, opacity],
+                       [picture], show_progress="hidden", concurrency_limit=None, api_name=f"{tab}_opacity")
+        show_map.change(guarded("drawing the match map")(_map_update), [cache, show_map], [mapimg],
+                        show_progress="hidden", api_name=f"{tab}_showmap")
+
+
+def _states():
+    """The two states of a tab: the upload and the key of the kept result (both small)."""
+    return (gr.State(time_to_live=au.MAX_AGE_S, delete_callback=drop_loaded),
+            gr.State(time_to_live=au.MAX_AGE_S, delete_callback=STORE.drop))
 
 
 def _track_tab(eng_md) -> None:
     with gr.Tab("Tracking", id="track"):
-        loaded, cache = gr.State(time_to_live=3600), gr.State(time_to_live=3600)
+        loaded, cache = _states()
         with gr.Row():
             with gr.Column():
                 ann, triggers = _input_column("track", True, loaded)
@@ -367,18 +218,21 @@ def _track_tab(eng_md) -> None:
                                 "daughters after a division", type="filepath", format="png",
                                 interactive=False, elem_id="track-anim")
                 with gr.Row():
-                    frame = gr.Slider(0, 1, value=0, step=1, label="Frame (move to stop on one frame)",
-                                      visible=False, elem_id="track-frame", scale=4)
+                    frame = checked_input(gr.Slider(0, 1, value=0, step=1, label="Frame (move to stop on one frame)",
+                                                    visible=False, elem_id="track-frame", scale=4),
+                                          "the frame number")
                     again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
                 show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip")
         run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
-                  [cache, anim, frame, stats, files, mapimg, eng_md, again])
-        frame.input(show_frame, [cache, frame, show_map], [anim, mapimg], show_progress="hidden",
-                    concurrency_limit=None)
-        again.click(play, [cache], [anim], show_progress="hidden")
+                  [cache, anim, frame, stats, files, mapimg, eng_md, again], api_name="track_run")
+        frame.input(guarded("showing the frame")(show_frame), [cache, frame, show_map], [anim, mapimg],
+                    show_progress="hidden", concurrency_limit=None, api_name="track_frame")
+        again.click(guarded("playing the animation")(play), [cache], [anim], show_progress="hidden",
+                    api_name="track_play")
         gr.on(triggers, cleared_track_tab, None, [cache, anim, frame, stats, files, mapimg, again],
               queue=False, show_progress="hidden")
-        show_map.change(_track_map, [cache, frame, show_map], [mapimg], show_progress="hidden")
+        show_map.change(guarded("drawing the match map")(_track_map), [cache, frame, show_map], [mapimg],
+                        show_progress="hidden", api_name="track_showmap")
 
 
 def build_app() -> gr.Blocks:
@@ -387,6 +241,7 @@ def build_app() -> gr.Blocks:
         font=[gr.themes.Font("ui-sans-serif"), gr.themes.Font("system-ui"), "sans-serif"],
         font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("Consolas"), "monospace"],
     )
+    gr.set_static_paths([str(au.OUTPUT_ROOT)])  # downloads are served from there, not copied
     with gr.Blocks(title="MicroscopyMatching", theme=theme, css=CSS, delete_cache=(1800, 3600),
                    analytics_enabled=False, head=display.BOX_JS) as demo:
         gr.Markdown(
@@ -401,6 +256,7 @@ def build_app() -> gr.Blocks:
         for tab, spec in IMAGE_TABS.items():
             _image_tab(tab, spec, details)
         _track_tab(details)
+        demo.unload(end_session)
         gr.Markdown("Results are kept for an hour, then deleted. Nothing leaves this computer.")
     return demo
 
@@ -416,12 +272,14 @@ def main(argv=None) -> None:
         help="simultaneous runs (default: 1 with the LDM engine on a GPU, else 2)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("MM_APP_DEBUG") else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     load_engine()
     log.info("engine: %s", MATCHER["reason"])
     gpu = getattr(getattr(MATCHER["matcher"], "engine", None), "name", "") == "ldm"
     limit = args.concurrency or (1 if gpu else 2)
     demo = build_app()
+    start_cleanup()
     demo.queue(default_concurrency_limit=limit, max_size=64)
     demo.launch(
         server_name=args.host,

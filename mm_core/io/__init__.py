@@ -17,6 +17,7 @@ from mm_core.io.archive import expand_inputs, list_folder
 from mm_core.io.labels import read_ctc, read_labels, read_points
 from mm_core.io.limits import (
     IMAGE_EXTENSIONS,
+    MAX_BOXES,
     MAX_FRAMES,
     MAX_PIXELS,
     MAX_TOTAL_PIXELS,
@@ -31,6 +32,7 @@ from mm_core.io.reader import ImageData, SequenceData, check_content, read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_BOXES",
     "MAX_FRAMES",
     "MAX_PIXELS",
     "MAX_TOTAL_PIXELS",

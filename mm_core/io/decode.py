@@ -149,6 +149,19 @@ def _check_tiff_data(series, size: int, name: str) -> None:
         raise InputError(f"{name} is damaged or truncated (the file ends before its image data)")
 
 
+def _is_alpha(extras: tuple, photometric: int, n_samples: int) -> bool:
+    """Whether the last colour sample of a TIFF is an alpha channel to drop.
+
+    Only one trailing sample marked as alpha (ExtraSamples 1 = associated or
+    2 = unassociated) after gray (2 samples) or RGB/YCbCr (4 samples) is alpha.
+    Extra samples marked "unspecified" (0), or several extra samples, are data
+    channels (multi-channel microscopy saved as samples) and are all kept.
+    """
+    if len(extras) != 1 or extras[0] not in (1, 2):
+        return False
+    return (photometric in (0, 1) and n_samples == 2) or (photometric in (2, 6) and n_samples == 4)
+
+
 def _decode_tiff(fh, size: int, name: str, limits: Limits, mode: str, pages_as_channels: bool) -> RawImage:
     with _tiff_damage(name), tifffile.TiffFile(fh) as tif:
         if not tif.series:
@@ -166,7 +179,7 @@ def _decode_tiff(fh, size: int, name: str, limits: Limits, mode: str, pages_as_c
         _check_tiff_data(series, size, name)
         page = series.pages[0] if series.pages else tif.pages.first
         photometric = int(getattr(page, "photometric", 1) or 1)
-        extras = len(getattr(page, "extrasamples", ()) or ())
+        extras = tuple(int(e) for e in (getattr(page, "extrasamples", ()) or ()))
         arr = series.asarray()
         info = dict(
             notes,
@@ -177,9 +190,11 @@ def _decode_tiff(fh, size: int, name: str, limits: Limits, mode: str, pages_as_c
         )
     arr = arr.reshape(squeezed).transpose(perm).reshape(out_shape)
     rgb = photometric in (2, 6) and "S" in series.axes  # RGB or YCbCr colour samples
-    if extras and "S" in series.axes and out_shape[2] > extras:
-        arr = arr[:, :, : out_shape[2] - extras]
+    if "S" in series.axes and _is_alpha(extras, photometric, out_shape[2]):
+        arr = arr[:, :, :-1]
         info["alpha_dropped"] = True
+    elif extras:
+        info["extra_samples_kept"] = len(extras)
     return RawImage(arr, "TIFF", str(series.dtype), rgb and arr.shape[2] == 3, info)
 
 

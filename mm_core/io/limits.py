@@ -14,6 +14,7 @@ pixels per file/sequence   ``MM_MAX_TOTAL_PIXELS`` 536,870,912 (2 GiB as float32
 uncompressed zip images    ``MM_MAX_ZIP_BYTES``    2 GiB
 zip compression ratio      ``MM_MAX_ZIP_RATIO``    200 (members above 1 MiB)
 members in a zip           ``MM_MAX_ZIP_MEMBERS``  10,000
+exemplar boxes per image   ``MM_MAX_BOXES``        64
 =========================  ======================  ==============================
 
 Images smaller than :data:`MIN_SIDE` pixels on a side are refused. For PNG, JPEG
@@ -44,6 +45,8 @@ MAX_ZIP_BYTES = 2 * 1024**3
 MAX_ZIP_RATIO = 200
 #: Default cap on the number of entries in a zip.
 MAX_ZIP_MEMBERS = 10_000
+#: Default cap on exemplar boxes per image (each box costs a matching pass).
+MAX_BOXES = 64
 #: Members smaller than this (uncompressed) are not checked for their compression ratio.
 RATIO_FLOOR = 1024 * 1024
 
@@ -57,6 +60,7 @@ ENV_VARS = {
     "max_zip_bytes": ("MM_MAX_ZIP_BYTES", MAX_ZIP_BYTES),
     "max_zip_ratio": ("MM_MAX_ZIP_RATIO", MAX_ZIP_RATIO),
     "max_zip_members": ("MM_MAX_ZIP_MEMBERS", MAX_ZIP_MEMBERS),
+    "max_boxes": ("MM_MAX_BOXES", MAX_BOXES),
 }
 
 
@@ -80,6 +84,7 @@ class Limits:
     max_zip_bytes: int = MAX_ZIP_BYTES
     max_zip_ratio: int = MAX_ZIP_RATIO
     max_zip_members: int = MAX_ZIP_MEMBERS
+    max_boxes: int = MAX_BOXES
 
     @classmethod
     def resolve(cls, **overrides) -> Limits:

@@ -4,7 +4,9 @@ What comes back are raw intensities as float32 (not normalised; pipelines call
 :func:`mm_core.transforms.normalize`). One image is ``(H, W)`` for one channel or
 ``(H, W, 3)`` for three (RGB). Decisions, for every format:
 
-- Alpha is dropped (RGBA -> RGB, gray + alpha -> gray).
+- Alpha is dropped (RGBA -> RGB, gray + alpha -> gray). In a TIFF only one
+  trailing sample marked as alpha after gray or RGB is alpha; every other extra
+  sample (ExtraSamples "unspecified", or several extra samples) is a channel.
 - Channels: ``channels=None`` keeps 1 channel as ``(H, W)`` and 3 as ``(H, W, 3)``;
   2 or more than 3 channels become one composite channel, the mean of the
   per-channel percentile-normalised channels. ``channels=k`` or ``[k]`` picks one
@@ -120,7 +122,10 @@ def _channel_list(channels: Channels, n: int, name: str):
         if channels.lower() != "composite":
             raise InputError(f"channels must be channel numbers or 'composite', got {channels!r}")
         return "composite"
-    picked = [channels] if np.isscalar(channels) else list(channels)
+    try:
+        picked = [channels] if np.isscalar(channels) else list(channels)
+    except TypeError:
+        raise InputError(f"channels must be channel numbers or 'composite', got {channels!r}") from None
     if not picked:
         raise InputError("no channel was chosen")
     for c in picked:

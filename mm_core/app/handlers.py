@@ -1,0 +1,202 @@
+"""The app's event handlers: what runs when a file is loaded, Run is pressed or a slider moves.
+
+Each handler reads widget values, calls the app's one :class:`mm_core.Matcher`, saves the
+files with :func:`mm_core.export.save`, keeps what redrawing needs in the session store
+(:mod:`mm_core.app.lifecycle`, :mod:`mm_core.app.results`) and returns widget values.
+The layout that wires them is :mod:`mm_core.app.ui`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import gradio as gr
+import numpy as np
+
+from mm_core import export, viz, viz_tracks
+from mm_core.app import display
+from mm_core.app import helpers as au
+from mm_core.app import results as ar
+from mm_core.app.lifecycle import STORE
+from mm_core.app.lifecycle import session_of as _session
+from mm_core.errors import InputError, MMError
+
+log = logging.getLogger("mm_core.app")
+MAX_FILE_SIZE = os.environ.get("MM_APP_MAX_FILE_SIZE", "200mb")
+MATCHER = {"matcher": None, "reason": "engine not loaded yet"}
+
+
+def load_engine() -> None:
+    """Make the app's one :class:`mm_core.Matcher`, at start-up (the LDM engine stays resident)."""
+    from mm_core.models import Matcher
+
+    try:
+        MATCHER["matcher"] = Matcher(engine=os.environ.get("MM_ENGINE", "auto"))
+        MATCHER["reason"] = MATCHER["matcher"].engine_note
+    except Exception as exc:
+        log.exception("engine could not be loaded")
+        MATCHER["matcher"], MATCHER["reason"] = None, f"no engine could be loaded ({exc})"
+
+
+def matcher():
+    """The app's Matcher (made on first use when start-up did not make it)."""
+    if MATCHER["matcher"] is None:
+        load_engine()
+    if MATCHER["matcher"] is None:
+        raise gr.Error(f"The analysis engine is not available: {MATCHER['reason']}", title="No engine")
+    return MATCHER["matcher"]
+
+
+def engine_line() -> str:
+    """What runs, in plain words (the technical note goes to the details section)."""
+    return display.engine_words(getattr(getattr(MATCHER["matcher"], "engine", None), "name", None))
+
+
+def _empty_input():
+    return None, None, "", au.mode_line(None), None
+
+
+def on_upload(path, sequence: bool):
+    """File chosen (upload, annotator or example): read it, show it in the annotator.
+
+    Returns ``(loaded, annotator value, summary, mode line, upload widget)``. A refused
+    file raises :class:`InputError` (shown as an error, and an error for API clients);
+    the event's ``failure`` listener then empties the widgets for the next try.
+    """
+    if not path:
+        return _empty_input()
+    try:
+        loaded = au.load_upload(path, sequence)
+    except MMError as exc:  # the app's setting names in the message (MM_APP_MAX_PIXELS, ...)
+        raise InputError(display.app_message(str(exc))) from None
+    # the upload box is emptied again: it stays a drop zone for the next file
+    return loaded, (loaded.preview, []), f"**Loaded:** {loaded.summary}", au.mode_line(None), None
+
+
+def _inputs(loaded, ann):
+    if loaded is None:
+        raise gr.Error("Upload an image first (or pick an example).", title="No image")
+    return au.boxes_from_annotation(ann, loaded.preview_scale), au.new_request_dir()
+
+
+def _progress(progress):
+    return lambda frac, desc="": progress(min(max(float(frac), 0.0), 1.0), desc=desc)
+
+
+def _note(res) -> str:
+    """The details section after a run: engine and head, in technical terms."""
+    return display.details_markdown(res.engine_note, getattr(res, "head_note", ""), LIMITS)
+
+
+LIMITS = (f"up to {au.MAX_PIXELS:,} pixels per image or frame (MM_APP_MAX_PIXELS), {au.MAX_FRAMES} frames "
+          f"(MM_APP_MAX_FRAMES), files up to {MAX_FILE_SIZE} (MM_APP_MAX_FILE_SIZE)")
+
+
+
+def _downloads(files) -> list[str]:
+    """The files offered for download: everything :func:`mm_core.export.save` wrote but the
+    loose CTC frames (they are inside the CTC zip) and folders (the GEFF zarr: its zip is offered)."""
+    return [str(f) for f in files if not (f.name.startswith("mask") and f.suffix == ".tif")
+            and f.name != "res_track.txt" and not f.is_dir()]
+
+
+def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress()):
+    boxes, out = _inputs(loaded, ann)
+    opacity = ar.as_fraction(opacity)
+    frame = loaded.frames[0]
+    res = matcher().segment(frame, boxes=boxes, progress=_progress(progress))
+    files = export.save(res, out, loaded.name, intensity=frame)
+    key = ar.keep_image_result(STORE, _session(request), "seg", res, frame, boxes, out)
+    return (key, rerender(au.segmentation_view, key, opacity),
+            display.result_html(res.n_objects, "objects", res.warnings), _downloads(files),
+            _map_update(key, show_map), _note(res), display.SEG_LEGEND)
+
+
+def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress()):
+    boxes, out = _inputs(loaded, ann)
+    opacity = ar.as_fraction(opacity)
+    frame = loaded.frames[0]
+    res = matcher().count(frame, boxes=boxes, progress=_progress(progress))
+    files = export.save(res, out, loaded.name)
+    key = ar.keep_image_result(STORE, _session(request), "count", res, frame, boxes, out)
+    return (key, rerender(au.count_view, key, opacity),
+            display.result_html(res.count, "objects counted", res.warnings), _downloads(files),
+            _map_update(key, show_map), _note(res), display.density_legend(res.density))
+
+
+def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Progress()):
+    boxes, out = _inputs(loaded, ann)
+    frames = loaded.frames
+    small = len(frames) * frames[0].shape[0] * frames[0].shape[1] <= 20_000_000
+    res = matcher().track(list(frames), boxes=boxes, progress=_progress(progress),
+                          keep_maps=bool(show_map) or small)
+    progress(1.0, desc="drawing")
+    images = [viz.display_image(f) for f in frames]
+    rendered = np.stack(viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True,
+                                                 min_side=384))
+    gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", list(rendered), fps=4)
+    files = export.save(res, out, loaded.name)
+    maps = np.stack([au.map_view(im, m) for im, m in zip(images, res.maps)]) if res.maps else None
+    key = ar.keep_track_result(STORE, _session(request), rendered, maps, out, gif=gif)
+    stats = display.result_html(res.n_tracks, "tracks", res.warnings, extra=[(res.n_divisions, "divisions")])
+    slider = gr.update(maximum=len(rendered) - 1, value=0, visible=True)
+    return (key, str(gif), slider, stats, _downloads(files), _track_map(key, 0, show_map), _note(res),
+            gr.update(visible=True))
+
+
+def _map_update(key, show):
+    cache = ar.kept(STORE, key)
+    if not show or not cache:
+        return gr.update(visible=bool(show), value=None)
+    return gr.update(visible=True, value=au.map_view(cache["display"], cache["result"].maps))
+
+
+def _track_map(key, t, show):
+    cache = ar.kept(STORE, key)
+    if not show or not cache:
+        return gr.update(visible=bool(show), value=None)
+    if not cache.get("maps"):
+        gr.Warning("Match maps were not kept for this long sequence: tick 'show match map' before Run.")
+        return gr.update(visible=True, value=None)
+    return gr.update(visible=True, value=ar.track_picture(cache, "maps", t))
+
+
+def rerender(view, key, opacity):
+    """Opacity changed: redraw from the kept result, no re-run."""
+    cache = ar.kept(STORE, key)
+    opacity = ar.as_fraction(opacity)
+    return None if not cache else view(cache["result"], opacity, cache["boxes"], cache["display"])
+
+
+def show_frame(key, t, show_map):
+    """Slider moved: the one tracks panel shows that frame (still)."""
+    cache = ar.kept(STORE, key)
+    if not cache:
+        return gr.update(), gr.update()
+    return ar.track_picture(cache, "rendered", t), _track_map(key, t, show_map)
+
+
+def play(key):
+    """The tracks panel shows the animation again."""
+    cache = ar.kept(STORE, key)
+    return gr.update() if not cache else str(cache["gif"])
+
+
+# ---- stale results: a new file clears the previous one's ---------------------------------------
+
+
+def cleared_image_tab():
+    """Outputs of a Segmentation/Counting tab emptied (cache, picture, number, files, map, legend)."""
+    return None, None, "", None, gr.update(value=None), ""
+
+
+def cleared_track_tab():
+    """Outputs of the Tracking tab emptied (cache, panel, slider, numbers, files, map, play button)."""
+    return (None, None, gr.update(visible=False, value=0), "", None, gr.update(value=None),
+            gr.update(visible=False))
+
+
+def _show_annotator(loaded):
+    """The annotator appears with a loaded file only (the upload box is the one place to load)."""
+    return gr.update(visible=loaded is not None)

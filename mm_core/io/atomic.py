@@ -1,0 +1,66 @@
+"""Writing a file so that it never lands anywhere but at its own path.
+
+Every output file is first written to a fresh temporary name in the destination
+folder (created with ``O_EXCL``, so it never follows an existing link) and then
+moved onto its name with :func:`os.replace`. ``os.replace`` replaces whatever
+is at the name, a symlink included, instead of writing through it, so a link
+planted in an output folder cannot redirect a write outside it; a reader never
+sees a half-written file; a failed write leaves no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of written files (what ``open(path, "w")`` would give under this umask).
+FILE_MODE = 0o666 & ~_umask()
+
+
+@contextmanager
+def atomic_path(path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write. Its folder must exist.
+    mode : int, optional
+        Permission bits of the result (default :data:`FILE_MODE`).
+
+    Yields
+    ------
+    Path
+        An empty file in the same folder, to be written by the caller.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE if mode is None else mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write(path, data: bytes | str, mode: int | None = None) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_path`."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    with atomic_path(path, mode) as tmp:
+        tmp.write_bytes(raw)
+    return Path(path)

@@ -1,0 +1,158 @@
+"""The app through its API (gradio_client), as scripts and load tests use it.
+
+Refusals reach the client as errors with the message; every handler is guarded;
+results are kept small, per session, and freed; downloads are stored once;
+request folders are private.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app, launched in this process on loopback, with its own folders."""
+    root = tmp_path_factory.mktemp("app")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MM_ENGINE", "classic")
+    mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio"))
+    from mm_core.app import helpers as au
+    from mm_core.app import lifecycle, ui
+
+    mp.setattr(au, "OUTPUT_ROOT", root / "requests")
+    ui.load_engine()
+    lifecycle.STORE.idle_s = 600.0
+    demo = ui.build_app()
+    demo.queue(default_concurrency_limit=2)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_api=False,
+                allowed_paths=[str(root / "requests")], quiet=True)
+    lifecycle.STORE.start_timer(0.1)
+    yield {"url": f"http://127.0.0.1:{port}/", "root": root, "requests": root / "requests",
+           "store": lifecycle.STORE, "demo": demo}
+    demo.close()
+    mp.undo()
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    from skimage.draw import disk
+
+    img = np.full((96, 96), 100.0)
+    for c in ((20, 20), (20, 70), (70, 25), (72, 72)):
+        img[disk(c, 8, shape=img.shape)] = 1000.0
+    p = tmp_path / "cells.tif"
+    tifffile.imwrite(p, (img + np.random.default_rng(0).normal(0, 10, img.shape)).astype(np.uint16))
+    return p
+
+
+def _client(server):
+    return Client(server["url"], verbose=False, download_files=False)
+
+
+def test_refused_upload_is_an_error_for_api_clients_and_leaves_no_folder(server, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image at all\n" * 5)
+    before = set(server["requests"].iterdir()) if server["requests"].exists() else set()
+    client = _client(server)
+    with pytest.raises(Exception, match="notes.png is a text file"):
+        client.predict(handle_file(str(bad)), api_name="/seg_upload")
+    after = set(server["requests"].iterdir()) if server["requests"].exists() else set()
+    assert after == before
+
+
+def _raw_event(server, api_name: str, data: list, event_data) -> dict:
+    """Send one event as a hostile script would (any event data), return Gradio's final message."""
+    client = _client(server)
+    fn_index = next(i for i, e in client.endpoints.items() if e.api_name == api_name)
+    session = "hostile0123"
+    body = json.dumps({"data": data, "event_data": event_data, "fn_index": fn_index,
+                       "trigger_id": None, "session_hash": session}).encode()
+    req = urllib.request.Request(server["url"] + "gradio_api/queue/join", body,
+                                 {"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).read()
+    with urllib.request.urlopen(server["url"] + f"gradio_api/queue/data?session_hash={session}",
+                                timeout=60) as stream:
+        for raw in stream:
+            line = raw.decode().strip()
+            if line.startswith("data:"):
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    return msg
+    raise AssertionError("no process_completed message")
+
+
+def test_gallery_index_out_of_range_is_a_clear_error(server):
+    for event_data in ({"index": 99, "value": None}, None, {"index": "x"}):
+        msg = _raw_event(server, "/seg_example", [], event_data)
+        assert msg["success"] is False
+        assert "the example number must be a whole number from 0 to" in msg["output"]["error"]
+
+
+def test_run_keeps_a_small_result_and_guards_every_handler(server, image_file):
+    client = _client(server)
+    ann, summary, *_ = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
+    assert "96×96" in summary
+    value = {"image": handle_file(ann["image"]["path"]), "annotations": []}
+    out = client.predict(value, 0.5, False, api_name="/seg_run")
+    assert "objects" in out[1]
+    store = server["store"]
+    key = next(k for k in list(store._items) if k.startswith(client.session_hash))
+    assert store._items[key].nbytes < 200_000  # labels + uint8 picture + small maps, no features
+    for bad in ("abc", None, [1, 2]):
+        with pytest.raises(Exception, match="the opacity cannot be"):
+            client.predict(bad, api_name="/seg_opacity")
+    with pytest.raises(Exception, match="greater than maximum value 1"):
+        client.predict(7, api_name="/seg_opacity")
+    assert client.predict(0.2, api_name="/seg_opacity")["path"]  # still works after the refusals
+    # downloads are stored once: in the private request folder, not copied to Gradio's cache
+    files = [Path(f["path"]) for f in out[2]]
+    assert files and all(f.parent.parent == server["requests"] for f in files)
+    folders = [p for p in server["requests"].iterdir() if p.is_dir()]
+    assert folders and all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in folders)
+    cached = {p.read_bytes() for p in (server["root"] / "gradio").rglob("*") if p.is_file()}
+    assert not {f.read_bytes() for f in files} & cached
+
+
+def test_idle_results_are_freed_for_api_clients(server, image_file):
+    """An API client never sends a heartbeat: its result goes after the idle time, by the timer."""
+    store = server["store"]
+    client = _client(server)
+    ann, *_ = client.predict(handle_file(str(image_file)), api_name="/count_upload")
+    client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False,
+                   api_name="/count_run")
+    key = next(k for k in list(store._items) if k.startswith(client.session_hash))
+    folder = store._items[key].folder
+    assert folder.is_dir()
+    store.idle_s = 0.2
+    try:
+        import time
+
+        deadline = time.time() + 10
+        while key in store and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        store.idle_s = 600.0
+    assert key not in store and not folder.exists()
+    with pytest.raises(Exception, match="this result was cleared from the server"):
+        client.predict(0.3, api_name="/count_opacity")

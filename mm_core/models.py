@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from mm_core.engines import ENGINE_NAMES, Engine, choose_engine, create_engine
 from mm_core.errors import InputError
-from mm_core.heads import TASK_HEAD_TYPES
+from mm_core.heads import MULTI_TASK_HEADS, TASK_HEAD_TYPES
 from mm_core.heads.selection import TASKS, head_for, head_or_fallback
 from mm_core.pipelines import (CountResult, ProgressFn, SegmentationResult, TrackResult, run_count,
                                run_segment, run_track)
@@ -135,7 +135,8 @@ class Matcher:
         if not self._per_task and not (isinstance(spec, str) and spec.lower() in ("analytic", "none")):
             from mm_core.heads.learned.checkpoints import read_config, resolve
 
-            if read_config(resolve(spec))["head_type"] != TASK_HEAD_TYPES[task]:
+            kind = read_config(resolve(spec))["head_type"]
+            if kind != TASK_HEAD_TYPES[task] and task not in MULTI_TASK_HEADS.get(kind, ()):
                 return head_or_fallback(None, task, engine)  # one checkpoint given: it serves its own task
         return head_for(spec, task, engine)
 

@@ -6,3 +6,6 @@ learned heads: :mod:`.learned`; :mod:`.selection` picks the head of a task.
 
 #: Task -> the ``head_type`` a learned checkpoint for that task has.
 TASK_HEAD_TYPES = {"segment": "segmentation", "count": "counting", "track": "linking"}
+#: Learned heads that serve several tasks: ``head_type`` -> tasks (for ``track``, the per-frame
+#: segmentation uses it through the ``segment`` task).
+MULTI_TASK_HEADS = {"generalist": ("segment", "count")}

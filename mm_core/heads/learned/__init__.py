@@ -3,6 +3,8 @@
 - :class:`SegmentationHead`: fusion stem + small windowed/global ViT -> foreground,
   distance and boundary maps -> watershed instances;
 - :class:`CountingHead`: density regressor, count = sum of the density;
+- :class:`GeneralistHead`: one U-Net for segmentation and counting with its own object-size
+  search (both modes; see the README's generalist section);
 - :class:`LinkingHead`: association probabilities between consecutive frames'
   objects -> tracks with divisions (CTC);
 - :func:`exemplar_attention_loss`: the LDM exemplar projector's objective.
@@ -14,6 +16,7 @@ Use :func:`load_head` (folder, registry name or ``hub:owner/name``); every head 
 from mm_core.heads.learned.base import LearnedHead
 from mm_core.heads.learned.counting import CountingHead
 from mm_core.heads.learned.exemplar import exemplar_attention_loss
+from mm_core.heads.learned.generalist import GeneralistHead
 from mm_core.heads.learned.registry import DEFAULTS, REGISTRY, available_heads, load_head, select_head
 from mm_core.heads.learned.segmentation import SegmentationHead
 from mm_core.heads.learned.tracking import LinkingHead, links_from_probabilities
@@ -22,6 +25,7 @@ __all__ = [
            "DEFAULTS",
            "REGISTRY",
            "CountingHead",
+           "GeneralistHead",
            "LearnedHead",
            "LinkingHead",
            "SegmentationHead",

@@ -8,7 +8,7 @@ Checkpoints are found by :mod:`mm_core.heads.learned.checkpoints` and loaded by
 from __future__ import annotations
 
 from mm_core.errors import InputError
-from mm_core.heads import TASK_HEAD_TYPES
+from mm_core.heads import MULTI_TASK_HEADS, TASK_HEAD_TYPES
 from mm_core.heads.learned.base import LearnedHead, load_head
 from mm_core.heads.learned.checkpoints import REGISTRY, available_heads, resolve
 
@@ -51,6 +51,8 @@ def select_head(spec, task: str, engine: str) -> tuple[LearnedHead | None, str]:
             return None, f"{_ANALYTIC[task]} (no learned {task} head ships for the {engine} engine)"
         spec = name
     head = load_head(spec, engine=engine)
+    if task in MULTI_TASK_HEADS.get(head.head_type, ()):
+        return (head.counter() if task == "count" else head), head.describe()
     if head.head_type != TASK_HEAD_TYPES[task]:
         raise InputError(f"{spec} is a {head.head_type} head; the {task} task needs a {TASK_HEAD_TYPES[task]} head")
     return head, head.describe()

@@ -65,6 +65,7 @@ class TrackResult:
     tracks: pd.DataFrame  #: columns ``label, begin, end, parent`` (CTC res_track.txt)
     engine_note: str
     maps: list[MatchMaps] | None = None
+    head_note: str = ""
 
     @property
     def n_tracks(self) -> int:
@@ -97,11 +98,11 @@ def _engine(engine: str | Engine) -> tuple[Engine, str]:
     return engine, f"{getattr(engine, 'name', type(engine).__name__)} engine, as given"
 
 
-def _head(spec, task: str, engine: Engine):
+def _head(spec, task: str, engine: Engine, mode: str | None = None):
     """``(learned head or None, note)``: the learned head for ``task`` on ``engine``'s maps."""
     from mm_core.heads.learned import select_head
 
-    return select_head(spec, task, getattr(engine, "name", "classic"))
+    return select_head(spec, task, getattr(engine, "name", "classic"), mode)
 
 
 def _tick(progress: ProgressFn | None, frac: float, desc: str) -> None:
@@ -115,7 +116,7 @@ def _match(image, boxes, engine, head, task: str, progress: ProgressFn | None):
     bx = prepare_boxes(boxes, img.shape[:2])
     _tick(progress, 0.0, "loading engine")
     eng, note = _engine(engine)
-    learned, head_note = _head(head, task, eng)
+    learned, head_note = _head(head, task, eng, "automatic" if bx is None else "exemplar")
     _tick(progress, 0.2, "matching")
     maps = eng.match(img, bx)
     _tick(progress, 0.7, "post-processing")
@@ -167,13 +168,15 @@ def count(image, boxes=None, engine: str | Engine = "auto",
     img, maps, learned, note, head_note = _match(image, boxes, engine, head, "count", progress)
     density, points = learned.predict(maps, img) if learned is not None else density_from_maps(maps, img)
     pts = pd.DataFrame({"x": points[:, 1], "y": points[:, 0]}) if len(points) else pd.DataFrame({"x": [], "y": []})
+    if points.ndim == 2 and points.shape[1] == 3:  # a head that shares the count out among its centres
+        pts["count"] = points[:, 2] if len(points) else []
     _tick(progress, 1.0, "done")
     return CountResult(count=float(density.sum()), density=density.astype(np.float32), points=pts,
                        image=img, maps=maps, engine_note=note, head_note=head_note)
 
 
 def track(frames: Sequence[np.ndarray] | np.ndarray, boxes=None, engine: str | Engine = "auto",
-          progress: ProgressFn | None = None, keep_maps: bool = False) -> TrackResult:
+          progress: ProgressFn | None = None, keep_maps: bool = False, head=None) -> TrackResult:
     """Track objects through a time-lapse.
 
     Frame 0 is matched against ``boxes`` (or in automatic mode); every later frame
@@ -190,6 +193,9 @@ def track(frames: Sequence[np.ndarray] | np.ndarray, boxes=None, engine: str | E
         As in :func:`segment`.
     keep_maps : bool
         Keep every frame's match maps in the result (for display).
+    head : None, "auto", "analytic", registry name or checkpoint folder
+        Per-frame segmentation head (a generalist head; see :func:`segment`); ``None``
+        uses the shipped default for tracking when there is one. Linking is analytic.
 
     Returns
     -------
@@ -207,6 +213,8 @@ def track(frames: Sequence[np.ndarray] | np.ndarray, boxes=None, engine: str | E
     bx = prepare_boxes(boxes, shape0[:2])
     _tick(progress, 0.0, "loading engine")
     eng, note = _engine(engine)
-    masks, tracks, maps = track_frames(frames, eng, bx, progress=progress, keep_maps=keep_maps)
+    learned, head_note = _head(head, "track", eng, "automatic" if bx is None else "exemplar")
+    masks, tracks, maps = track_frames(frames, eng, bx, progress=progress, keep_maps=keep_maps,
+                                       segmenter=None if learned is None else learned.predict)
     _tick(progress, 1.0, "done")
-    return TrackResult(masks=masks, tracks=tracks, engine_note=note, maps=maps)
+    return TrackResult(masks=masks, tracks=tracks, engine_note=note, maps=maps, head_note=head_note)

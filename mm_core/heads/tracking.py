@@ -38,7 +38,7 @@ __all__ = ["MAX_EXEMPLARS", "SCALE_DRIFT", "TRACK_COLUMNS", "LinkParams", "boxes
            "object_features", "touching_pairs", "track_frames"]
 
 
-def track_frames(frames, engine, boxes, progress=None, keep_maps: bool = False):
+def track_frames(frames, engine, boxes, progress=None, keep_maps: bool = False, segmenter=None):
     """Segment every frame by matching and link the objects into tracks.
 
     Parameters
@@ -54,6 +54,9 @@ def track_frames(frames, engine, boxes, progress=None, keep_maps: bool = False):
         ``progress(fraction, description)``.
     keep_maps : bool
         Return every frame's match maps.
+    segmenter : callable, optional
+        ``segmenter(maps, frame) -> labels`` (a learned head's ``predict``); default
+        :func:`mm_core.heads.segmentation.instances_from_maps`.
 
     Returns
     -------
@@ -64,6 +67,7 @@ def track_frames(frames, engine, boxes, progress=None, keep_maps: bool = False):
     """
     from mm_core.heads.segmentation import instances_from_maps
 
+    segmenter = instances_from_maps if segmenter is None else segmenter
     labels, feats, kept = [], [], []
     exemplars = boxes
     T = len(frames)
@@ -75,7 +79,7 @@ def track_frames(frames, engine, boxes, progress=None, keep_maps: bool = False):
             scale0 = maps.scale
         elif not scale0 / SCALE_DRIFT <= maps.scale <= scale0 * SCALE_DRIFT:
             maps = engine.match(frame, boxes)  # the chain drifted: back to the seed
-        lab = relabel_sequential(np.asarray(instances_from_maps(maps, frame)))[0]
+        lab = relabel_sequential(np.asarray(segmenter(maps, frame)))[0]
         labels.append(lab)
         feats.append(object_features(lab, maps.features))
         if keep_maps:

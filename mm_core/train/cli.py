@@ -6,6 +6,10 @@ Train a segmentation head on the weight-free engine's maps::
 
     python -m mm_core.train segment --data ../shared/data/seg --engine classic --out runs/seg
 
+The generalist head (both modes, own scale estimate) on the training corpus::
+
+    python -m mm_core.train generalist --data ../shared/data/train/seg --out runs/generalist --threads 1
+
 The best head (by validation loss) is written to ``--out`` as ``model.safetensors`` +
 ``config.json``; use it with ``python -m mm_core segment IMAGES --head runs/seg``.
 """
@@ -24,7 +28,7 @@ import torch
 from mm_core.errors import MMError
 from mm_core.train.loop import FitConfig, fit
 
-TASKS = ("segment", "count", "track", "exemplar")
+TASKS = ("segment", "count", "track", "exemplar", "generalist")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +105,7 @@ def _find(task: str, folders: list[str], exclude: list[str]) -> list:
     from mm_core.data import find_counting, find_segmentation, find_tracking
 
     finder = {"segment": find_segmentation, "count": find_counting, "track": find_tracking,
-              "exemplar": find_segmentation}[task]
+              "exemplar": find_segmentation, "generalist": find_segmentation}[task]
     out = []
     for f in folders:
         out += [s for s in finder(f) if s.dataset not in exclude]
@@ -119,6 +123,8 @@ def run(argv: list[str]) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     samples = _slice(_find(args.task, args.data, args.exclude), args.subset)
+    if args.task == "generalist":
+        return _run_generalist(args, argv, samples)
     if args.val_data:
         train_s, val_s = samples, _find(args.task, args.val_data, [])
     else:
@@ -145,6 +151,26 @@ def run(argv: list[str]) -> dict:
         from mm_core.train.exemplar import exemplar_task
 
         head, step, validate = exemplar_task(args, train_s, val_s, engine, _settings(args.set))
+    result = fit(head, step, validate, args.out, cfg, log=print, extra_meta=meta)
+    print(f"best validation {result['best']:.4f} at epoch {result['best_epoch']}; head written to {args.out} "
+          f"(engine cache: {cache.hits} hits, {cache.misses} engine runs)")
+    return result
+
+
+def _run_generalist(args, argv, samples) -> dict:
+    from mm_core.engines.classic import ClassicEngine
+    from mm_core.train.cache import EngineCache
+    from mm_core.train.generalist import generalist_task
+
+    cache = EngineCache(ClassicEngine(), None if str(args.cache_dir).lower() == "none" else args.cache_dir,
+                        args.cache_version)
+    head, step, validate, used = generalist_task(args, samples, cache, _settings(args.set))
+    meta = {"name": args.name or Path(args.out).name,
+            "train_command": "python -m mm_core.train " + " ".join(shlex.quote(a) for a in argv),
+            "train_data": used, "engine_mode": "automatic + exemplar (imprecise boxes)",
+            "engine_version": cache.version, "machine": "CPU, " + f"{torch.get_num_threads()} thread(s)"}
+    cfg = FitConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, weight_decay=args.weight_decay,
+                    patience=args.patience, seed=args.seed, resume=args.resume, progress=not args.no_progress)
     result = fit(head, step, validate, args.out, cfg, log=print, extra_meta=meta)
     print(f"best validation {result['best']:.4f} at epoch {result['best_epoch']}; head written to {args.out} "
           f"(engine cache: {cache.hits} hits, {cache.misses} engine runs)")

@@ -29,10 +29,11 @@ _LOADED: dict[tuple[str, str | None], LearnedHead] = {}
 def head_classes() -> dict[str, type[LearnedHead]]:
     """``head_type`` -> class, for every learned head."""
     from mm_core.heads.learned.counting import CountingHead
+    from mm_core.heads.learned.generalist import GeneralistHead
     from mm_core.heads.learned.segmentation import SegmentationHead
     from mm_core.heads.learned.tracking import LinkingHead
 
-    return {c.head_type: c for c in (SegmentationHead, CountingHead, LinkingHead)}
+    return {c.head_type: c for c in (SegmentationHead, CountingHead, LinkingHead, GeneralistHead)}
 
 
 def available_heads() -> dict[str, str]:
@@ -113,43 +114,76 @@ def load_head(path_or_name, engine: str | None = None) -> LearnedHead:
     return head
 
 
-#: Shipped heads used by default: (task, engine) -> registry name. Filled only for heads
-#: that beat the analytic head on held-out dev data (see the README's heads section).
-DEFAULTS: dict[tuple[str, str], str] = {}
+#: Shipped heads used by default: (task, engine, mode) -> registry name. Filled only for heads
+#: that beat the analytic head on the dev data by the rule of the README's "Learned heads"
+#: section (trained on ``train/`` only). ``mode`` is ``"automatic"`` or ``"exemplar"``.
+DEFAULTS: dict[tuple, str] = {}
 _TASK_TYPES = {"segment": "segmentation", "count": "counting", "track": "linking"}
+#: Heads that serve several tasks (``head_type`` -> tasks); ``track`` = the per-frame segmentation.
+_MULTI_TASK = {"generalist": ("segment", "count", "track")}
 _ANALYTIC = {"segment": "analytic watershed head", "count": "analytic density head",
              "track": "analytic linking (overlap + distance + descriptors)"}
 
 
-def select_head(spec, task: str, engine: str) -> tuple[LearnedHead | None, str]:
+def default_name(task: str, engine: str, mode: str | None = None) -> str | None:
+    """Registry name of the shipped default head for ``task``/``engine``/``mode``, or ``None``."""
+    if mode is not None and (task, engine, mode) in DEFAULTS:
+        return DEFAULTS[(task, engine, mode)]
+    return DEFAULTS.get((task, engine))
+
+
+def select_head(spec, task: str, engine: str, mode: str | None = None):
     """Pick the head for ``task`` on ``engine``'s maps, and say which in words.
 
     Parameters
     ----------
     spec : None, "auto", "analytic", registry name, folder or ``hub:owner/name``
-        ``None``/``"auto"``: the shipped default for this task and engine when there
-        is one, else the analytic head; ``"analytic"``/``"none"``: always analytic.
+        ``None``/``"auto"``: the shipped default for this task, engine and mode when
+        there is one, else the analytic head; ``"analytic"``/``"none"``: always analytic.
     task : {"segment", "count", "track"}
     engine : str
         Name of the engine that makes the maps (``MatchMaps.engine``).
+    mode : {"automatic", "exemplar"}, optional
+        Engine mode (defaults may differ per mode).
 
     Returns
     -------
-    head : LearnedHead or None
-        ``None`` means: use the analytic head.
+    head : object with ``predict(maps, image)`` and ``describe()``, or None
+        ``None`` means: use the analytic head. For ``track`` a learned head is the
+        per-frame segmentation head.
     note : str
         E.g. ``"learned segmentation head 'seg-classic' (trained on classic engine maps)"``.
+
+    Notes
+    -----
+    A shipped default that cannot be loaded (missing, corrupt, other engine) never
+    stops a run: the analytic head is used and the note says why. A head asked for
+    by name or folder that cannot be loaded raises :class:`~mm_core.errors.InputError`
+    (or :class:`~mm_core.errors.ModelUnavailableError`) with one clear message.
     """
     if task not in _TASK_TYPES:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(_TASK_TYPES)}")
     if spec is not None and str(spec).lower() in ("analytic", "none"):
         return None, f"{_ANALYTIC[task]}, as requested"
     if spec is None or str(spec).lower() == "auto":
-        name = DEFAULTS.get((task, engine))
+        name = default_name(task, engine, mode)
         if name is None:
-            return None, f"{_ANALYTIC[task]} (no learned {task} head ships for the {engine} engine)"
-        spec = name
-    head = load_head(spec, engine=engine)
+            what = f" in {mode} mode" if mode else ""
+            return None, f"{_ANALYTIC[task]} (no learned {task} head ships for the {engine} engine{what})"
+        try:
+            return _task_view(load_head(name, engine=engine), task, name)
+        except (InputError, ModelUnavailableError, OSError, ValueError) as exc:
+            return None, (f"{_ANALYTIC[task]}: the shipped learned head '{name}' could not be used "
+                          f"({str(exc).splitlines()[0]})")
+    return _task_view(load_head(spec, engine=engine), task, spec)
+
+
+def _task_view(head: LearnedHead, task: str, spec):
+    """``(head for task, note)``; a multi-task head gives its view for ``task``."""
+    if task in _MULTI_TASK.get(head.head_type, ()):
+        view = head.counter() if task == "count" else head
+        note = view.describe() + (" (per-frame segmentation; analytic linking)" if task == "track" else "")
+        return view, note
     if head.head_type != _TASK_TYPES[task]:
         raise InputError(f"{spec} is a {head.head_type} head; the {task} task needs a {_TASK_TYPES[task]} head")
     return head, head.describe()

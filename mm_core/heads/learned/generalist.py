@@ -1,0 +1,265 @@
+"""The generalist head: one small U-Net on match maps, trained on a broad corpus, for any image.
+
+What it sees (at a working grid where objects are ``target_diameter`` pixels wide): the
+engine's grey channel with the matched objects made bright, the engine's foreground
+and its centre evidence; nothing that names the kind of microscopy. What it predicts,
+five maps: foreground, normalised distance to the object edge, object boundary,
+the log of the object size relative to ``target_diameter`` and a density of object
+centres.
+
+The object scale is the crux on unseen kinds of image, so the head measures it
+itself, as Cellpose's size model does: a first pass at the engine's scale, then the
+median predicted size over the predicted foreground gives a better scale, and the
+head runs again there (up to ``scale_passes`` passes, stopping when the scale moves
+by less than 15 %). Instances come from the distance / boundary maps by
+marker-controlled watershed (:func:`mm_core.heads.learned.segmentation.instances_from_distance`);
+the count is the sum of the density, shared out among the instances' centres
+(:class:`GeneralistCounter`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from torch import nn
+
+from mm_core.engines.base import MatchMaps
+from mm_core.heads.learned.base import LearnedHead, check_engine, to_input_size
+from mm_core.heads.learned.inputs import HeadInputs, align_polarity, working_factor
+from mm_core.heads.learned.segmentation import instances_from_distance, seg_targets
+
+#: Output channels of the network.
+OUTPUTS = ("foreground", "distance", "boundary", "log_size", "density")
+#: Density targets are multiplied by this while training (unit-mass Gaussians are tiny).
+DENSITY_SCALE = 100.0
+#: Width of the Gaussian of one object's density, in working-grid pixels.
+DENSITY_SIGMA = 4.0
+
+
+def head_inputs(maps: MatchMaps, image: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` float32: the engine's grey channel (objects bright), foreground, centres."""
+    from mm_core.engines.classic.engine import gray_of
+    from mm_core.errors import InputError
+
+    gray = gray_of(image)
+    if gray.shape != tuple(maps.image_shape):
+        raise InputError(f"the image is {gray.shape[1]}x{gray.shape[0]} but the match maps were made "
+                         f"for a {maps.image_shape[1]}x{maps.image_shape[0]} image")
+    fg = maps.at_input("foreground")
+    return np.stack([align_polarity(gray, fg), fg, maps.at_input("centers")]).astype(np.float32)
+
+
+def object_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter of the objects in ``labels`` (0 when there are none)."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    areas = areas[areas > 0]
+    return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else 0.0
+
+
+def targets(labels: np.ndarray, target_diameter: float) -> np.ndarray:
+    """``(5, H, W)`` training targets of working-grid ``labels`` (see ``OUTPUTS``).
+
+    ``log_size`` is ``log(d / target_diameter)`` with ``d`` each object's equivalent
+    diameter (0 off objects); ``density`` has one unit-mass Gaussian per object centroid,
+    times ``DENSITY_SCALE``.
+    """
+    lab = np.asarray(labels).astype(np.int64)
+    fg_dist_bnd = seg_targets(lab)
+    size = np.zeros(lab.shape, np.float32)
+    dots = np.zeros(lab.shape, np.float64)
+    if lab.max() > 0:
+        ids = np.unique(lab[lab > 0])
+        areas = np.bincount(lab.ravel())
+        d = 2.0 * np.sqrt(areas / np.pi)
+        logd = np.zeros(len(areas), np.float32)
+        logd[ids] = np.log(np.maximum(d[ids], 1.0) / target_diameter)
+        size = np.where(lab > 0, logd[lab], 0.0).astype(np.float32)
+        cy, cx = (np.asarray(c) for c in zip(*ndi.center_of_mass(np.ones_like(lab), lab, ids), strict=True))
+        r = np.clip(np.round(cy).astype(int), 0, lab.shape[0] - 1)
+        c = np.clip(np.round(cx).astype(int), 0, lab.shape[1] - 1)
+        np.add.at(dots, (r, c), 1.0)
+        dots = ndi.gaussian_filter(dots, DENSITY_SIGMA, mode="constant")
+    return np.concatenate([fg_dist_bnd, size[None], (dots * DENSITY_SCALE)[None].astype(np.float32)])
+
+
+# ---------------------------------------------------------------- network
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.GELU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.GELU())
+
+
+class UNet(nn.Module):
+    """Plain U-Net: ``levels`` resolutions, ``base`` channels doubling per level."""
+
+    def __init__(self, cin: int, cout: int, base: int = 16, levels: int = 4):
+        super().__init__()
+        chans = [base * 2 ** i for i in range(levels)]
+        self.down = nn.ModuleList([_block(cin if i == 0 else chans[i - 1], c) for i, c in enumerate(chans)])
+        self.up = nn.ModuleList([_block(chans[i] + chans[i + 1], chans[i]) for i in range(levels - 1)])
+        self.out = nn.Conv2d(chans[0], cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, blk in enumerate(self.down):
+            x = blk(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.up[i](torch.cat([skips[i], x], dim=1))
+        return self.out(x)
+
+
+class GeneralistHead(LearnedHead):
+    """Segmentation (and counting, see :meth:`counter`) head with its own object-scale estimate.
+
+    ``config``: ``base``/``levels`` (U-Net width and depth), ``target_diameter``,
+    ``tile``/``tile_overlap``, ``fg_threshold``/``seed_threshold`` (watershed),
+    ``scale_passes`` (passes of the size loop), ``scale_range`` (how far the size loop
+    may move from the engine's scale, as a factor).
+    """
+
+    head_type = "generalist"
+    n_outputs = len(OUTPUTS)
+    defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 24.0, "tile": 512, "tile_overlap": 32,
+                                "size_multiple": 16, "fg_threshold": 0.5, "seed_threshold": 0.1,
+                                "scale_passes": 3, "scale_range": 4.0}
+
+    def __init__(self, engine: str = "classic", n_features: int = 0, **config):
+        super().__init__(engine, 0, **config)
+        c = self.config
+        self.net = UNet(3, self.n_outputs, int(c["base"]), int(c["levels"]))
+
+    def forward(self, base: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 3, H, W)`` inputs -> ``(B, 5, H, W)`` raw outputs (logits, log size, scaled density)."""
+        h, w = base.shape[-2:]
+        m = 2 ** (int(self.config["levels"]) - 1)
+        ph, pw = (-h) % m, (-w) % m
+        x = F.pad(base, (0, pw, 0, ph), mode="replicate") if (ph or pw) else base
+        return self.net(x)[..., :h, :w]
+
+    def check_maps(self, maps: MatchMaps) -> None:
+        """Refuse maps of another engine (engine features are not used)."""
+        check_engine(self.config, maps.engine, self.head_type)
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """BCE (foreground, boundary) + MSE (distance, density) + L1 on the log size over objects."""
+        w = torch.ones_like(target[:, :1]) if weight is None else weight
+        w = w[:, 0]
+        n = w.sum().clamp(min=1.0)
+        fg, dist, bnd, size, dens = (target[:, i] for i in range(5))
+        l_fg = (F.binary_cross_entropy_with_logits(out[:, 0], fg, reduction="none") * w).sum() / n
+        l_dist = ((torch.sigmoid(out[:, 1]) - dist) ** 2 * w).sum() / n * 5.0
+        pos = (bnd * w).sum() / n
+        pw = ((1 - pos) / pos.clamp(min=1e-3)).clamp(max=10.0)
+        l_bnd = (F.binary_cross_entropy_with_logits(out[:, 2], bnd, pos_weight=pw, reduction="none") * w).sum() / n
+        obj = fg * w
+        l_size = ((out[:, 3] - size).abs() * obj).sum() / obj.sum().clamp(min=1.0)
+        l_dens = ((out[:, 4] - dens) ** 2 * w).sum() / n
+        return l_fg + l_dist + 0.5 * l_bnd + 0.5 * l_size + 0.5 * l_dens
+
+    # ------------------------------------------------------------------ inference
+    def inputs(self, maps: MatchMaps, image: np.ndarray) -> HeadInputs:
+        self.check_maps(maps)
+        return HeadInputs(base=head_inputs(maps, image), features=None, scale=float(maps.scale),
+                          engine=str(maps.engine))
+
+    def estimate_scale(self, inp: HeadInputs) -> tuple[float, np.ndarray, float, list[float]]:
+        """The size loop: ``(scale, raw working-grid outputs at it, zoom, scales tried)``."""
+        s0 = inp.scale if np.isfinite(inp.scale) and inp.scale > 0 else self.config["target_diameter"]
+        lo, hi = s0 / self.config["scale_range"], s0 * self.config["scale_range"]
+        s, tried = s0, []
+        for _ in range(max(1, int(self.config["scale_passes"]))):
+            inp.scale = s
+            raw, f = self.predict_dense(inp)
+            tried.append(s)
+            fgp = 1.0 / (1.0 + np.exp(-raw[0]))
+            sel = fgp > 0.5
+            if sel.sum() < 16:
+                break
+            new = float(np.clip(self.config["target_diameter"] * np.exp(np.median(raw[3][sel])) / f, lo, hi))
+            if abs(np.log(new / s)) < np.log(1.15) or len(tried) == int(self.config["scale_passes"]):
+                if abs(np.log(new / s)) >= np.log(1.15):  # last pass moved a lot: run at the new scale
+                    inp.scale = new
+                    raw, f = self.predict_dense(inp)
+                    tried.append(new)
+                    s = new
+                break
+            s = new
+        return s, raw, f, tried
+
+    def predict_maps(self, maps: MatchMaps, image: np.ndarray) -> dict:
+        """Output maps at input resolution (probabilities, density summing to the count) and the scale."""
+        inp = self.inputs(maps, image)
+        s, raw, f, tried = self.estimate_scale(inp)
+        prob = 1.0 / (1.0 + np.exp(-raw[:3]))
+        full = to_input_size(prob, inp.shape)
+        dens = to_input_size(np.maximum(raw[4:5], 0.0) / DENSITY_SCALE, inp.shape, keep_sum=True)[0]
+        return {"foreground": full[0], "distance": full[1], "boundary": full[2], "density": dens,
+                "scale": s, "zoom": f, "scales_tried": tried}
+
+    def labels_from(self, out: dict) -> np.ndarray:
+        """Instances from :meth:`predict_maps`'s output."""
+        diameter = self.config["target_diameter"] / out["zoom"]
+        return instances_from_distance(out["foreground"], out["distance"], out["boundary"], diameter,
+                                       self.config["fg_threshold"], self.config["seed_threshold"])
+
+    def predict(self, maps: MatchMaps, image: np.ndarray) -> np.ndarray:
+        """Instance labels ``(H, W)`` int32 at input resolution."""
+        return self.labels_from(self.predict_maps(maps, image))
+
+    def counter(self) -> GeneralistCounter:
+        """This head's counting view (``predict`` -> density, centres)."""
+        return GeneralistCounter(self)
+
+    def describe(self) -> str:
+        name = self.config["info"].get("name") or self.head_type
+        return (f"learned generalist head '{name}' (U-Net on {self.engine} engine maps, trained on "
+                f"{', '.join(self.config['info'].get('train_data', [])) or 'train/'}; own object-scale estimate)")
+
+
+class GeneralistCounter:
+    """Counting with a :class:`GeneralistHead`: the count is the sum of its density map.
+
+    The centres are the segmented objects' centroids; each centre carries the density
+    mass of the pixels closest to its object, so the centres' shares add up to the count
+    (a clump the head could not split shows as a centre with a share near 2 or more).
+    """
+
+    head_type = "counting"
+
+    def __init__(self, head: GeneralistHead):
+        self.head = head
+        self.config = head.config
+
+    def describe(self) -> str:
+        return self.head.describe() + "; count = sum of its density map, shared among the object centres"
+
+    def predict(self, maps: MatchMaps, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``density (H, W)`` (sums to the count) and centres ``(N, 3)``: row, col, share of the count."""
+        out = self.head.predict_maps(maps, image)
+        labels = self.head.labels_from(out)
+        return out["density"], centre_shares(labels, out["density"])
+
+
+def centre_shares(labels: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` row, col, count share of each object: the density closest to it, summed.
+
+    The shares add up to ``density.sum()`` whenever there is at least one object.
+    """
+    n = int(labels.max())
+    if n == 0:
+        return np.zeros((0, 3), float)
+    ids = np.arange(1, n + 1)
+    cy, cx = (np.asarray(c, float) for c in zip(*ndi.center_of_mass(np.ones(labels.shape), labels, ids),
+                                                  strict=True))
+    _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
+    nearest = labels[iy, ix]
+    share = np.bincount(nearest.ravel(), weights=density.ravel().astype(np.float64), minlength=n + 1)[1:]
+    ok = np.isfinite(cy)
+    return np.stack([cy[ok], cx[ok], share[ok]], axis=1)

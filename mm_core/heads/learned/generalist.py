@@ -119,14 +119,17 @@ class GeneralistHead(LearnedHead):
     ``config``: ``base``/``levels`` (U-Net width and depth), ``target_diameter``,
     ``tile``/``tile_overlap``, ``fg_threshold``/``seed_threshold`` (watershed),
     ``scale_passes`` (passes of the size loop), ``scale_range`` (how far the size loop
-    may move from the engine's scale, as a factor).
+    may move from the engine's scale, as a factor), ``probe_side`` (the size loop looks at
+    a central window of at most this many working-grid pixels a side), ``max_zoom``
+    (largest upsampling of the input).
     """
 
     head_type = "generalist"
     n_outputs = len(OUTPUTS)
-    defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 24.0, "tile": 512, "tile_overlap": 32,
+    defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 16.0, "tile": 512, "tile_overlap": 32,
                                 "size_multiple": 16, "fg_threshold": 0.5, "seed_threshold": 0.1,
-                                "scale_passes": 3, "scale_range": 4.0}
+                                "scale_passes": 3, "scale_range": 4.0, "probe_side": 256,
+                                "max_zoom": 3.0}
 
     def __init__(self, engine: str = "classic", n_features: int = 0, **config):
         super().__init__(engine, 0, **config)
@@ -169,34 +172,52 @@ class GeneralistHead(LearnedHead):
         return HeadInputs(base=head_inputs(maps, image), features=None, scale=float(maps.scale),
                           engine=str(maps.engine))
 
-    def estimate_scale(self, inp: HeadInputs) -> tuple[float, np.ndarray, float, list[float]]:
-        """The size loop: ``(scale, raw working-grid outputs at it, zoom, scales tried)``."""
+    def working_shape(self, inp: HeadInputs) -> tuple[float, tuple[int, int]]:
+        f = working_factor(inp.scale, self.config["target_diameter"], hi=float(self.config["max_zoom"]))
+        h, w = inp.shape
+        return f, (max(16, int(round(h * f))), max(16, int(round(w * f))))
+
+    def _probe(self, inp: HeadInputs, scale: float) -> float | None:
+        """Object diameter (input pixels) the head reads in a central window at ``scale``."""
+        probe = HeadInputs(base=inp.base, features=None, scale=scale, engine=inp.engine)
+        f, _ = self.working_shape(probe)
+        side = int(np.ceil(self.config["probe_side"] / f))
+        h, w = inp.shape
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        probe.base = inp.base[:, y0:y0 + side, x0:x0 + side]
+        raw, f = self.predict_dense(probe)
+        sel = raw[0] > 0.0  # foreground probability > 0.5
+        if sel.sum() < 16:
+            return None
+        return float(self.config["target_diameter"] * np.exp(np.median(raw[3][sel])) / f)
+
+    def estimate_scale(self, inp: HeadInputs) -> tuple[float, list[float]]:
+        """The size loop: ``(object diameter in input pixels, scales tried)``.
+
+        Starts at the engine's scale; each pass reads the predicted object size in a
+        central window and moves there, until it moves by less than 15 %.
+        """
         s0 = inp.scale if np.isfinite(inp.scale) and inp.scale > 0 else self.config["target_diameter"]
         lo, hi = s0 / self.config["scale_range"], s0 * self.config["scale_range"]
         s, tried = s0, []
-        for _ in range(max(1, int(self.config["scale_passes"]))):
-            inp.scale = s
-            raw, f = self.predict_dense(inp)
+        for _ in range(max(0, int(self.config["scale_passes"]))):
             tried.append(s)
-            fgp = 1.0 / (1.0 + np.exp(-raw[0]))
-            sel = fgp > 0.5
-            if sel.sum() < 16:
+            new = self._probe(inp, s)
+            if new is None:
                 break
-            new = float(np.clip(self.config["target_diameter"] * np.exp(np.median(raw[3][sel])) / f, lo, hi))
-            if abs(np.log(new / s)) < np.log(1.15) or len(tried) == int(self.config["scale_passes"]):
-                if abs(np.log(new / s)) >= np.log(1.15):  # last pass moved a lot: run at the new scale
-                    inp.scale = new
-                    raw, f = self.predict_dense(inp)
-                    tried.append(new)
-                    s = new
-                break
+            new = float(np.clip(new, lo, hi))
+            moved = abs(np.log(new / s))
             s = new
-        return s, raw, f, tried
+            if moved < np.log(1.15):
+                break
+        return s, tried
 
     def predict_maps(self, maps: MatchMaps, image: np.ndarray) -> dict:
         """Output maps at input resolution (probabilities, density summing to the count) and the scale."""
         inp = self.inputs(maps, image)
-        s, raw, f, tried = self.estimate_scale(inp)
+        s, tried = self.estimate_scale(inp)
+        inp.scale = s
+        raw, f = self.predict_dense(inp)
         prob = 1.0 / (1.0 + np.exp(-raw[:3]))
         full = to_input_size(prob, inp.shape)
         dens = to_input_size(np.maximum(raw[4:5], 0.0) / DENSITY_SCALE, inp.shape, keep_sum=True)[0]

@@ -181,7 +181,11 @@ def read_config(folder: Path) -> dict:
 
 def load_weights(head: LearnedHead, folder: Path) -> LearnedHead:
     """Load ``model.safetensors`` into ``head`` (strict: every tensor must match)."""
-    state = load_file(str(Path(folder) / WEIGHTS_NAME))
+    try:
+        state = load_file(str(Path(folder) / WEIGHTS_NAME))
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
+        raise InputError(f"{Path(folder) / WEIGHTS_NAME} is not a readable safetensors file "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,0 +1,218 @@
+"""Analytic vs generalist head on the dev data: the tables of the README's "Learned heads" section.
+
+The generalist head is trained on ``../shared/data/train/`` only (see
+``python -m mm_core.train generalist``); the dev sets (``seg/``, ``count/``) are only
+measured here. Engine maps are computed once per image and mode and both heads read
+the same maps. Exemplars are those of ``benchmarks/evaluate.py`` (fixed seed).
+
+Subcommands::
+
+    python benchmarks/generalist_eval.py dev   --head PATH [--out runs/eval/dev.json] [--limit N]
+    python benchmarks/generalist_eval.py boxes --head PATH [--out ...]   # exemplar robustness, DSB2018 test
+    python benchmarks/generalist_eval.py loo   --head-dir runs/loo [--out ...]
+    python benchmarks/generalist_eval.py speed --head PATH                # seconds per 512^2 image
+
+``dev``: AP50 / AP per segmentation set, automatic and exemplar mode; VGG MAE / RMSE
+(count = sum of the density; the generalist's centres carry shares of that sum).
+``boxes``: AP50 on dsb2018_stage1_test with the precise exemplar box, the same box
+shifted right by 60 % of its width, enlarged 2x per side (about its centre) and
+stretched 2x wide and 0.5x tall; automatic mode for reference.
+``loo``: heads trained without one source (``<head-dir>/without_<source>``), tested on
+the dev set of that kind (automatic and exemplar AP50 / AP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from evaluate import DATA, count_exemplar, count_items, seg_exemplar, seg_items  # noqa: E402
+
+SEG_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_contrast", "isbi2012_em_cells")
+#: leave-one-source-out: training source left out -> dev set of that kind
+LOO = {"dsb2018_stage1_train": "dsb2018_stage1_test", "usiigaci_phase_contrast_train": "usiigaci_phase_contrast",
+       "drosophila_vnc_em_cells": "isbi2012_em_cells"}
+
+
+def _heads(path):
+    from mm_core.heads.learned import load_head
+
+    return load_head(path, engine="classic")
+
+
+def _cache(folder):
+    from mm_core.engines.classic import ClassicEngine
+    from mm_core.train.cache import EngineCache
+
+    return EngineCache(ClassicEngine(), folder)
+
+
+def _img(raw):
+    from mm_core.transforms import normalize
+
+    return normalize(raw)
+
+
+def seg_scores(name, head, cache, limit, boxes_fn=None, modes=("automatic", "exemplar")) -> dict:
+    """Mean AP50 / AP of both heads on dev set ``name`` in ``modes``."""
+    from mm_core.heads.segmentation import instances_from_maps
+    from mm_core.metrics import average_precision
+    from mm_core.transforms import prepare_boxes
+
+    rng = np.random.default_rng(0)
+    res = {(m, h): [] for m in modes for h in ("analytic", "learned")}
+    secs = {k: 0.0 for k in res}
+    for _stem, raw, gt in seg_items(name, limit):
+        img = _img(raw)
+        box = seg_exemplar(gt, rng)
+        for m in modes:
+            bx = None if m == "automatic" else prepare_boxes(box if boxes_fn is None else boxes_fn(box), img.shape[:2])
+            maps = cache.match(img, bx)
+            for h in ("analytic", "learned"):
+                t = time.perf_counter()
+                pred = instances_from_maps(maps, img) if h == "analytic" else head.predict(maps, img)
+                secs[(m, h)] += time.perf_counter() - t
+                res[(m, h)].append(average_precision(gt, pred)["ap"])
+    return {f"{m}/{h}": {"ap50": float(np.mean([a[0] for a in v])), "ap": float(np.mean([a.mean() for a in v])),
+                         "n": len(v), "head_sec": secs[(m, h)] / max(len(v), 1)} for (m, h), v in res.items()}
+
+
+def count_scores(head, cache, limit) -> dict:
+    """VGG cells MAE / RMSE of both heads, automatic and exemplar."""
+    from mm_core.heads.counting import density_from_maps
+    from mm_core.metrics import count_errors
+    from mm_core.transforms import prepare_boxes
+
+    counter = head.counter()
+    rng = np.random.default_rng(0)
+    true, pred = [], {(m, h): [] for m in ("automatic", "exemplar") for h in ("analytic", "learned")}
+    consistent = []
+    for _stem, raw, pts in count_items("vgg_cells", limit):
+        img = _img(raw)
+        box = count_exemplar(pts, raw.shape, rng)
+        true.append(len(pts))
+        for m in ("automatic", "exemplar"):
+            maps = cache.match(img, None if m == "automatic" else prepare_boxes(box, img.shape[:2]))
+            pred[(m, "analytic")].append(float(density_from_maps(maps, img)[0].sum()))
+            dens, centres = counter.predict(maps, img)
+            pred[(m, "learned")].append(float(dens.sum()))
+            if len(centres):
+                consistent.append(abs(float(centres[:, 2].sum()) - float(dens.sum())))
+    out = {f"{m}/{h}": {**count_errors(true, v), "n": len(true)} for (m, h), v in pred.items()}
+    out["max |sum of centre shares - count|"] = float(max(consistent, default=0.0))
+    return out
+
+
+def cmd_dev(a) -> dict:
+    head, cache = _heads(a.head), _cache(a.cache_dir)
+    out = {}
+    for name in SEG_SETS:
+        t = time.perf_counter()
+        out[name] = seg_scores(name, head, cache, a.limit)
+        print(name, f"{time.perf_counter() - t:.0f} s", json.dumps(out[name]), flush=True)
+    t = time.perf_counter()
+    out["vgg_cells"] = count_scores(head, cache, a.limit)
+    print("vgg_cells", f"{time.perf_counter() - t:.0f} s", json.dumps(out["vgg_cells"]), flush=True)
+    return out
+
+
+BOX_ERRORS = {
+    "precise": lambda b: b,
+    "shifted 60% of width": lambda b: b + np.array([[0.6, 0, 0.6, 0]]) * (b[:, 2:3] - b[:, 0:1]),
+    "enlarged 2x per side": lambda b: _resize(b, 2.0, 2.0),
+    "stretched 2x wide, 0.5x tall": lambda b: _resize(b, 2.0, 0.5),
+}
+
+
+def _resize(b: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    w, h = (b[:, 2] - b[:, 0]) * sx, (b[:, 3] - b[:, 1]) * sy
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
+def cmd_boxes(a) -> dict:
+    head, cache = _heads(a.head), _cache(a.cache_dir)
+    out = {"automatic": seg_scores("dsb2018_stage1_test", head, cache, a.limit, modes=("automatic",))}
+    for kind, fn in BOX_ERRORS.items():
+        out[kind] = seg_scores("dsb2018_stage1_test", head, cache, a.limit, boxes_fn=fn, modes=("exemplar",))
+        print(kind, json.dumps(out[kind]), flush=True)
+    return out
+
+
+def cmd_loo(a) -> dict:
+    cache, out = _cache(a.cache_dir), {}
+    for src, dev in LOO.items():
+        folder = Path(a.head_dir) / f"without_{src}"
+        if not (folder / "config.json").is_file():
+            print(f"skip {src}: no head at {folder}", flush=True)
+            continue
+        out[f"without {src} -> {dev}"] = seg_scores(dev, _heads(folder), cache, a.limit)
+        print(src, json.dumps(out[f"without {src} -> {dev}"]), flush=True)
+    return out
+
+
+def cmd_speed(a) -> dict:
+    """Median seconds of segment() and of the head alone on 512x512 dev images."""
+    import mm_core
+    from mm_core.engines.classic import ClassicEngine
+
+    head, eng = _heads(a.head), ClassicEngine()
+    out = {}
+    for name in ("stardist_dsb2018_example", "isbi2012_em_cells", "usiigaci_phase_contrast"):
+        _stem, raw, _gt = next(seg_items(name, 1))
+        img = _img(raw)[:512, :512]
+        whole, alone, analytic = [], [], []
+        for _ in range(a.repeat):
+            t = time.perf_counter()
+            mm_core.segment(img, engine=eng, head=a.head)
+            whole.append(time.perf_counter() - t)
+            maps = eng.match(img)
+            t = time.perf_counter()
+            head.predict(maps, img)
+            alone.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            mm_core.segment(img, engine=eng, head="analytic")
+            analytic.append(time.perf_counter() - t)
+        out[name] = {"segment_learned_s": float(np.median(whole)), "head_only_s": float(np.median(alone)),
+                     "segment_analytic_s": float(np.median(analytic))}
+        print(name, json.dumps(out[name]), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cmd", choices=("dev", "boxes", "loo", "speed"))
+    p.add_argument("--head", default="generalist-classic")
+    p.add_argument("--head-dir", default="runs/loo")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--cache-dir", default=".cache/dev_maps", help="engine maps of the dev images (measurement only)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"no dev data at {DATA}", file=sys.stderr)
+        return 1
+    import torch
+
+    torch.set_num_threads(a.threads)
+    res = {"dev": cmd_dev, "boxes": cmd_boxes, "loo": cmd_loo, "speed": cmd_speed}[a.cmd](a)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"machine": f"{os.uname().nodename}, {os.cpu_count()} CPUs, torch threads "
+                                                f"{a.threads}", "results": res}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""The generalist head: targets, size loop, count shares, imprecise boxes, defaults and fallback,
+and one tiny ``python -m mm_core.train generalist`` run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from scipy import ndimage as ndi
+
+from mm_core.engines.base import MatchMaps
+from mm_core.heads.learned import load_head, registry
+from mm_core.heads.learned.generalist import (
+    DENSITY_SCALE,
+    GeneralistHead,
+    centre_shares,
+    object_diameter,
+    targets,
+)
+from mm_core.train import generalist_data as gd
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+TINY = {"base": 4, "levels": 2, "tile": 64, "tile_overlap": 8}
+
+
+def _disks(shape=(80, 80), r=5, centres=((20, 20), (20, 50), (55, 30), (60, 62))):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for k, (y, x) in enumerate(centres, 1):
+        lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    return lab
+
+
+def _maps(img, scale=10.0, engine="classic"):
+    fg = ndi.gaussian_filter(img, 1.0)
+    return MatchMaps(foreground=np.clip(fg, 0, 1).astype(np.float32), centers=fg.astype(np.float32), scale=scale,
+                     image_shape=img.shape, engine=engine, mode="automatic", conditioning="test")
+
+
+def test_targets_size_and_density():
+    lab = _disks()
+    t = targets(lab, 16.0)
+    assert t.shape == (5, 80, 80)
+    d = object_diameter(lab)
+    assert d == pytest.approx(2 * np.sqrt((lab == 1).sum() / np.pi))
+    # log size is log(d / target) on objects and 0 off them
+    assert np.allclose(t[3][lab == 1], np.log(d / 16.0), atol=1e-5) and np.all(t[3][lab == 0] == 0)
+    # one unit of density per object (up to the Gaussian's tail)
+    assert t[4].sum() / DENSITY_SCALE == pytest.approx(4.0, abs=0.05)
+    assert object_diameter(np.zeros((5, 5), int)) == 0.0
+
+
+def test_centre_shares_add_up_to_the_density():
+    lab = _disks()
+    rng = np.random.default_rng(0)
+    dens = rng.uniform(0, 0.01, lab.shape)
+    shares = centre_shares(lab, dens)
+    assert shares.shape == (4, 3)
+    assert shares[:, 2].sum() == pytest.approx(dens.sum())
+    assert np.allclose(shares[0, :2], (20, 20), atol=0.5)
+    assert centre_shares(np.zeros((4, 4), int), dens[:4, :4]).shape == (0, 3)
+
+
+def test_size_loop_follows_the_predicted_size(monkeypatch):
+    head = GeneralistHead("classic", **TINY, scale_passes=3, scale_range=100.0)
+    img = (_disks() > 0).astype(np.float32)
+
+    def fake(base, feats=None):  # everything is object, and objects look twice the target size
+        out = torch.zeros(base.shape[0], 5, *base.shape[-2:])
+        out[:, 0] = 5.0
+        out[:, 3] = float(np.log(2.0))
+        return out
+
+    monkeypatch.setattr(head, "forward", fake)
+    inp = head.inputs(_maps(img, scale=8.0), img)
+    s, tried = head.estimate_scale(inp)
+    assert tried == pytest.approx([8.0, 16.0, 32.0])
+    assert s == pytest.approx(64.0)
+    # within the allowed range only
+    head.config["scale_range"] = 3.0
+    s, _ = head.estimate_scale(head.inputs(_maps(img, scale=8.0), img))
+    assert s == pytest.approx(24.0)
+    # the zoom is capped (max_zoom 3): sizes are read in input pixels whatever the zoom
+    head.config["scale_range"] = 100.0
+    s, tried = head.estimate_scale(head.inputs(_maps(img, scale=4.0), img))
+    assert tried[1] == pytest.approx(16.0 * 2 / 3)
+
+
+def test_generalist_predicts_counts_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    head = GeneralistHead("classic", **TINY)
+    img = (_disks() > 0).astype(np.float32)
+    maps = _maps(img)
+    labels = head.predict(maps, img)
+    assert labels.shape == img.shape and labels.dtype == np.int32
+    dens, centres = head.counter().predict(maps, img)
+    assert dens.shape == img.shape and dens.min() >= 0
+    if len(centres):
+        assert centres[:, 2].sum() == pytest.approx(float(dens.sum()), rel=1e-4)
+    folder = head.save_pretrained(tmp_path / "g")
+    again = load_head(folder, engine="classic")
+    assert isinstance(again, GeneralistHead)
+    assert np.array_equal(again.predict(maps, img), labels)
+    from mm_core.errors import InputError
+
+    with pytest.raises(InputError, match="trained on the classic engine"):
+        again.predict(_maps(img, engine="ldm"), img)
+
+
+def test_defaults_per_mode_and_fallback(tmp_path, monkeypatch):
+    folder = GeneralistHead("classic", **TINY).save_pretrained(tmp_path / "weights" / "g-test")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "g-test",
+                                               ("count", "classic", "automatic"): "g-test"})
+    head, note = registry.select_head(None, "segment", "classic", "automatic")
+    assert isinstance(head, GeneralistHead) and "g-test" in note
+    head, note = registry.select_head(None, "count", "classic", "automatic")
+    assert hasattr(head, "predict") and "sum of its density" in note
+    head, note = registry.select_head(None, "segment", "classic", "exemplar")
+    assert head is None and "exemplar mode" in note
+    # a shipped default for the other engine, or a broken one: analytic, saying why
+    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "ldm", "automatic"): "g-test"})
+    head, note = registry.select_head(None, "segment", "ldm", "automatic")
+    assert head is None and "could not be used" in note and "classic engine" in note
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "g-test"})
+    head, note = registry.select_head(None, "segment", "classic", "automatic")
+    assert head is None and "could not be used" in note
+    (folder / "model.safetensors").unlink()
+    head, note = registry.select_head(None, "segment", "classic", "automatic")
+    assert head is None and "could not be used" in note
+
+
+def test_imprecise_boxes_and_crops():
+    rng = np.random.default_rng(0)
+    box = np.array([10, 20, 30, 30], np.float32)
+    out = np.stack([gd.imprecise_box(box, rng) for _ in range(200)])
+    w, h = out[:, 2] - out[:, 0], out[:, 3] - out[:, 1]
+    assert (w > 0).all() and (h > 0).all()
+    assert w.max() > 30 and (w / h).max() > 3.0  # enlarged and stretched boxes occur
+    lab = _disks((120, 120))
+    item = gd.GItem("set/a", "automatic", np.stack([lab > 0, lab > 0, lab > 0]).astype(np.float16), lab,
+                    object_diameter(lab), 10.0)
+    b, t, wt = gd.crop(item, 64, 16.0, None)
+    assert b.shape == (3, 64, 64) and t.shape == (5, 64, 64) and wt.shape == (1, 64, 64)
+    # the validation crop puts objects at the target diameter
+    assert object_diameter(ndi.label(t[0].numpy() > 0.5)[0]) == pytest.approx(16.0, rel=0.15)
+    b1, t1, _ = gd.crop(item, 64, 16.0, np.random.default_rng(3))
+    b2, t2, _ = gd.crop(item, 64, 16.0, np.random.default_rng(3))
+    assert torch.equal(b1, b2) and torch.equal(t1, t2)  # seeded
+
+
+def test_train_generalist_cli(tmp_path):
+    from mm_core.train.cli import main
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "seg" / "disks"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(3):
+        lab = _disks((64, 64), r=4, centres=rng.uniform(8, 56, (5, 2)))
+        img = ndi.gaussian_filter((lab > 0).astype(np.float32), 1.0) * 200 + 20 + rng.normal(0, 4, lab.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
+        tifffile.imwrite(root / "masks" / f"im{i}.tif", lab.astype(np.uint16))
+    out = tmp_path / "g"
+    argv = ["generalist", "--data", str(root), "--out", str(out), "--epochs", "1", "--steps", "2",
+            "--batch-size", "2", "--crop", "32", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+            "--set", "base=4", "levels=2", "tile=64"]
+    assert main(argv) == 0
+    head = load_head(out, engine="classic")
+    assert isinstance(head, GeneralistHead) and "generalist" in head.config["info"]["train_command"]
+    assert main([*argv[:6], "2", *argv[7:], "--resume"]) == 0  # resumes at epoch 1 and runs epoch 2
+    assert (out / "log.csv").read_text().count("\n") == 3

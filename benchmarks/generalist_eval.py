@@ -7,6 +7,7 @@ the same maps. Exemplars are those of ``benchmarks/evaluate.py`` (fixed seed).
 
 Subcommands::
 
+    python benchmarks/generalist_eval.py maps                             # engine maps only (cached)
     python benchmarks/generalist_eval.py dev   --head PATH [--out runs/eval/dev.json] [--limit N]
     python benchmarks/generalist_eval.py boxes --head PATH [--out ...]   # exemplar robustness, DSB2018 test
     python benchmarks/generalist_eval.py loo   --head-dir runs/loo [--out ...]
@@ -78,6 +79,8 @@ def seg_scores(name, head, cache, limit, boxes_fn=None, modes=("automatic", "exe
         for m in modes:
             bx = None if m == "automatic" else prepare_boxes(box if boxes_fn is None else boxes_fn(box), img.shape[:2])
             maps = cache.match(img, bx)
+            if head is None:  # engine maps only (filling the cache)
+                continue
             for h in ("analytic", "learned"):
                 t = time.perf_counter()
                 pred = instances_from_maps(maps, img) if h == "analytic" else head.predict(maps, img)
@@ -89,7 +92,7 @@ def seg_scores(name, head, cache, limit, boxes_fn=None, modes=("automatic", "exe
 
 def count_scores(head, cache, limit) -> dict:
     """VGG cells MAE / RMSE of both heads, automatic and exemplar."""
-    from mm_core.heads.counting import density_from_maps
+    from mm_core.heads.counting import density_from_maps, point_shares
     from mm_core.metrics import count_errors
     from mm_core.transforms import prepare_boxes
 
@@ -107,7 +110,7 @@ def count_scores(head, cache, limit) -> dict:
             dens, centres = counter.predict(maps, img)
             pred[(m, "learned")].append(float(dens.sum()))
             if len(centres):
-                consistent.append(abs(float(centres[:, 2].sum()) - float(dens.sum())))
+                consistent.append(abs(float(point_shares(centres, dens).sum()) - float(dens.sum())))
     out = {f"{m}/{h}": {**count_errors(true, v), "n": len(true)} for (m, h), v in pred.items()}
     out["max |sum of centre shares - count|"] = float(max(consistent, default=0.0))
     return out
@@ -147,6 +150,25 @@ def cmd_boxes(a) -> dict:
         out[kind] = seg_scores("dsb2018_stage1_test", head, cache, a.limit, boxes_fn=fn, modes=("exemplar",))
         print(kind, json.dumps(out[kind]), flush=True)
     return out
+
+
+def cmd_maps(a) -> dict:
+    """Compute (cache) the engine maps every other subcommand reads; no head runs."""
+    cache = _cache(a.cache_dir)
+    for name in SEG_SETS:
+        seg_scores(name, None, cache, a.limit)
+    for fn in BOX_ERRORS.values():
+        seg_scores("dsb2018_stage1_test", None, cache, a.limit, boxes_fn=fn, modes=("exemplar",))
+    from mm_core.transforms import prepare_boxes
+
+    rng = np.random.default_rng(0)
+    for _stem, raw, pts in count_items("vgg_cells", a.limit):
+        img = _img(raw)
+        box = count_exemplar(pts, raw.shape, rng)
+        cache.match(img, None)
+        cache.match(img, prepare_boxes(box, img.shape[:2]))
+    print(f"engine maps: {cache.misses} computed, {cache.hits} cached")
+    return {}
 
 
 def cmd_loo(a) -> dict:
@@ -191,7 +213,7 @@ def cmd_speed(a) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=("dev", "boxes", "loo", "speed"))
+    p.add_argument("cmd", choices=("maps", "dev", "boxes", "loo", "speed"))
     p.add_argument("--head", default="generalist-classic")
     p.add_argument("--head-dir", default="runs/loo")
     p.add_argument("--limit", type=int, default=None)
@@ -206,7 +228,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    res = {"dev": cmd_dev, "boxes": cmd_boxes, "loo": cmd_loo, "speed": cmd_speed}[a.cmd](a)
+    res = {"maps": cmd_maps, "dev": cmd_dev, "boxes": cmd_boxes, "loo": cmd_loo, "speed": cmd_speed}[a.cmd](a)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"machine": f"{os.uname().nodename}, {os.cpu_count()} CPUs, torch threads "

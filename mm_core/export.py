@@ -451,10 +451,11 @@ def write_counts(path, rows: Iterable[tuple[str, float]]) -> Path:
 
 
 def write_points(path, points) -> Path:
-    """Write detected object centres as CSV with header ``x,y`` (x = column, y = row)."""
+    """Write detected object centres as CSV with header ``x,y`` (x = column, y = row), plus
+    ``count`` (each centre's share of the count) when the points carry it."""
     df = pd.DataFrame(points)
     if not {"x", "y"} <= set(df.columns):
         raise InputError(f"points need the columns x and y, got {list(df.columns)}")
     out = _out_path(path)
-    df[["x", "y"]].astype(float).to_csv(out, index=False)
+    df[[c for c in ("x", "y", "count") if c in df.columns]].astype(float).to_csv(out, index=False)
     return out

@@ -50,11 +50,12 @@ class CountResult:
 
     count: float  #: sum of the density map
     density: np.ndarray  #: (H, W) float32, integrates to ``count``
-    points: pd.DataFrame  #: detected centres, columns ``x``, ``y`` (x = column)
+    points: pd.DataFrame  #: detected centres, columns ``x``, ``y`` (x = column), ``count`` (share of the count)
     image: np.ndarray
     maps: MatchMaps
     engine_note: str
     head_note: str = ""
+    count_note: str = ""  #: how the count was made and how the centres relate to it
 
 
 @dataclass
@@ -167,12 +168,17 @@ def count(image, boxes=None, engine: str | Engine = "auto",
 
     img, maps, learned, note, head_note = _match(image, boxes, engine, head, "count", progress)
     density, points = learned.predict(maps, img) if learned is not None else density_from_maps(maps, img)
-    pts = pd.DataFrame({"x": points[:, 1], "y": points[:, 0]}) if len(points) else pd.DataFrame({"x": [], "y": []})
-    if points.ndim == 2 and points.shape[1] == 3:  # a head that shares the count out among its centres
-        pts["count"] = points[:, 2] if len(points) else []
+    from mm_core.heads.counting import point_shares
+
+    points = np.asarray(points, float).reshape(-1, 2)
+    pts = pd.DataFrame({"x": points[:, 1], "y": points[:, 0], "count": point_shares(points, density)})
+    how = ("sum of the learned head's density map" if learned is not None else
+           "sum of the analytic density (per foreground component: max(centres, area / typical object area))")
     _tick(progress, 1.0, "done")
     return CountResult(count=float(density.sum()), density=density.astype(np.float32), points=pts,
-                       image=img, maps=maps, engine_note=note, head_note=head_note)
+                       image=img, maps=maps, engine_note=note, head_note=head_note,
+                       count_note=f"{how}; {len(pts)} centres, each carrying the density closest to it "
+                                  f"(column 'count'), the shares add up to the count")
 
 
 def track(frames: Sequence[np.ndarray] | np.ndarray, boxes=None, engine: str | Engine = "auto",

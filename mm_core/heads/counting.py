@@ -93,3 +93,34 @@ def density_from_maps(maps: MatchMaps, image: np.ndarray | None = None) -> tuple
     density = ndi.gaussian_filter(density, max(0.5, DENSITY_SIGMA_FRAC * maps.scale), mode="reflect")
     density *= total / max(float(density.sum()), 1e-12)
     return density.astype(np.float32), pts.astype(float)
+
+
+def point_shares(points: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """Share of the count carried by each centre: the density mass closest to it.
+
+    Every pixel's density goes to its nearest centre, so the shares add up to
+    ``density.sum()`` (the count) whenever there is a centre; a share near 2 or more
+    marks a clump the head found one centre in.
+
+    Parameters
+    ----------
+    points : ndarray, (N, 2)
+        ``(row, col)`` of each centre.
+    density : ndarray, (H, W)
+
+    Returns
+    -------
+    ndarray, (N,) float
+    """
+    pts = np.asarray(points, float).reshape(-1, 2)
+    if len(pts) == 0:
+        return np.zeros(0, float)
+    h, w = density.shape
+    r = np.clip(np.round(pts[:, 0]).astype(int), 0, h - 1)
+    c = np.clip(np.round(pts[:, 1]).astype(int), 0, w - 1)
+    seeds = np.zeros((h, w), np.int64)
+    seeds[r, c] = np.arange(1, len(pts) + 1)  # two centres on one pixel: the later one keeps it
+    _, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    owner = seeds[iy, ix]
+    share = np.bincount(owner.ravel(), weights=np.asarray(density, np.float64).ravel(), minlength=len(pts) + 1)
+    return share[1:]

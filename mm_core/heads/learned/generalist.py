@@ -13,7 +13,7 @@ median predicted size over the predicted foreground gives a better scale, and th
 head runs again there (up to ``scale_passes`` passes, stopping when the scale moves
 by less than 15 %). Instances come from the distance / boundary maps by
 marker-controlled watershed (:func:`mm_core.heads.learned.segmentation.instances_from_distance`);
-the count is the sum of the density, shared out among the instances' centres
+the count is the sum of the density; the instances' centroids are the centres
 (:class:`GeneralistCounter`).
 """
 
@@ -247,9 +247,10 @@ class GeneralistHead(LearnedHead):
 class GeneralistCounter:
     """Counting with a :class:`GeneralistHead`: the count is the sum of its density map.
 
-    The centres are the segmented objects' centroids; each centre carries the density
-    mass of the pixels closest to its object, so the centres' shares add up to the count
-    (a clump the head could not split shows as a centre with a share near 2 or more).
+    The centres are the segmented objects' centroids; the pipeline gives each centre
+    the density mass closest to it (:func:`mm_core.heads.counting.point_shares`), so the
+    centres' shares add up to the count (a clump the head could not split shows as a
+    centre with a share near 2 or more).
     """
 
     head_type = "counting"
@@ -262,25 +263,11 @@ class GeneralistCounter:
         return self.head.describe() + "; count = sum of its density map, shared among the object centres"
 
     def predict(self, maps: MatchMaps, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``density (H, W)`` (sums to the count) and centres ``(N, 3)``: row, col, share of the count."""
+        """``density (H, W)`` (sums to the count) and object centres ``(N, 2)`` (row, col)."""
         out = self.head.predict_maps(maps, image)
         labels = self.head.labels_from(out)
-        return out["density"], centre_shares(labels, out["density"])
-
-
-def centre_shares(labels: np.ndarray, density: np.ndarray) -> np.ndarray:
-    """``(N, 3)`` row, col, count share of each object: the density closest to it, summed.
-
-    The shares add up to ``density.sum()`` whenever there is at least one object.
-    """
-    n = int(labels.max())
-    if n == 0:
-        return np.zeros((0, 3), float)
-    ids = np.arange(1, n + 1)
-    cy, cx = (np.asarray(c, float) for c in zip(*ndi.center_of_mass(np.ones(labels.shape), labels, ids),
-                                                  strict=True))
-    _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
-    nearest = labels[iy, ix]
-    share = np.bincount(nearest.ravel(), weights=density.ravel().astype(np.float64), minlength=n + 1)[1:]
-    ok = np.isfinite(cy)
-    return np.stack([cy[ok], cx[ok], share[ok]], axis=1)
+        n = int(labels.max())
+        if n == 0:
+            return out["density"], np.zeros((0, 2), float)
+        cents = np.asarray(ndi.center_of_mass(np.ones(labels.shape), labels, np.arange(1, n + 1)), float)
+        return out["density"], cents.reshape(-1, 2)

@@ -14,7 +14,7 @@ threads, scaled to a 512x512 frame; on a shared machine the CPU figure is the fa
 Usage::
 
     python benchmarks/track_eval.py [--data ../shared/data/track/Fluo-N2DH-SIM+] [--seq 01]
-        [--frames N] [--engine classic] [--modes baseline,auto,exemplar,gt-link]
+        [--frames N] [--engine classic] [--modes baseline,auto,exemplar,gt-link] [--head analytic|PATH]
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def exemplar_box(gt0: np.ndarray) -> np.ndarray:
     return np.array([[p["bbox-1"][k], p["bbox-0"][k], p["bbox-3"][k], p["bbox-2"][k]]], np.float32)
 
 
-def run_mode(mode: str, frames, gts, engine: str):
+def run_mode(mode: str, frames, gts, engine: str, head=None):
     """Masks, tracks, wall seconds per frame and CPU seconds per frame (all threads)."""
     t0, c0 = time.perf_counter(), time.process_time()
     if mode == "baseline":
@@ -140,7 +140,8 @@ def run_mode(mode: str, frames, gts, engine: str):
         import mm_core
 
         boxes = exemplar_box(gts[0]) if mode == "exemplar" else None
-        res = mm_core.track(frames, boxes=boxes, engine=engine)
+        res = mm_core.track(frames, boxes=boxes, engine=engine, head=head)
+        print(f"{mode}: {res.head_note}", flush=True)
         masks, tracks = res.masks, res.tracks
     n = len(frames)
     return masks, tracks, (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
@@ -153,6 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="first N frames only")
     ap.add_argument("--engine", default="classic")
     ap.add_argument("--modes", default="baseline,auto,exemplar,gt-link")
+    ap.add_argument("--head", default=None, help="per-frame segmentation head for auto/exemplar "
+                    "('analytic', a checkpoint folder or registered name; default: the shipped default)")
     args = ap.parse_args(argv)
     if not (args.data / args.seq).is_dir():
         print(f"no data at {args.data / args.seq}")
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         gt_dir = gt_subset(args.data / f"{args.seq}_GT", len(frames), Path(tmp) / "gt")
         for mode in args.modes.split(","):
-            masks, tracks, spf, cpf = run_mode(mode, frames, gts, args.engine)
+            masks, tracks, spf, cpf = run_mode(mode, frames, gts, args.engine, args.head)
             res_dir = write_ctc(Path(tmp) / f"res_{mode}", masks, tracks)
             s = ctc_scores(gt_dir, res_dir)
             n_div = int((tracks.loc[tracks.parent > 0, "parent"].value_counts() >= 2).sum())

@@ -12,6 +12,7 @@ Subcommands::
     python benchmarks/generalist_eval.py boxes --head PATH [--out ...]   # exemplar robustness, DSB2018 test
     python benchmarks/generalist_eval.py loo   --head-dir runs/loo [--out ...]
     python benchmarks/generalist_eval.py speed --head PATH                # seconds per 512^2 image
+    python benchmarks/generalist_eval.py tables --out runs/eval           # README tables from the JSON files
 
 ``dev``: AP50 / AP per segmentation set, automatic and exemplar mode; VGG MAE / RMSE
 (count = sum of the density; the generalist's centres carry shares of that sum).
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from evaluate import DATA, count_exemplar, count_items, seg_exemplar, seg_items  # noqa: E402
+from evaluate import DATA, count_exemplar, count_items, seg_exemplar, seg_items
 
 SEG_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_contrast", "isbi2012_em_cells")
 #: leave-one-source-out: training source left out -> dev set of that kind
@@ -213,7 +214,7 @@ def cmd_speed(a) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=("maps", "dev", "boxes", "loo", "speed"))
+    p.add_argument("cmd", choices=("maps", "dev", "boxes", "loo", "speed", "tables"))
     p.add_argument("--head", default="generalist-classic")
     p.add_argument("--head-dir", default="runs/loo")
     p.add_argument("--limit", type=int, default=None)
@@ -225,6 +226,9 @@ def main(argv=None) -> int:
     if not DATA.is_dir():
         print(f"no dev data at {DATA}", file=sys.stderr)
         return 1
+    if a.cmd == "tables":  # markdown from the JSON files in --out (a folder)
+        print(tables(a.out))
+        return 0
     import torch
 
     torch.set_num_threads(a.threads)
@@ -238,3 +242,50 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def tables(folder: Path) -> str:
+    """Markdown tables from the JSON files ``dev/boxes/loo/speed.json`` in ``folder``."""
+    def load(name):
+        p = folder / f"{name}.json"
+        return json.loads(p.read_text())["results"] if p.is_file() else None
+
+    lines = []
+    dev = load("dev")
+    if dev:
+        lines += ["| data set | mode | analytic AP50 | learned AP50 | analytic AP | learned AP |", "|---|---|---|---|---|---|"]
+        for name in SEG_SETS:
+            for m in ("automatic", "exemplar"):
+                a, b = dev[name][f"{m}/analytic"], dev[name][f"{m}/learned"]
+                lines.append(f"| {name} (n={a['n']}) | {m} | {a['ap50']:.3f} | {b['ap50']:.3f} | {a['ap']:.3f} | {b['ap']:.3f} |")
+        v = dev["vgg_cells"]
+        lines += ["", "| data set | mode | analytic MAE | learned MAE | analytic RMSE | learned RMSE |", "|---|---|---|---|---|---|"]
+        for m in ("automatic", "exemplar"):
+            a, b = v[f"{m}/analytic"], v[f"{m}/learned"]
+            lines.append(f"| vgg_cells (n={a['n']}) | {m} | {a['mae']:.1f} | {b['mae']:.1f} | {a['rmse']:.1f} | {b['rmse']:.1f} |")
+        lines.append(f"\nLargest gap between the learned count and the sum of its centres' shares: "
+                     f"{v['max |sum of centre shares - count|']:.2g}.")
+    boxes = load("boxes")
+    if boxes:
+        lines += ["", "| dsb2018_stage1_test (65) | analytic AP50 | learned AP50 |", "|---|---|---|"]
+        a = boxes["automatic"]
+        lines.append(f"| automatic mode (no box) | {a['automatic/analytic']['ap50']:.3f} | {a['automatic/learned']['ap50']:.3f} |")
+        for kind in BOX_ERRORS:
+            r = boxes[kind]
+            lines.append(f"| box {kind} | {r['exemplar/analytic']['ap50']:.3f} | {r['exemplar/learned']['ap50']:.3f} |")
+    loo = load("loo")
+    if loo:
+        lines += ["", "| left out of training -> tested on | mode | analytic AP50 | learned AP50 | analytic AP | learned AP |",
+                  "|---|---|---|---|---|---|"]
+        for key, r in loo.items():
+            for m in ("automatic", "exemplar"):
+                a, b = r[f"{m}/analytic"], r[f"{m}/learned"]
+                lines.append(f"| {key} | {m} | {a['ap50']:.3f} | {b['ap50']:.3f} | {a['ap']:.3f} | {b['ap']:.3f} |")
+    speed = load("speed")
+    if speed:
+        lines += ["", "| 512 x 512 image | segment(), learned head | the learned head alone | segment(), analytic head |",
+                  "|---|---|---|---|"]
+        for name, r in speed.items():
+            lines.append(f"| {name} | {r['segment_learned_s']:.2f} s | {r['head_only_s']:.2f} s | "
+                         f"{r['segment_analytic_s']:.2f} s |")
+    return "\n".join(lines)

@@ -27,7 +27,7 @@ def split_by_dataset(samples: list, fraction: float, seed: int) -> tuple[list, l
             train += group
             continue
         idx = rng.permutation(len(group))
-        n_val = min(len(group) - 1, max(1, int(round(fraction * len(group)))))
+        n_val = min(len(group) - 1, max(1, round(fraction * len(group))))
         val += [group[i] for i in idx[:n_val]]
         train += [group[i] for i in idx[n_val:]]
     return train, val

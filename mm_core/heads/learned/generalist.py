@@ -175,7 +175,7 @@ class GeneralistHead(LearnedHead):
     def working_shape(self, inp: HeadInputs) -> tuple[float, tuple[int, int]]:
         f = working_factor(inp.scale, self.config["target_diameter"], hi=float(self.config["max_zoom"]))
         h, w = inp.shape
-        return f, (max(16, int(round(h * f))), max(16, int(round(w * f))))
+        return f, (max(16, round(h * f)), max(16, round(w * f)))
 
     def _probe(self, inp: HeadInputs, scale: float) -> float | None:
         """Object diameter (input pixels) the head reads in a central window at ``scale``."""

@@ -56,7 +56,7 @@ def _cache(folder):
     from mm_core.engines.classic import ClassicEngine
     from mm_core.train.cache import EngineCache
 
-    return EngineCache(ClassicEngine(), folder)
+    return EngineCache(ClassicEngine(), folder, features=False)
 
 
 def _img(raw):

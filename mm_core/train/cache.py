@@ -62,8 +62,9 @@ class EngineCache:
         do not matter.
     """
 
-    def __init__(self, engine, folder=DEFAULT_CACHE, version: str | None = None):
+    def __init__(self, engine, folder=DEFAULT_CACHE, version: str | None = None, features: bool = True):
         self.engine = engine
+        self.features = features  # False: cached maps are read without their (large) features
         self.folder = Path(folder) / engine.name if folder else None
         self.hits = 0
         self.misses = 0
@@ -78,7 +79,7 @@ class EngineCache:
         path = self.folder / f"{key}.npz"
         if path.is_file():
             try:
-                maps = load_maps(path)
+                maps = load_maps(path, features=self.features)
                 self.hits += 1
                 return maps
             except (OSError, ValueError, KeyError):
@@ -102,11 +103,12 @@ def save_maps(path: Path, maps: MatchMaps) -> None:
     tmp.replace(path)
 
 
-def load_maps(path: Path) -> MatchMaps:
-    """Read maps written by :func:`save_maps` (display maps and info are not kept)."""
+def load_maps(path: Path, features: bool = True) -> MatchMaps:
+    """Read maps written by :func:`save_maps` (display maps and info are not kept; features
+    only with ``features=True``)."""
     with np.load(path) as z:
         meta = json.loads(z["meta"].tobytes().decode())
-        feats = z["features"].astype(np.float32) if "features" in z.files else None
+        feats = z["features"].astype(np.float32) if features and "features" in z.files else None
         return MatchMaps(foreground=z["foreground"], centers=z["centers"], scale=meta["scale"],
                          image_shape=tuple(meta["image_shape"]), engine=meta["engine"], mode=meta["mode"],
                          conditioning=meta["conditioning"], features=feats, info={"cached": True})

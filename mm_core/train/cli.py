@@ -163,7 +163,7 @@ def _run_generalist(args, argv, samples) -> dict:
     from mm_core.train.generalist import generalist_task
 
     cache = EngineCache(ClassicEngine(), None if str(args.cache_dir).lower() == "none" else args.cache_dir,
-                        args.cache_version)
+                        args.cache_version, features=False)  # the generalist head reads no engine features
     head, step, validate, used = generalist_task(args, samples, cache, _settings(args.set))
     meta = {"name": args.name or Path(args.out).name,
             "train_command": "python -m mm_core.train " + " ".join(shlex.quote(a) for a in argv),

@@ -108,7 +108,7 @@ def _run_batch(args, task: str) -> int:
     engine = _engine(args.engine)
     from mm_core.heads.learned import select_head
 
-    _, head_note = select_head(args.head, task, engine.name)
+    _, head_note = select_head(args.head, task, engine.name, "exemplar" if (args.box or csv_boxes) else "automatic")
     print(f"head: {head_note}", file=sys.stderr)
     failures, seen, counts = 0, set(), []
     for path in tqdm(files, desc=task, unit="image", file=sys.stderr):
@@ -152,8 +152,9 @@ def _run_track(args) -> int:
         bar.n = min(100, int(round(100 * frac)))
         bar.set_postfix_str(desc)  # e.g. "frame 12/65"
 
-    res = pipelines.track(seq.frames, boxes=boxes, engine=engine, progress=progress)
+    res = pipelines.track(seq.frames, boxes=boxes, engine=engine, progress=progress, head=args.head)
     bar.close()
+    print(f"head: {res.head_note}", file=sys.stderr)
     export.write_ctc(out, res.masks, res.tracks)
     export.write_tracks_csv(out / "tracks.csv", res.masks, res.tracks)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(with_head(sub.add_parser("segment", help="instance segmentation: <base>.tif labels + <base>.csv measurements")), "segment")
     common(with_head(sub.add_parser("count", help="counting: counts.csv, <base>_density.tif, <base>_points.csv")),
            "count")
-    common(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, tracks.csv"), "track")
+    common(with_head(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, tracks.csv")), "track")
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")

@@ -244,6 +244,24 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
+def verdict(dev: dict) -> list[str]:
+    """The default rule of issue 11, per mode: beats the analytic head on >= 3 of the 4 dev
+    segmentation sets in AP50 and AP, loses nowhere by more than 0.05 AP50; counting: lower VGG MAE."""
+    out = []
+    for m in ("automatic", "exemplar"):
+        wins = [n for n in SEG_SETS if dev[n][f"{m}/learned"]["ap50"] > dev[n][f"{m}/analytic"]["ap50"]
+                and dev[n][f"{m}/learned"]["ap"] > dev[n][f"{m}/analytic"]["ap"]]
+        worst = min(dev[n][f"{m}/learned"]["ap50"] - dev[n][f"{m}/analytic"]["ap50"] for n in SEG_SETS)
+        seg_ok = len(wins) >= 3 and worst >= -0.05
+        v = dev["vgg_cells"]
+        cnt_ok = v[f"{m}/learned"]["mae"] < v[f"{m}/analytic"]["mae"]
+        out.append(f"- {m} mode: segmentation {'PASSES' if seg_ok else 'fails'} (beats analytic in AP50 and AP on "
+                   f"{len(wins)} of 4 sets, worst AP50 difference {worst:+.3f}); counting "
+                   f"{'PASSES' if cnt_ok else 'fails'} (VGG MAE {v[f'{m}/learned']['mae']:.1f} vs "
+                   f"{v[f'{m}/analytic']['mae']:.1f})")
+    return out
+
+
 def tables(folder: Path) -> str:
     """Markdown tables from the JSON files ``dev/boxes/loo/speed.json`` in ``folder``."""
     def load(name):
@@ -265,6 +283,7 @@ def tables(folder: Path) -> str:
             lines.append(f"| vgg_cells (n={a['n']}) | {m} | {a['mae']:.1f} | {b['mae']:.1f} | {a['rmse']:.1f} | {b['rmse']:.1f} |")
         lines.append(f"\nLargest gap between the learned count and the sum of its centres' shares: "
                      f"{v['max |sum of centre shares - count|']:.2g}.")
+        lines += ["", *verdict(dev)]
     boxes = load("boxes")
     if boxes:
         lines += ["", "| dsb2018_stage1_test (65) | analytic AP50 | learned AP50 |", "|---|---|---|"]

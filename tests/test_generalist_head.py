@@ -65,11 +65,26 @@ def test_point_shares_add_up_to_the_count():
     assert point_shares(np.zeros((0, 2)), dens).shape == (0,)
 
 
-def test_size_loop_follows_the_predicted_size(monkeypatch):
-    head = GeneralistHead("classic", **TINY, scale_passes=3, scale_range=100.0)
+def test_size_search_keeps_the_scale_where_objects_come_out_at_the_working_size(monkeypatch):
+    head = GeneralistHead("classic", **TINY, scale_passes=7, scale_range=3.0)
+    img = (_disks() > 0).astype(np.float32)
+    inp = head.inputs(_maps(img, scale=10.0), img)
+    true = {"d": 17.0}
+    monkeypatch.setattr(head, "_probe", lambda inp, t: true["d"])  # objects read at their true size
+    s, trials = head.estimate_scale(inp)
+    assert len(trials) == 7 and trials[0] == pytest.approx(10 / 3) and trials[-1] == pytest.approx(30.0)
+    assert s == pytest.approx(17.0, rel=1e-6)
+    true["d"] = 60.0  # beyond the trials: the size read at the closest trial
+    assert head.estimate_scale(inp)[0] == pytest.approx(60.0)
+    monkeypatch.setattr(head, "_probe", lambda inp, t: None)  # nothing found: the engine's scale
+    assert head.estimate_scale(inp)[0] == pytest.approx(10.0)
+
+
+def test_probe_reads_sizes_per_object_and_in_input_pixels(monkeypatch):
+    head = GeneralistHead("classic", **TINY)
     img = (_disks() > 0).astype(np.float32)
 
-    def fake(base, feats=None):  # everything is object, and objects look twice the target size
+    def fake(base, feats=None):  # everything is object, twice the working size
         out = torch.zeros(base.shape[0], 5, *base.shape[-2:])
         out[:, 0] = 5.0
         out[:, 3] = float(np.log(2.0))
@@ -77,17 +92,8 @@ def test_size_loop_follows_the_predicted_size(monkeypatch):
 
     monkeypatch.setattr(head, "forward", fake)
     inp = head.inputs(_maps(img, scale=8.0), img)
-    s, tried = head.estimate_scale(inp)
-    assert tried == pytest.approx([8.0, 16.0, 32.0])
-    assert s == pytest.approx(64.0)
-    # within the allowed range only
-    head.config["scale_range"] = 3.0
-    s, _ = head.estimate_scale(head.inputs(_maps(img, scale=8.0), img))
-    assert s == pytest.approx(24.0)
-    # the zoom is capped (max_zoom 3): sizes are read in input pixels whatever the zoom
-    head.config["scale_range"] = 100.0
-    s, tried = head.estimate_scale(head.inputs(_maps(img, scale=4.0), img))
-    assert tried[1] == pytest.approx(16.0 * 2 / 3)
+    assert head._probe(inp, 8.0) == pytest.approx(16.0)  # zoom 2: 32 working px = 16 input px
+    assert head._probe(inp, 4.0) == pytest.approx(16.0 * 2 / 3)  # zoom capped at 3
 
 
 def test_generalist_predicts_counts_and_round_trips(tmp_path):

@@ -8,10 +8,10 @@ the log of the object size relative to ``target_diameter`` and a density of obje
 centres.
 
 The object scale is the crux on unseen kinds of image, so the head measures it
-itself, as Cellpose's size model does: a first pass at the engine's scale, then the
-median predicted size over the predicted foreground gives a better scale, and the
-head runs again there (up to ``scale_passes`` passes, stopping when the scale moves
-by less than 15 %). Instances come from the distance / boundary maps by
+itself, as Cellpose's size model does: it runs on a central window at a few trial
+scales around the engine's and keeps the scale at which its objects come out at the
+working diameter (:meth:`GeneralistHead.estimate_scale`), then runs on the whole image
+there. Instances come from the distance / boundary maps by
 marker-controlled watershed (:func:`mm_core.heads.learned.segmentation.instances_from_distance`);
 the count is the sum of the density; the instances' centroids are the centres
 (:class:`GeneralistCounter`).
@@ -118,17 +118,17 @@ class GeneralistHead(LearnedHead):
 
     ``config``: ``base``/``levels`` (U-Net width and depth), ``target_diameter``,
     ``tile``/``tile_overlap``, ``fg_threshold``/``seed_threshold`` (watershed),
-    ``scale_passes`` (passes of the size loop), ``scale_range`` (how far the size loop
-    may move from the engine's scale, as a factor), ``probe_side`` (the size loop looks at
-    a central window of at most this many working-grid pixels a side), ``max_zoom``
+    ``scale_passes`` (trial scales of the size search), ``scale_range`` (the trials span
+    this factor either side of the engine's scale), ``probe_side`` (the size search looks
+    at a central window of at most this many working-grid pixels a side), ``max_zoom``
     (largest upsampling of the input).
     """
 
     head_type = "generalist"
     n_outputs = len(OUTPUTS)
-    defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 16.0, "tile": 512, "tile_overlap": 32,
+    defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 16.0, "tile": 1024, "tile_overlap": 32,
                                 "size_multiple": 16, "fg_threshold": 0.5, "seed_threshold": 0.1,
-                                "scale_passes": 3, "scale_range": 4.0, "probe_side": 256,
+                                "scale_passes": 7, "scale_range": 3.0, "probe_side": 256,
                                 "max_zoom": 3.0}
 
     def __init__(self, engine: str = "classic", n_features: int = 0, **config):
@@ -178,7 +178,11 @@ class GeneralistHead(LearnedHead):
         return f, (max(16, round(h * f)), max(16, round(w * f)))
 
     def _probe(self, inp: HeadInputs, scale: float) -> float | None:
-        """Object diameter (input pixels) the head reads in a central window at ``scale``."""
+        """Object diameter (input pixels) the head reads in a central window at ``scale``.
+
+        The per-pixel log sizes over the predicted foreground are weighted by the inverse
+        object area they imply, so the median is one of objects, not of pixels.
+        """
         probe = HeadInputs(base=inp.base, features=None, scale=scale, engine=inp.engine)
         f, _ = self.working_shape(probe)
         side = int(np.ceil(self.config["probe_side"] / f))
@@ -189,28 +193,43 @@ class GeneralistHead(LearnedHead):
         sel = raw[0] > 0.0  # foreground probability > 0.5
         if sel.sum() < 16:
             return None
-        return float(self.config["target_diameter"] * np.exp(np.median(raw[3][sel])) / f)
+        logs = raw[3][sel]
+        wts = np.exp(-2.0 * logs)
+        order = np.argsort(logs)
+        cum = np.cumsum(wts[order])
+        med = logs[order][int(np.searchsorted(cum, 0.5 * cum[-1]))]
+        return float(self.config["target_diameter"] * np.exp(med) / f)
 
     def estimate_scale(self, inp: HeadInputs) -> tuple[float, list[float]]:
-        """The size loop: ``(object diameter in input pixels, scales tried)``.
+        """Object diameter in input pixels, and the trial scales: ``(scale, scales tried)``.
 
-        Starts at the engine's scale; each pass reads the predicted object size in a
-        central window and moves there, until it moves by less than 15 %.
+        As Cellpose's size model does: the head runs on a central window at
+        ``scale_passes`` trial scales spread geometrically over ``1/scale_range`` to
+        ``scale_range`` times the engine's scale, and the scale kept is the one at which
+        its objects come out at the working diameter (where the ratio of read size to
+        trial scale crosses 1, interpolated in log scale; else the trial closest to it).
         """
         s0 = inp.scale if np.isfinite(inp.scale) and inp.scale > 0 else self.config["target_diameter"]
-        lo, hi = s0 / self.config["scale_range"], s0 * self.config["scale_range"]
-        s, tried = s0, []
-        for _ in range(max(0, int(self.config["scale_passes"]))):
-            tried.append(s)
-            new = self._probe(inp, s)
-            if new is None:
-                break
-            new = float(np.clip(new, lo, hi))
-            moved = abs(np.log(new / s))
-            s = new
-            if moved < np.log(1.15):
-                break
-        return s, tried
+        n = max(1, int(self.config["scale_passes"]))
+        r = float(self.config["scale_range"])
+        trials = list(s0 * np.geomspace(1 / r, r, n)) if n > 1 else [s0]
+        logr = []
+        for t in trials:
+            got = self._probe(inp, t)
+            logr.append(np.nan if got is None else float(np.log(got / t)))
+        logr = np.asarray(logr)
+        ok = np.isfinite(logr)
+        if not ok.any():
+            return s0, trials
+        lt = np.log(np.asarray(trials))
+        # crossings from "objects bigger than the working size" to "smaller"
+        cross = [k for k in range(n - 1) if ok[k] and ok[k + 1] and logr[k] >= 0 > logr[k + 1]]
+        if cross:
+            k = min(cross, key=lambda k: abs(lt[k] - np.log(s0)))
+            a = logr[k] / (logr[k] - logr[k + 1])
+            return float(np.exp(lt[k] + a * (lt[k + 1] - lt[k]))), trials
+        k = int(np.nanargmin(np.where(ok, np.abs(logr), np.nan)))
+        return float(trials[k] * np.exp(logr[k])), trials
 
     def predict_maps(self, maps: MatchMaps, image: np.ndarray) -> dict:
         """Output maps at input resolution (probabilities, density summing to the count) and the scale."""
@@ -221,14 +240,30 @@ class GeneralistHead(LearnedHead):
         prob = 1.0 / (1.0 + np.exp(-raw[:3]))
         full = to_input_size(prob, inp.shape)
         dens = to_input_size(np.maximum(raw[4:5], 0.0) / DENSITY_SCALE, inp.shape, keep_sum=True)[0]
+        seeds = None
+        if f < 1.0:  # objects were shrunk: find the seeds on the (smaller) working grid
+            seeds = self._seeds(prob, inp.shape)
         return {"foreground": full[0], "distance": full[1], "boundary": full[2], "density": dens,
-                "scale": s, "zoom": f, "scales_tried": tried}
+                "scale": s, "zoom": f, "scales_tried": tried, "seeds": seeds}
+
+    def _seeds(self, prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Watershed seeds (h-maxima of the damped distance) on the working grid, at input size."""
+        from skimage.morphology import h_maxima
+
+        from mm_core.transforms import resize_map
+
+        mask = prob[0] > self.config["fg_threshold"]
+        relief = np.where(mask, prob[1] * (1.0 - prob[2]), 0.0)
+        sigma = max(0.5, self.config["target_diameter"] / 16)
+        seeds = (h_maxima(ndi.gaussian_filter(relief, sigma), self.config["seed_threshold"]) > 0) & mask
+        return resize_map(seeds.astype(np.float32), shape, order=0) > 0.5
 
     def labels_from(self, out: dict) -> np.ndarray:
         """Instances from :meth:`predict_maps`'s output."""
         diameter = self.config["target_diameter"] / out["zoom"]
         return instances_from_distance(out["foreground"], out["distance"], out["boundary"], diameter,
-                                       self.config["fg_threshold"], self.config["seed_threshold"])
+                                       self.config["fg_threshold"], self.config["seed_threshold"],
+                                       seeds=out.get("seeds"))
 
     def predict(self, maps: MatchMaps, image: np.ndarray) -> np.ndarray:
         """Instance labels ``(H, W)`` int32 at input resolution."""

@@ -109,11 +109,13 @@ def seg_targets(labels: np.ndarray) -> np.ndarray:
 
 
 def instances_from_distance(fg: np.ndarray, dist: np.ndarray, boundary: np.ndarray, diameter: float,
-                            fg_threshold: float = 0.5, seed_threshold: float = 0.5) -> np.ndarray:
+                            fg_threshold: float = 0.5, seed_threshold: float = 0.5,
+                            seeds: np.ndarray | None = None) -> np.ndarray:
     """Labels from predicted foreground, distance and boundary maps.
 
     Seeds are the h-maxima (height ``seed_threshold``) of the distance damped by the
-    boundary probability; regions grow over its negative inside the foreground. Hole filling, the
+    boundary probability (or the boolean ``seeds`` given, e.g. found on a coarser grid);
+    regions grow over its negative inside the foreground. Hole filling, the
     small-fragment rule and relabelling are the analytic head's
     (:mod:`mm_core.heads.segmentation`), so both heads clean up masks the same way.
     """
@@ -128,7 +130,8 @@ def instances_from_distance(fg: np.ndarray, dist: np.ndarray, boundary: np.ndarr
     # seeds: regional maxima of the distance (h-maxima, robust to an under-confident distance map)
     # away from predicted boundaries; ``seed_threshold`` is the height h in units of the distance
     relief = np.where(mask, dist * (1.0 - boundary), 0.0)
-    seeds = h_maxima(ndi.gaussian_filter(relief, max(0.5, diameter / 16)), seed_threshold) > 0
+    if seeds is None:
+        seeds = h_maxima(ndi.gaussian_filter(relief, max(0.5, diameter / 16)), seed_threshold) > 0
     markers, n = ndi.label(seeds & mask)
     # foreground components without a seed still become one object each
     comp, _ = ndi.label(mask)

@@ -121,9 +121,13 @@ def cmd_dev(a) -> dict:
     head, cache = _heads(a.head), _cache(a.cache_dir)
     out = {}
     for name in SEG_SETS:
+        if a.sets and name not in a.sets:
+            continue
         t = time.perf_counter()
         out[name] = seg_scores(name, head, cache, a.limit)
         print(name, f"{time.perf_counter() - t:.0f} s", json.dumps(out[name]), flush=True)
+    if a.sets and "vgg_cells" not in a.sets:
+        return out
     t = time.perf_counter()
     out["vgg_cells"] = count_scores(head, cache, a.limit)
     print("vgg_cells", f"{time.perf_counter() - t:.0f} s", json.dumps(out["vgg_cells"]), flush=True)
@@ -218,6 +222,7 @@ def main(argv=None) -> int:
     p.add_argument("--head", default="generalist-classic")
     p.add_argument("--head-dir", default="runs/loo")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--sets", nargs="*", default=None, help="dev: only these data sets (JSON files can be merged)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cache-dir", default=".cache/dev_maps", help="engine maps of the dev images (measurement only)")
     p.add_argument("--threads", type=int, default=2)
@@ -265,8 +270,10 @@ def verdict(dev: dict) -> list[str]:
 def tables(folder: Path) -> str:
     """Markdown tables from the JSON files ``dev/boxes/loo/speed.json`` in ``folder``."""
     def load(name):
-        p = folder / f"{name}.json"
-        return json.loads(p.read_text())["results"] if p.is_file() else None
+        res = {}
+        for p in sorted(folder.glob(f"{name}*.json")):  # dev.json, dev_part2.json, ...
+            res.update(json.loads(p.read_text())["results"])
+        return res or None
 
     lines = []
     dev = load("dev")

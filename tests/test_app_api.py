@@ -8,7 +8,6 @@ request folders are private.
 from __future__ import annotations
 
 import json
-import socket
 import stat
 import urllib.request
 from pathlib import Path
@@ -18,15 +17,10 @@ import pytest
 import tifffile
 
 gradio_client = pytest.importorskip("gradio_client")
+from conftest import free_port
 from gradio_client import Client, handle_file
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def server(tmp_path_factory):
     lifecycle.STORE.idle_s = 600.0
     demo = ui.build_app()
     demo.queue(default_concurrency_limit=2)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_api=False,
                 allowed_paths=[str(root / "requests")], quiet=True)
     lifecycle.STORE.start_timer(0.1)

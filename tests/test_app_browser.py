@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 import tifffile
+from conftest import free_port
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -66,16 +66,10 @@ def _ensure_chromium() -> Path:
     return CHROMIUM
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``python app.py`` on a free loopback port; yields the URL."""
-    port = _free_port()
+    port = free_port()
     out_root = tmp_path_factory.mktemp("app_out")
     log_path = tmp_path_factory.mktemp("app_log") / "app.log"
     env = dict(

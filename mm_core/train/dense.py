@@ -36,6 +36,21 @@ class Item:
     points: np.ndarray | None = None  # (N, 2) row, col (counting)
 
 
+def square_region(shape: tuple[int, int], side: float, rng=None) -> tuple[float, float, float, float]:
+    """A ``side``-wide square ``(y0, x0, y1, x1)`` in an image of ``shape``: centred, or at a random place.
+
+    With ``rng`` the square's corner is uniform over the positions that keep it inside the
+    image (or, for a square larger than the image, that keep the image inside it).
+    """
+    h, w = shape
+    if rng is None:
+        y0, x0 = (h - side) / 2, (w - side) / 2
+    else:
+        y0 = rng.uniform(min(0.0, h - side), max(0.0, h - side))
+        x0 = rng.uniform(min(0.0, w - side), max(0.0, w - side))
+    return (y0, x0, y0 + side, x0 + side)
+
+
 def exemplar_box(labels: np.ndarray | None, points: np.ndarray | None, scale: float,
                  rng: np.random.Generator) -> np.ndarray | None:
     """One ground-truth object's box ``(1, 4)`` (x0, y0, x1, y1), picked with ``rng``."""
@@ -91,12 +106,8 @@ def crop(item: Item, head_cfg: dict, size: int, rng: np.random.Generator | None,
         f *= float(np.exp(rng.uniform(-np.log(jitter), np.log(jitter))))
     side = size / f  # crop side in input pixels
     h, w = inp.shape
-    if rng is None:
-        y0, x0 = (h - side) / 2, (w - side) / 2
-    else:
-        y0 = rng.uniform(min(0.0, h - side), max(0.0, h - side))
-        x0 = rng.uniform(min(0.0, w - side), max(0.0, w - side))
-    region = (y0, x0, y0 + side, x0 + side)
+    region = square_region((h, w), side, rng)
+    y0, x0 = region[:2]
     base, feats = sample_inputs(inp, region, (size, size))
     if task == "segment":
         lab = sample_region(item.labels[None].astype(np.float32), region, (size, size), inp.shape, mode="nearest")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from mm_core.data import Sample, load_image, load_labels
 from mm_core.heads.learned.generalist import head_inputs, object_diameter, targets
 from mm_core.heads.learned.inputs import sample_region
+from mm_core.train.dense import square_region
 
 
 @dataclass
@@ -149,12 +150,7 @@ def crop(item: GItem, size: int, target_diameter: float, rng: np.random.Generato
         f *= float(np.exp(rng.uniform(-np.log(j), np.log(j))))
     side = size / f
     h, w = item.labels.shape
-    if rng is None:
-        y0, x0 = (h - side) / 2, (w - side) / 2
-    else:
-        y0 = rng.uniform(min(0.0, h - side), max(0.0, h - side))
-        x0 = rng.uniform(min(0.0, w - side), max(0.0, w - side))
-    region = (y0, x0, y0 + side, x0 + side)
+    region = square_region((h, w), side, rng)
     base = sample_region(item.base.astype(np.float32), region, (size, size), (h, w))
     lab = sample_region(item.labels[None].astype(np.float32), region, (size, size), (h, w), mode="nearest")
     lab_np = lab[0].numpy().astype(np.int64)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_core.errors import InputError, InputWarning, MMError
+from mm_core.errors import InputWarning, MMError
 from mm_core.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
@@ -114,10 +114,12 @@ def _bar(s: Settings, item: Item):
     return progress
 
 
-def _check_boxes(item: Item, what: str) -> None:
-    if item.boxes:
-        raise InputError(f"{Path(item.path).name} is {what}, processed in tiles; exemplar boxes are not "
-                         "supported on tiled images yet (run it without boxes, or crop it)")
+def _tiled_boxes(item: Item, shape: tuple[int, int]) -> np.ndarray | None:
+    """The item's exemplar boxes, validated against the whole image (None: automatic mode)."""
+    from mm_core.io.limits import Limits
+    from mm_core.transforms import prepare_boxes
+
+    return prepare_boxes(item.boxes, shape, max_boxes=Limits.resolve().max_boxes) if item.boxes else None
 
 
 def _save(result, out: Path, base: str, intensity) -> None:
@@ -149,9 +151,9 @@ def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
 
     tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
     with open_lazy(item.path, s.channels) as img:
-        _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
+        boxes = _tiled_boxes(item, img.shape)
         lab = create_ome_zarr(_partial(zpath), img)
-        summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item))
+        summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item), boxes)
         write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
         object_table(lab).to_csv(_partial(tab), index=False)
     for p in (tif, zpath, tab):
@@ -169,9 +171,9 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
     scratch = out / f".{item.base}_density.zarr.partial"
     try:
         with open_lazy(item.path, s.channels) as img:
-            _check_boxes(item, f"{img.shape[1]}x{img.shape[0]} pixels")
+            boxes = _tiled_boxes(item, img.shape)
             dens = create_zarr_array(scratch, img.shape, np.float32)
-            summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item))
+            summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item), boxes)
             write_bigtiff(_partial(dens_p), dens, np.float32)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -195,16 +197,17 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
     if not needs_tiling(data.shape, s.tile):
         res = getattr(m, s.task)(data, boxes=item.boxes)
     else:
-        _check_boxes(item, f"{data.shape[1]}x{data.shape[0]} pixels")
+        boxes = _tiled_boxes(item, data.shape[:2])
         img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
         notes = dict(engine_note=m.engine_note, head_note=model.head_note)
         if s.task == "segment":
             labels = np.zeros(data.shape[:2], np.uint32)
-            segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item))
+            segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item), boxes)
             res = SegmentationResult(labels=labels, image=data, maps=None, **notes)
         else:
             density = np.zeros(data.shape[:2], np.float32)
-            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item))
+            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item),
+                                  boxes)
             res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
                               maps=None, **notes)
     _save(res, out, item.base, data)

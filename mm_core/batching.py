@@ -45,6 +45,8 @@ PLUGIN_NAME = "mm_core-model"
 TASKS = ("segment", "count")
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT = 10
+#: Seconds to wait for a finished image's manifest row (a few hundred bytes) from its worker.
+RESULT_TIMEOUT = 60
 
 
 # --------------------------------------------------------------------------- manifest
@@ -145,11 +147,18 @@ def _on_worker(item: Item, settings: Settings) -> dict:
     return process(model, item, settings)
 
 
+#: Dask settings of the batch: a task whose worker dies is retried once on another worker, then
+#: recorded as failed; a worker holds one task at a time (worker-saturation 1), so a worker that
+#: dies takes no queued image down with it; workers may start processes (the LDM engine's loaders).
+CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0,
+                  "distributed.worker.daemon": False}
+
+
 def _client(workers: int, scheduler: str | None):
     import dask
     from distributed import Client, LocalCluster
 
-    dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False})
+    dask.config.set(CLUSTER_CONFIG)
     if scheduler:
         try:
             return Client(scheduler, timeout=f"{CONNECT_TIMEOUT}s"), None
@@ -175,20 +184,39 @@ def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: s
         client.register_plugin(ModelPlugin(settings), name=PLUGIN_NAME)
         futures = {client.submit(_on_worker, it, settings, key=f"mm-{i}-{it.base}", pure=False): it
                    for i, it in enumerate(items)}
-        for fut in as_completed(futures):
-            it = futures[fut]
-            if fut.status == "finished":
-                yield fut.result()
+        done = as_completed(futures)
+        rerun = set()
+        for fut in done:
+            it = futures.pop(fut)
+            row = _row_of(fut, it)
+            if row is None and it.base not in rerun:  # finished, but its result died with a worker
+                rerun.add(it.base)
+                again = client.submit(_on_worker, it, settings, key=f"mm-again-{it.base}", pure=False)
+                futures[again] = it
+                done.add(again)
             else:
-                exc = fut.exception()
-                msg = f"the worker running it died or failed ({type(exc).__name__}: {exc})"
-                yield {"image": it.path, "output": it.base, "status": "failed", "value": float("nan"),
-                       "seconds": 0.0, "message": msg}
+                yield row or _failed(it, "the worker holding its result died twice")
             fut.release()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _failed(it: Item, msg: str) -> dict:
+    return {"image": it.path, "output": it.base, "status": "failed", "value": float("nan"),
+            "seconds": 0.0, "message": msg}
+
+
+def _row_of(fut, it: Item) -> dict | None:
+    """The manifest row of a completed future; None when its result was lost with its worker."""
+    if fut.status == "error":
+        exc = fut.exception()
+        return _failed(it, f"the worker running it died or failed ({type(exc).__name__}: {exc})")
+    try:
+        return fut.result(timeout=RESULT_TIMEOUT) if fut.status == "finished" else None
+    except Exception:  # noqa: BLE001 - lost between completion and fetch
+        return None
 
 
 def _local_rows(items: list[Item], settings: Settings, verbose: bool = False):

@@ -10,14 +10,18 @@ a border is one object); density tiles are cut to their cores, so nothing is cou
 twice. Results go straight into a writable array (numpy or zarr), so only a few
 tiles are ever in memory.
 
-The tiles are engine-agnostic: the weight-free and the LDM engine are called the same
-way (``tile_fn(image, diameter) -> result``), exemplar boxes are not supported on tiled images.
-The overlap is chosen from the object scale measured on a probe tile at the image
-centre (:func:`auto_overlap`) unless given.
+Every tile is matched alike (:class:`TileRunner`): the weight-free engine measures
+what matching needs (grey projection, polarity, object scale, its pixel classifier,
+exemplar templates, centre-evidence normalisation) once, on a :data:`FIT_SIDE` window at the
+image centre or around the exemplar boxes (:func:`probe_window`), and applies it to
+every tile, so a tiled result agrees with the untiled one; the LDM engine matches
+each tile on its own (automatic mode only). The overlap is chosen from the object
+scale measured on that window (:func:`auto_overlap`) unless given.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,12 +29,16 @@ import numpy as np
 import pandas as pd
 
 from mm_core.engines import Engine
+from mm_core.errors import InputError, InputWarning
 from mm_core.io.lazy import LazyImage
 from mm_core.tiling import LabelStitcher, Tile, tile_grid
 from mm_core.transforms import DEFAULT_PERCENTILES
 
 #: Default tile side in pixels: images larger than this on a side are tiled.
 DEFAULT_TILE = 2048
+#: Side of the window (pixels) matching is fitted on for a tiled image (:func:`probe_window`),
+#: whatever the tile size: an image up to this size is fitted whole, as when untiled.
+FIT_SIDE = 2048
 #: Overlap bounds (pixels) and object diameters of overlap chosen by :func:`auto_overlap`.
 MIN_OVERLAP, OVERLAP_DIAMETERS = 128, 3.0
 
@@ -44,7 +52,8 @@ class TiledSummary:
     shape: tuple[int, int]
     tiles: int
     overlap: int
-    scale: float  #: object diameter measured on the probe tile
+    scale: float  #: object diameter measured on the probe window
+    n_boxes: int = 0  #: exemplar boxes used (0: automatic mode)
     n_objects: int = 0
     count: float = 0.0
     points: pd.DataFrame | None = None
@@ -87,14 +96,28 @@ def is_blank(tile_img: np.ndarray) -> bool:
     return float(np.ptp(tile_img)) <= 1e-6
 
 
-def probe_scale(
-    img: LazyImage, norm: Normaliser, scale_fn: Callable[[np.ndarray], float], tile: int
-) -> float:
-    """Object diameter measured on the tile at the image centre (0 when it is blank)."""
-    h, w = img.shape
-    y0, x0 = max(0, (h - tile) // 2), max(0, (w - tile) // 2)
-    probe = norm(img.read(y0, min(h, y0 + tile), x0, min(w, x0 + tile)))
-    return float(scale_fn(probe)) if not is_blank(probe) else 0.0
+def probe_window(shape: tuple[int, int], tile: int = FIT_SIDE,
+                 boxes: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the ``tile``-sided window matching is fitted on.
+
+    Centred on the image, or on the middle of the exemplar boxes when there are any.
+    """
+    h, w = shape
+    cy, cx = h / 2, w / 2
+    if boxes is not None and len(boxes):
+        b = np.asarray(boxes, float)
+        cy, cx = float(np.median((b[:, 1] + b[:, 3]) / 2)), float(np.median((b[:, 0] + b[:, 2]) / 2))
+    y0 = int(np.clip(round(cy - tile / 2), 0, max(0, h - tile)))
+    x0 = int(np.clip(round(cx - tile / 2), 0, max(0, w - tile)))
+    return y0, min(h, y0 + tile), x0, min(w, x0 + tile)
+
+
+def boxes_in_window(boxes: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The boxes lying wholly inside ``window``, in its coordinates."""
+    y0, y1, x0, x1 = window
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    inside = (b[:, 0] >= x0) & (b[:, 2] <= x1) & (b[:, 1] >= y0) & (b[:, 3] <= y1)
+    return b[inside] - np.array([x0, y0, x0, y0], np.float32)
 
 
 def auto_overlap(scale: float, tile: int) -> int:
@@ -102,10 +125,20 @@ def auto_overlap(scale: float, tile: int) -> int:
     return int(np.clip(np.ceil(OVERLAP_DIAMETERS * scale), MIN_OVERLAP, tile // 2))
 
 
-def _grid(img, norm, scale_fn, tile, overlap) -> tuple[list[Tile], int, float]:
-    scale = probe_scale(img, norm, scale_fn, tile)
+def _grid(img, norm, runner, tile, overlap, boxes) -> tuple[list[Tile], int, float, int]:
+    window = probe_window(img.shape, FIT_SIDE if runner.fits else tile, boxes)
+    inside = boxes_in_window(boxes, window) if boxes is not None and len(boxes) else None
+    if boxes is not None and len(boxes) and not len(inside):
+        raise InputError(f"the exemplar boxes are spread over more than {FIT_SIDE} pixels; draw them "
+                         f"within one {FIT_SIDE} x {FIT_SIDE} region of the image")
+    if inside is not None and len(inside) < len(boxes):
+        warnings.warn(f"{len(boxes) - len(inside)} of {len(boxes)} exemplar boxes lie outside the "
+                      f"{FIT_SIDE} x {FIT_SIDE} region around their middle and were not used", InputWarning,
+                      stacklevel=3)
+    probe = norm(img.read(*window))
+    scale = 0.0 if is_blank(probe) else float(runner.prepare(probe, inside))
     overlap = auto_overlap(scale, tile) if overlap is None else int(overlap)
-    return tile_grid(img.shape, tile, overlap), overlap, scale
+    return tile_grid(img.shape, tile, overlap), overlap, scale, 0 if inside is None else len(inside)
 
 
 def _tick(progress, i, n, what):
@@ -116,10 +149,11 @@ def _tick(progress, i, n, what):
 def segment_tiled(
     img: LazyImage,
     out,
-    tile_fn: Callable[[np.ndarray], tuple[np.ndarray, float]],
+    runner: TileRunner,
     tile: int = DEFAULT_TILE,
     overlap: int | None = None,
     progress: ProgressFn | None = None,
+    boxes: np.ndarray | None = None,
 ) -> TiledSummary:
     """Instance labels of a whole image, tile by tile, written into ``out``.
 
@@ -129,16 +163,18 @@ def segment_tiled(
         The image (read one tile at a time).
     out : array-like, (H, W), uint32
         Zero-filled writable array (numpy, or zarr for images that do not fit memory).
-    tile_fn : callable
-        ``tile_fn(normalised_tile, diameter) -> (labels, scale)`` (see :func:`engine_tile_fns`);
-        called first on the centre tile with ``diameter=None`` to measure the object
-        scale, then on every tile with that diameter.
+    runner : TileRunner
+        Engine and head (:func:`tile_fn`): prepared once on a tile-sized window
+        (:func:`probe_window`), then run on every tile.
     tile : int
         Tile side in pixels.
     overlap : int, optional
         Tile overlap in pixels; default from the object scale (:func:`auto_overlap`).
     progress : callable, optional
         ``progress(fraction, description)``.
+    boxes : ndarray, (N, 4), optional
+        Exemplar boxes ``x0, y0, x1, y1`` in image pixels; those inside the
+        :data:`FIT_SIDE` window around their middle are used (``summary.n_boxes``).
 
     Returns
     -------
@@ -146,25 +182,27 @@ def segment_tiled(
         With ``n_objects``.
     """
     norm = Normaliser(img)
-    tiles, overlap, scale = _grid(img, norm, lambda t: tile_fn(t, None)[1], tile, overlap)
+    tiles, overlap, scale, n_boxes = _grid(img, norm, runner, tile, overlap, boxes)
     st = LabelStitcher(out, tiles)
     for i, t in enumerate(tiles):
         _tick(progress, i, len(tiles), "segmenting")
         x = norm(img.read(t.y0, t.y1, t.x0, t.x1))
-        labels = np.zeros(x.shape[:2], np.uint32) if is_blank(x) else tile_fn(x, scale or None)[0]
+        labels = np.zeros(x.shape[:2], np.uint32) if is_blank(x) else runner(x)[0]
         st.add(t, labels)
     _tick(progress, len(tiles), len(tiles), "stitching")
     n = st.finish()
-    return TiledSummary(shape=img.shape, tiles=len(tiles), overlap=overlap, scale=scale, n_objects=n)
+    return TiledSummary(shape=img.shape, tiles=len(tiles), overlap=overlap, scale=scale, n_boxes=n_boxes,
+                        n_objects=n)
 
 
 def count_tiled(
     img: LazyImage,
     out,
-    tile_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]],
+    runner: TileRunner,
     tile: int = DEFAULT_TILE,
     overlap: int | None = None,
     progress: ProgressFn | None = None,
+    boxes: np.ndarray | None = None,
 ) -> TiledSummary:
     """Density map and count of a whole image, tile by tile; each tile keeps only its core.
 
@@ -173,9 +211,9 @@ def count_tiled(
     img : LazyImage
     out : array-like, (H, W), float32
         Writable array for the density map.
-    tile_fn : callable
-        ``tile_fn(normalised_tile, diameter) -> (density, points (N, 2) row/col, scale)``.
-    tile, overlap, progress
+    runner : TileRunner
+        Engine and counting head (:func:`tile_fn`); a tile gives ``(density, points (N, 2) row/col)``.
+    tile, overlap, progress, boxes
         As in :func:`segment_tiled`.
 
     Returns
@@ -184,14 +222,14 @@ def count_tiled(
         With ``count`` (sum of the density map) and ``points`` (columns ``x``, ``y``).
     """
     norm = Normaliser(img)
-    tiles, overlap, scale = _grid(img, norm, lambda t: tile_fn(t, None)[2], tile, overlap)
+    tiles, overlap, scale, n_boxes = _grid(img, norm, runner, tile, overlap, boxes)
     total, pts = 0.0, []
     for i, t in enumerate(tiles):
         _tick(progress, i, len(tiles), "counting")
         x = norm(img.read(t.y0, t.y1, t.x0, t.x1))
         if is_blank(x):
             continue
-        dens, points, _ = tile_fn(x, scale or None)
+        dens, points = runner(x)
         ys, xs = t.core_in_tile
         core = np.asarray(dens[ys, xs], np.float32)
         out[t.core] = core
@@ -205,40 +243,70 @@ def count_tiled(
         tiles=len(tiles),
         overlap=overlap,
         scale=scale,
+        n_boxes=n_boxes,
         count=total,
         points=pd.DataFrame({"x": p[:, 1], "y": p[:, 0]}),
     )
 
 
-def tile_fn(engine: Engine, head, task: str) -> Callable:
-    """The per-tile function of :func:`segment_tiled` (``task="segment"``) or :func:`count_tiled`.
+class TileRunner:
+    """One engine and one head run on the tiles of one image, matched alike.
+
+    :meth:`prepare` is called once on the window of :func:`probe_window` (:data:`FIT_SIDE`
+    wide, or one tile for an engine that cannot fit): an engine that can
+    (``engine.fit``, the weight-free engine) measures there what matching needs (grey
+    projection, polarity, object scale, pixel classifier, exemplar templates) and
+    applies it to every tile; another engine (LDM) matches each tile on its own, in
+    automatic mode. Calling the runner on a normalised tile gives the head's output:
+    labels (``task="segment"``) or ``(density, points)`` (``task="count"``).
+    """
+
+    def __init__(self, engine: Engine, head, task: str):
+        self.engine, self.head, self.task = engine, head, task
+        self.fit = None
+
+    @property
+    def fits(self) -> bool:
+        """True when the engine measures once and applies to every tile (it has ``fit``)."""
+        return callable(getattr(self.engine, "fit", None))
+
+    def prepare(self, probe: np.ndarray, boxes: np.ndarray | None = None) -> float:
+        """Fit on the normalised window ``probe`` (``boxes`` in its pixels); return the object diameter."""
+        if self.fits:
+            self.fit = self.engine.fit(probe, boxes)
+            return float(self.fit.object_diameter)
+        if boxes is not None and len(boxes):
+            raise InputError(f"exemplar boxes on an image processed in tiles need the weight-free engine "
+                             f"(--engine classic); the {getattr(self.engine, 'name', 'chosen')} engine matches "
+                             "each tile on its own")
+        return float(self.engine.match(probe, None).scale)
+
+    def __call__(self, x: np.ndarray):
+        """The head's output for one normalised tile."""
+        maps = self.engine.match(x, fit=self.fit) if self.fit is not None else self.engine.match(x, None)
+        out = self.head.predict(maps, x)
+        if self.task == "segment":
+            return (np.asarray(out),)
+        density, points = out
+        return density, np.asarray(points).reshape(-1, 2)
+
+
+def tile_fn(engine: Engine, head, task: str) -> TileRunner:
+    """The :class:`TileRunner` of :func:`segment_tiled` (``task="segment"``) or :func:`count_tiled`.
 
     Parameters
     ----------
     engine : Engine
-        Any engine (weight-free or LDM): each tile is one ``engine.match`` call. The
-        weight-free engine is given the object diameter measured on the probe tile,
-        so that every tile is matched at one scale; the LDM engine measures it per tile.
+        Any engine (weight-free or LDM): each tile is one ``engine.match`` call.
     head : object
         The task's head (``predict(maps, image)``, see :mod:`mm_core.heads.selection`).
     task : {"segment", "count"}
 
     Returns
     -------
-    callable
-        ``fn(normalised_tile, diameter) -> (labels, scale)`` or ``(density, points, scale)``.
+    TileRunner
     """
-    fixed = getattr(engine, "name", "") == "classic"
-
-    def run(x: np.ndarray, diameter: float | None = None):
-        maps = engine.match(x, None, diameter=diameter) if fixed and diameter else engine.match(x, None)
-        out = head.predict(maps, x)
-        if task == "segment":
-            return np.asarray(out), maps.scale
-        density, points = out
-        return density, np.asarray(points).reshape(-1, 2), maps.scale
-
-    return run
+    return TileRunner(engine, head, task)
 
 
 def segment_large(
@@ -247,6 +315,7 @@ def segment_large(
     tile: int = DEFAULT_TILE,
     overlap: int | None = None,
     progress: ProgressFn | None = None,
+    boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, TiledSummary]:
     """Tiled segmentation of an in-memory image; returns ``(labels, summary)``.
 
@@ -256,7 +325,7 @@ def segment_large(
         Raw intensities.
     matcher : Matcher, optional
         Engine and heads (default: ``Matcher(engine="classic")``).
-    tile, overlap, progress
+    tile, overlap, progress, boxes
         As in :func:`segment_tiled`.
     """
     from mm_core.models import Matcher
@@ -266,4 +335,4 @@ def segment_large(
     img = LazyImage(arr, "YX" if arr.ndim == 2 else "YXC", "the image")
     out = np.zeros(arr.shape[:2], np.uint32)
     fn = tile_fn(matcher.engine, matcher.head("segment"), "segment")
-    return out, segment_tiled(img, out, fn, tile, overlap, progress)
+    return out, segment_tiled(img, out, fn, tile, overlap, progress, boxes)

@@ -119,3 +119,58 @@ def test_cli_workers_resume_and_manifest(folder, tmp_path, capsys):
     assert "error: --tile must be at least 64 pixels" in capsys.readouterr().err
     with pytest.raises(InputError, match="--overlap must be"):
         mb.batch(_files(d), "segment", out, tile=256, overlap=200)
+
+
+def test_a_dying_worker_is_recorded_and_the_batch_finishes(folder, tmp_path):
+    """A worker process that dies on one image: that image is 'failed' with a message, the rest are done."""
+    import os
+
+    import dask
+    from distributed import Client, LocalCluster, WorkerPlugin
+
+    d, counts = folder
+    poison = d / "poison.tif"
+    tifffile.imwrite(poison, _blobs(1)[0])
+
+    class DieOnPoison(WorkerPlugin):  # defined here so that it is pickled by value into the workers
+        def transition(self, key, start, finish, **kwargs):
+            if finish == "executing" and "poison" in str(key):
+                os._exit(1)
+
+    with dask.config.set(mb.CLUSTER_CONFIG):  # the batch's own settings, on a cluster this test can reach
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=40)
+        admin = Client(cluster)
+        try:
+            admin.register_plugin(DieOnPoison(), name="die-on-poison")
+            table = mb.batch(sorted(d.glob("img*.tif")) + [poison], "segment", tmp_path / "o",
+                             scheduler=cluster.scheduler_address, engine="classic", head="analytic",
+                             progress=False)
+        finally:
+            admin.close()
+            cluster.close()
+    rows = table.set_index("output")
+    assert rows.loc["poison", "status"] == "failed" and "died" in rows.loc["poison", "message"]
+    assert (rows.drop(index="poison")["status"] == "done").all(), rows["message"].to_dict()
+    assert len(rows) == len(counts) + 1
+    for base, n in counts.items():
+        assert tifffile.imread(tmp_path / "o" / f"{base}.tif").max() == n
+    manifest = pd.read_csv(tmp_path / "o" / "manifest.csv")
+    assert set(manifest["output"]) == set(counts) | {"poison"}
+
+
+def test_cli_exemplar_box_on_an_image_processed_in_tiles(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    img = np.full((520, 520), 100.0)
+    centres = [(60 + 100 * i, 60 + 100 * j) for i in range(5) for j in range(5)]
+    for c in centres:
+        img[disk(c, 12, shape=img.shape)] = 1000.0
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, (img + rng.normal(0, 20, img.shape)).astype(np.uint16))
+    out = tmp_path / "o"
+    code = main(["segment", str(path), "--out", str(out), "--engine", "classic", "--tile", "256",
+                 "--box", "46", "46", "75", "75"])
+    assert code == 0, capsys.readouterr().err
+    row = pd.read_csv(out / "manifest.csv").iloc[0]
+    labels = tifffile.imread(out / "big.tif")
+    assert row["status"] == "done" and int(row["objects"]) == labels.max() == len(centres)

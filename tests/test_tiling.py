@@ -130,3 +130,83 @@ def test_ldm_engine_runs_tile_by_tile(torch_one_thread):
     assert all(s[0] <= 128 and s[1] <= 128 for s in calls)
     assert labels.shape == (300, 260) and labels.max() == summary.n_objects
     assert set(np.unique(labels)) == set(range(summary.n_objects + 1))
+
+
+def _disks(shape, seed, n, r, value=1000.0, img=None):
+    """Seeded disks of radius ``r`` (no two closer than 2.4 r) on ``img``; returns (img, centres)."""
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 100.0) if img is None else img
+    centres = []
+    while len(centres) < n:
+        c = rng.uniform(r + 2, np.array(shape) - r - 2)
+        if all(np.hypot(*(c - o)) > 2.4 * r for o in centres):
+            centres.append(c)
+            img[disk(tuple(c), r, shape=shape)] = value
+    return img, np.array(centres)
+
+
+def _f1(a, b):
+    """F1 of one-to-one object matches at IoU > 0.5 between two label images."""
+    from mm_core.metrics import f1_score
+
+    return float(f1_score(a, b, thresholds=(0.5,))[0])
+
+
+def test_tiled_result_agrees_with_the_untiled_one_and_fits_once(monkeypatch):
+    """Tiles are matched with what was measured once (scale, classifier, ...): the same objects as untiled."""
+    from mm_core import Matcher
+    from mm_core.engines.classic import ClassicEngine
+    from mm_core.tiled import segment_large
+    from mm_core.transforms import normalize
+
+    img, _ = _disks((640, 640), 3, 260, 7)
+    img = img + np.random.default_rng(1).normal(0, 120, img.shape)
+    fits = []
+    real_fit = ClassicEngine.fit
+    monkeypatch.setattr(ClassicEngine, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
+    m = Matcher(engine="classic", head="analytic")
+    tiled, summary = segment_large(img, m, tile=256)
+    x = normalize(img)
+    whole = m.head("segment").predict(m.engine.match(x), x)
+    assert summary.tiles >= 9 and len(fits) == 1
+    assert abs(int(tiled.max()) - int(whole.max())) <= 0.02 * whole.max()
+    assert _f1(whole, tiled) >= 0.98
+
+
+def test_exemplar_boxes_on_a_tiled_image_find_their_kind_in_every_tile():
+    from mm_core import Matcher
+    from mm_core.tiled import segment_large
+
+    shape = (600, 600)
+    img, big = _disks(shape, 0, 30, 12)
+    img, small = _disks(shape, 1, 60, 4, value=1000.0, img=img)
+    img = img + np.random.default_rng(2).normal(0, 30, shape)
+    cy, cx = big[0]
+    box = np.array([[cx - 14, cy - 14, cx + 14, cy + 14]])
+    labels, summary = segment_large(img, Matcher(engine="classic", head="analytic"), tile=256, boxes=box)
+    assert summary.tiles > 1 and summary.n_boxes == 1
+    found_big = sum(labels[int(y), int(x)] > 0 for y, x in big)
+    found_small = sum(labels[int(y), int(x)] > 0 for y, x in small)
+    assert found_big >= 0.9 * len(big) and found_small <= 0.2 * len(small)
+    assert len(np.unique(labels[labels > 0])) <= 1.2 * len(big)
+
+
+def test_tiled_exemplar_boxes_too_far_apart_or_on_an_engine_without_fit_are_refused(monkeypatch):
+    from mm_core import Matcher
+    from mm_core import tiled as mt
+    from mm_core.errors import InputError
+
+    img, c = _disks((400, 400), 0, 12, 10)
+    boxes = np.array([[5, 5, 30, 30], [370, 370, 395, 395]], float)
+    monkeypatch.setattr(mt, "FIT_SIDE", 128)
+    with pytest.raises(InputError, match="spread over more than 128 pixels"):
+        mt.segment_large(img, Matcher(engine="classic", head="analytic"), tile=128, boxes=boxes)
+
+    class NoFit:
+        name = "ldm"
+
+        def match(self, image, boxes=None):  # pragma: no cover - refused before any match
+            raise AssertionError("not reached")
+
+    with pytest.raises(InputError, match="need the weight-free engine"):
+        mt.segment_large(img, Matcher(engine=NoFit(), head="analytic"), tile=128, boxes=boxes[:1])

@@ -11,6 +11,8 @@ pixel, then refitted once on its own confident predictions (self-training).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
@@ -33,11 +35,21 @@ def _sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return idx if len(idx) <= n else rng.choice(idx, n, replace=False)
 
 
-def standardise(feats: np.ndarray) -> np.ndarray:
-    """``(C, h, w)`` descriptors -> ``(h*w, C)`` z-scored float32 rows."""
+def moments(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of ``(C, h, w)`` descriptors."""
     X = feats.reshape(feats.shape[0], -1).T
-    mu = X.mean(0)
-    sd = X.std(0)
+    return X.mean(0), X.std(0)
+
+
+def standardise(feats: np.ndarray, mu: np.ndarray | None = None, sd: np.ndarray | None = None) -> np.ndarray:
+    """``(C, h, w)`` descriptors -> ``(h*w, C)`` z-scored float32 rows.
+
+    With ``mu`` and ``sd`` (from :func:`moments` of other descriptors) the rows are
+    z-scored with those, so tiles of one image share one standardisation.
+    """
+    X = feats.reshape(feats.shape[0], -1).T
+    if mu is None or sd is None:
+        mu, sd = moments(feats)
     return ((X - mu) / np.where(sd > 1e-8, sd, 1.0)).astype(np.float32)
 
 
@@ -62,10 +74,41 @@ def _predict(clf: RandomForestClassifier, X: np.ndarray) -> np.ndarray:
     return clf.predict_proba(X)[:, list(clf.classes_).index(1)].astype(np.float32)
 
 
-def match_probability(feats: np.ndarray, pos_mask: np.ndarray, neg_mask: np.ndarray,
-                      self_train: bool = True, label_others: bool = True,
-                      ring_keep: float = 1.0, proto_channels: int | None = None) -> np.ndarray:
-    """Probability that each pixel matches the positives rather than the negatives.
+@dataclass
+class PixelClassifier:
+    """A fitted pixel classifier: descriptor standardisation and the forest (or a constant).
+
+    Fitted once (:func:`fit_pixel_classifier`) and applied to any descriptors computed
+    the same way (:meth:`predict`): the pixels it was fitted on, or every tile of a
+    large image, which then all see one classifier.
+    """
+
+    mu: np.ndarray | None = None
+    sd: np.ndarray | None = None
+    forest: RandomForestClassifier | None = None
+    constant: float = 0.5  #: the probability everywhere when there is no forest
+    levels: int = 0  #: fitted on a stride-``2**levels`` grid of the descriptors
+
+    def predict(self, feats: np.ndarray, level: int = 0) -> np.ndarray:
+        """``(h, w)`` float32 probability for ``(C, h, w)`` descriptors.
+
+        Classified on the stride-``2**levels`` grid the classifier was fitted on
+        (halving recursively) and interpolated, so that any region of an image
+        (a tile) is classified at the same resolution as the region it was fitted on.
+        """
+        h, w = feats.shape[1:]
+        if self.forest is None:
+            return np.full((h, w), self.constant, np.float32)
+        if level < self.levels:
+            return resize_map(self.predict(feats[:, ::2, ::2], level + 1), (h, w))
+        return _predict(self.forest, standardise(feats, self.mu, self.sd)).reshape(h, w)
+
+
+def fit_pixel_classifier(feats: np.ndarray, pos_mask: np.ndarray, neg_mask: np.ndarray,
+                         self_train: bool = True, label_others: bool = True,
+                         ring_keep: float = 1.0, proto_channels: int | None = None,
+                         _level: int = 0) -> PixelClassifier:
+    """Fit the classifier of pixels matching the positives rather than the negatives.
 
     Parameters
     ----------
@@ -90,19 +133,22 @@ def match_probability(feats: np.ndarray, pos_mask: np.ndarray, neg_mask: np.ndar
 
     Returns
     -------
-    ndarray, (h, w) float32 in [0, 1]
+    PixelClassifier
+        Apply it with ``.predict(feats)``: ``(h, w)`` float32 in [0, 1]. Maps with
+        more than :data:`DENSE_PREDICT_PIXELS` pixels are fitted (and classified) on a
+        stride-2 grid, recursively, and interpolated.
     """
     h, w = pos_mask.shape
-    if h * w > DENSE_PREDICT_PIXELS:  # classify a stride-2 grid, interpolate the rest
-        sub = match_probability(feats[:, ::2, ::2], pos_mask[::2, ::2], neg_mask[::2, ::2],
-                                self_train, label_others, ring_keep, proto_channels)
-        return resize_map(sub, (h, w))
-    X = standardise(feats)
+    if h * w > DENSE_PREDICT_PIXELS:
+        return fit_pixel_classifier(feats[:, ::2, ::2], pos_mask[::2, ::2], neg_mask[::2, ::2],
+                                    self_train, label_others, ring_keep, proto_channels, _level + 1)
+    mu, sd = moments(feats)
+    X = standardise(feats, mu, sd)
     rng = np.random.default_rng(SEED)
     pos = np.flatnonzero(pos_mask.ravel())
     neg = np.flatnonzero((neg_mask & ~pos_mask).ravel())
     if len(pos) == 0 or len(neg) == 0:
-        return np.full((h, w), 0.5 if len(pos) == len(neg) else float(len(pos) > 0), np.float32)
+        return PixelClassifier(constant=0.5 if len(pos) == len(neg) else float(len(pos) > 0), levels=_level)
     Xp = X[:, :proto_channels] if proto_channels else X
     if ring_keep < 1.0 and len(neg) > 10:
         dist = ((Xp[neg] - Xp[pos].mean(0)) ** 2).sum(1)
@@ -115,8 +161,9 @@ def match_probability(feats: np.ndarray, pos_mask: np.ndarray, neg_mask: np.ndar
     # sure labels weigh as much as all the guessed ones together
     wt = np.concatenate([np.full(len(ps) + len(ns), max(1.0, len(os_) / max(len(ps) + len(ns), 1))),
                          np.ones(len(os_))])
-    prob = _predict(_fit(X[idx], y, wt), X)
+    forest = _fit(X[idx], y, wt)
     if self_train:
+        prob = _predict(forest, X)
         lo, hi = CONFIDENT
         conf = np.flatnonzero((prob <= lo) | (prob >= hi))
         conf = np.setdiff1d(_sample(conf, N_OTHER, rng), np.concatenate([ps, ns]))
@@ -125,5 +172,16 @@ def match_probability(feats: np.ndarray, pos_mask: np.ndarray, neg_mask: np.ndar
             y2 = np.concatenate([np.ones(len(ps), np.uint8), np.zeros(len(ns), np.uint8),
                                  (prob[conf] >= hi).astype(np.uint8)])
             w2 = np.concatenate([wt[:len(ps) + len(ns)], np.ones(len(conf))])
-            prob = _predict(_fit(X[idx2], y2, w2), X)
-    return prob.reshape(h, w)
+            forest = _fit(X[idx2], y2, w2)
+    return PixelClassifier(mu=mu, sd=sd, forest=forest, levels=_level)
+
+
+def match_probability(feats: np.ndarray, pos_mask: np.ndarray, neg_mask: np.ndarray,
+                      **options) -> np.ndarray:
+    """Probability that each pixel matches the positives: :func:`fit_pixel_classifier` applied to ``feats``.
+
+    Returns
+    -------
+    ndarray, (h, w) float32 in [0, 1]
+    """
+    return fit_pixel_classifier(feats, pos_mask, neg_mask, **options).predict(feats)

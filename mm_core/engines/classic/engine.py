@@ -23,6 +23,7 @@ object diameter is about ``WORK_DIAMETER`` pixels, never upsampled):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -30,9 +31,9 @@ from scipy import ndimage as ndi
 from mm_core.engines.base import MatchMaps
 from mm_core.engines.classic import scale as sc
 from mm_core.engines.classic.bank import CHANNELS, blob_response, filter_bank
-from mm_core.engines.classic.centers import center_evidence, exemplar_ncc
-from mm_core.engines.classic.classifier import match_probability
-from mm_core.transforms import normalize, resize_map, scale_boxes
+from mm_core.engines.classic.centers import center_evidence, exemplar_ncc, exemplar_templates
+from mm_core.engines.classic.classifier import PixelClassifier, fit_pixel_classifier
+from mm_core.transforms import DEFAULT_PERCENTILES, resize_map, scale_boxes
 
 #: Object diameter (pixels) at the working resolution; larger objects are downsampled.
 WORK_DIAMETER = 24.0
@@ -51,22 +52,46 @@ RING_KEEP = 0.5
 SIZE_GATE = (0.15, 0.35)
 
 
-def gray_of(image: np.ndarray) -> np.ndarray:
+def gray_projection(image: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """How :func:`gray_of` turns a colour image into one channel: ``(vector, low, high)``.
+
+    The first principal component of the lightly smoothed channels (so a pure-noise
+    channel gets almost no weight), and the percentiles of the projection that
+    normalise it. ``None`` for a single-channel image.
+    """
+    img = np.asarray(image, np.float32)
+    if img.ndim != 3:
+        return None
+    sm = np.stack([ndi.gaussian_filter(img[..., c], 1.0) for c in range(img.shape[-1])], -1)
+    flat = sm.reshape(-1, img.shape[-1])[:: max(1, sm.shape[0] * sm.shape[1] // 20000)]
+    cov = np.cov(flat.T)
+    _, vecs = np.linalg.eigh(np.atleast_2d(cov))
+    v = vecs[:, -1]
+    v = (v if v.sum() >= 0 else -v).astype(np.float32)
+    proj = img @ v
+    finite = np.isfinite(proj)
+    lo, hi = np.percentile(proj[finite], DEFAULT_PERCENTILES) if finite.any() else (0.0, 0.0)
+    return v, lo, hi
+
+
+def gray_of(image: np.ndarray, projection: tuple[np.ndarray, float, float] | None = None) -> np.ndarray:
     """One channel carrying most of the spatial structure of an (RGB) image.
 
     Colour images are projected on the first principal component of their
-    lightly smoothed channels (so a pure-noise channel gets almost no weight),
-    then percentile-normalised again. Values are clipped to [-0.5, 1.5].
+    lightly smoothed channels, then percentile-normalised again
+    (:func:`gray_projection`; pass ``projection`` to apply one measured on another
+    image, e.g. on the region a large image's matching was fitted on). Values are
+    clipped to [-0.5, 1.5].
     """
     img = np.asarray(image, np.float32)
     if img.ndim == 3:
-        sm = np.stack([ndi.gaussian_filter(img[..., c], 1.0) for c in range(img.shape[-1])], -1)
-        flat = sm.reshape(-1, img.shape[-1])[:: max(1, sm.shape[0] * sm.shape[1] // 20000)]
-        cov = np.cov(flat.T)
-        _, vecs = np.linalg.eigh(np.atleast_2d(cov))
-        v = vecs[:, -1]
-        v = v if v.sum() >= 0 else -v
-        img = normalize(img @ v.astype(np.float32))
+        v, lo, hi = projection if projection is not None else gray_projection(img)
+        proj = img @ v
+        out = np.zeros(proj.shape, np.float32)
+        if hi - lo > 1e-12 * max(1.0, abs(hi)):
+            out[...] = (proj - lo) / (hi - lo)
+        out[~np.isfinite(proj)] = 0.0
+        img = out
     return np.clip(img, -0.5, 1.5).astype(np.float32)
 
 
@@ -164,34 +189,86 @@ def _darker_than_exemplar(work: np.ndarray, pos: np.ndarray, neg: np.ndarray, d_
     return darker if darker.sum() >= 10 else neg
 
 
+@dataclass
+class ClassicFit:
+    """Everything :meth:`ClassicEngine.match` measures on an image before it matches.
+
+    Fitted once (:meth:`ClassicEngine.fit`) on an image, or on one region of a large
+    image, and given back to ``match(tile, fit=...)`` for each tile, so that every tile
+    is matched alike: grey projection, polarity, object scale, the pixel classifier,
+    the exemplar templates and the normalisation of the centre evidence.
+    """
+
+    projection: tuple | None  #: colour -> grey (:func:`gray_projection`), None for grey images
+    polarity: float
+    diameter: float  #: object diameter (input pixels) that sets the working resolution
+    object_diameter: float  #: diameter of the matched objects (exemplar mode: re-measured)
+    classifier: PixelClassifier
+    n_boxes: int = 0  #: exemplar boxes fitted on (0: automatic mode)
+    templates: list = field(default_factory=list)  #: exemplar patches at the working resolution
+    norms: dict = field(default_factory=dict)  #: maxima of the centre-evidence parts
+
+    @property
+    def exemplar(self) -> bool:
+        """True when fitted on exemplar boxes."""
+        return self.n_boxes > 0
+
+
 class ClassicEngine:
     """Within-image matching with classical features; no weights, any CPU.
 
     ``match(image, boxes=None)`` returns :class:`~mm_core.engines.base.MatchMaps`
     at a working resolution where the object diameter is about ``WORK_DIAMETER``
-    pixels; heads bring maps to the input size.
+    pixels; heads bring maps to the input size. ``fit(image, boxes)`` measures what
+    matching needs once, for the tiles of a large image (``match(tile, fit=...)``).
     """
 
     name = "classic"
 
     def match(self, image: np.ndarray, boxes: np.ndarray | None = None,
-              diameter: float | None = None) -> MatchMaps:
+              diameter: float | None = None, fit: ClassicFit | None = None) -> MatchMaps:
         """Match exemplar ``boxes`` (``None``: automatic mode) in a normalised ``image``.
 
-        ``diameter`` (automatic mode only) fixes the object diameter in input pixels
-        instead of estimating it, e.g. so that every tile of a large image is matched
-        at the scale measured once for the whole image.
+        Parameters
+        ----------
+        image : ndarray, (H, W) or (H, W, C)
+            Normalised image.
+        boxes : ndarray, (N, 4), optional
+            Exemplar boxes ``x0, y0, x1, y1`` in pixels of ``image``.
+        diameter : float, optional
+            Automatic mode only: the object diameter in input pixels, instead of estimating it.
+        fit : ClassicFit, optional
+            Apply what :meth:`fit` measured on another image or region (a tile of a
+            large image) instead of measuring it here; ``boxes`` and ``diameter`` must be None.
+
+        Returns
+        -------
+        MatchMaps
         """
+        if fit is not None and (boxes is not None or diameter is not None):
+            raise ValueError("match(fit=...) takes neither boxes nor a diameter: they are in the fit")
+        return self._run(image, boxes, diameter, fit)[0]
+
+    def fit(self, image: np.ndarray, boxes: np.ndarray | None = None,
+            diameter: float | None = None) -> ClassicFit:
+        """Measure on ``image`` what :meth:`match` needs, to apply it elsewhere (``match(tile, fit=...)``).
+
+        Same parameters as :meth:`match`; ``boxes`` lie in ``image``.
+        """
+        return self._run(image, boxes, diameter, None)[1]
+
+    def _run(self, image, boxes, diameter, fit: ClassicFit | None) -> tuple[MatchMaps, ClassicFit]:
         t0 = time.perf_counter()
-        gray = gray_of(image)
+        projection = fit.projection if fit is not None else gray_projection(image)
+        gray = gray_of(image, projection)
         H, W = gray.shape
-        exemplar = boxes is not None and len(boxes) > 0
-        if exemplar:
-            boxes = np.asarray(boxes, np.float32)
-            polarity = sc.box_polarity(gray, boxes)
-            diameter = sc.box_scale(boxes)
+        if fit is not None:
+            exemplar, polarity, diameter = fit.exemplar, fit.polarity, fit.diameter
+        elif boxes is not None and len(boxes) > 0:
+            exemplar, boxes = True, np.asarray(boxes, np.float32)
+            polarity, diameter = sc.box_polarity(gray, boxes), sc.box_scale(boxes)
         else:
-            polarity = sc.estimate_polarity(gray)
+            exemplar, polarity = False, sc.estimate_polarity(gray)
             diameter = float(diameter) if diameter else sc.estimate_scale(gray, polarity)
         f = min(1.0, WORK_DIAMETER / max(diameter, 1.0))
         shape = (max(8, round(H * f)), max(8, round(W * f)))
@@ -202,32 +279,45 @@ class ClassicEngine:
         t1 = time.perf_counter()
         feats = filter_bank(work, [max(MIN_SIGMA, d_w * s) for s in SIGMA_FRACTIONS])
         t2 = time.perf_counter()
-        ncc = None
+        if fit is None:
+            fit = self._fit_classifier(work, feats, boxes if exemplar else None, d_w, (fy, fx))
+            fit.projection, fit.polarity, fit.diameter = projection, float(polarity), float(diameter)
+        prob = fit.classifier.predict(feats)
         if exemplar:
-            boxes_w = scale_boxes(boxes, (fy, fx))
-            pos, neg = _exemplar_labels(shape, boxes_w)
-            neg = _darker_than_exemplar(work, pos, neg, d_w)
-            prob = match_probability(feats, pos, neg, ring_keep=RING_KEEP,
-                                     proto_channels=PROTO_SCALES * len(CHANNELS))
-            diameter = refine_box_scale(prob, boxes_w, diameter, (fy, fx))
-            prob = gate_by_size(prob, np.pi * (diameter * np.sqrt(fy * fx) / 2) ** 2)
+            if fit.object_diameter <= 0:  # fitted just now: re-measure the scale on the matched foreground
+                fit.object_diameter = refine_box_scale(prob, scale_boxes(boxes, (fy, fx)), diameter, (fy, fx))
+            prob = gate_by_size(prob, np.pi * (fit.object_diameter * np.sqrt(fy * fx) / 2) ** 2)
         else:
-            pos, neg = _auto_labels(work, d_w)
-            prob = match_probability(feats, pos, neg)
+            fit.object_diameter = fit.object_diameter or float(diameter)
         t3 = time.perf_counter()
-        if exemplar:
-            ncc = exemplar_ncc(work, boxes_w)
-        centers = center_evidence(prob, d_w, ncc, work)
+        ncc = exemplar_ncc(work, fit.templates) if exemplar else None
+        centers, norms = center_evidence(prob, d_w, ncc, work, fit.norms or None)
+        fit.norms = fit.norms or norms
         t4 = time.perf_counter()
         display = {"blob": np.clip(blob_response(work, d_w / sc.DIAMETER_PER_SIGMA), 0, None)}
         if ncc is not None:
             display["ncc"] = ncc
-        return MatchMaps(
-            foreground=prob, centers=centers, scale=float(diameter), image_shape=(H, W),
+        maps = MatchMaps(
+            foreground=prob, centers=centers, scale=float(fit.object_diameter), image_shape=(H, W),
             engine=self.name, mode="exemplar" if exemplar else "automatic",
-            conditioning=(f"{len(boxes)} exemplar box(es)" if exemplar else "automatic: repeated structures"),
+            conditioning=(f"{fit.n_boxes} exemplar box(es)" if exemplar else "automatic: repeated structures"),
             features=feats, display=display,
             info={"polarity": float(polarity), "work_shape": shape, "work_diameter": d_w,
                   "timings": {"scale": t1 - t0, "features": t2 - t1, "classifier": t3 - t2,
                               "centers": t4 - t3}},
         )
+        return maps, fit
+
+    @staticmethod
+    def _fit_classifier(work, feats, boxes, d_w: float, f_yx) -> ClassicFit:
+        """The pixel classifier (and exemplar templates) fitted on this image; scale fields filled by the caller."""
+        if boxes is None:
+            pos, neg = _auto_labels(work, d_w)
+            return ClassicFit(None, 1.0, 0.0, 0.0, fit_pixel_classifier(feats, pos, neg))
+        boxes_w = scale_boxes(boxes, f_yx)
+        pos, neg = _exemplar_labels(work.shape, boxes_w)
+        neg = _darker_than_exemplar(work, pos, neg, d_w)
+        clf = fit_pixel_classifier(feats, pos, neg, ring_keep=RING_KEEP,
+                                   proto_channels=PROTO_SCALES * len(CHANNELS))
+        return ClassicFit(None, 1.0, 0.0, 0.0, clf, n_boxes=len(boxes),
+                          templates=exemplar_templates(work, boxes_w))

@@ -55,7 +55,7 @@ class TiledSummary:
     scale: float  #: object diameter measured on the probe window
     n_boxes: int = 0  #: exemplar boxes used (0: automatic mode)
     n_objects: int = 0
-    count: float = 0.0
+    count: int = 0  #: whole-number count (see count_tiled)
     points: pd.DataFrame | None = None
 
 
@@ -219,11 +219,16 @@ def count_tiled(
     Returns
     -------
     TiledSummary
-        With ``count`` (sum of the density map) and ``points`` (columns ``x``, ``y``).
+        With ``count`` (a whole number) and ``points`` (columns ``x``, ``y``, ``n``: each tile's
+        core counted as an untiled image is, :func:`mm_core.pipelines.count_from_density`, so the
+        ``n`` column sums to the count and the density map integrates to it within half an object
+        per tile).
     """
+    from mm_core.pipelines import count_from_density
+
     norm = Normaliser(img)
     tiles, overlap, scale, n_boxes = _grid(img, norm, runner, tile, overlap, boxes)
-    total, pts = 0.0, []
+    total, tables = 0, []
     for i, t in enumerate(tiles):
         _tick(progress, i, len(tiles), "counting")
         x = norm(img.read(t.y0, t.y1, t.x0, t.x1))
@@ -233,20 +238,13 @@ def count_tiled(
         ys, xs = t.core_in_tile
         core = np.asarray(dens[ys, xs], np.float32)
         out[t.core] = core
-        total += float(core.sum(dtype=np.float64))
-        p = np.asarray(points, float).reshape(-1, 2)
-        keep = (p[:, 0] >= ys.start) & (p[:, 0] < ys.stop) & (p[:, 1] >= xs.start) & (p[:, 1] < xs.stop)
-        pts.append(p[keep] + [t.y0, t.x0])
-    p = np.concatenate(pts) if pts else np.zeros((0, 2))
-    return TiledSummary(
-        shape=img.shape,
-        tiles=len(tiles),
-        overlap=overlap,
-        scale=scale,
-        n_boxes=n_boxes,
-        count=total,
-        points=pd.DataFrame({"x": p[:, 1], "y": p[:, 0]}),
-    )
+        p = np.asarray(points, float).reshape(-1, 2) - [ys.start, xs.start]
+        n, table = count_from_density(core, p[(p >= 0).all(1) & (p < core.shape).all(1)], scale or 1.0)
+        total += n
+        tables.append(table.assign(x=table["x"] + t.cx0, y=table["y"] + t.cy0))
+    points = pd.concat(tables, ignore_index=True) if tables else count_from_density(np.zeros((1, 1)), [], 1.0)[1]
+    return TiledSummary(shape=img.shape, tiles=len(tiles), overlap=overlap, scale=scale, n_boxes=n_boxes,
+                        count=int(total), points=points)
 
 
 class TileRunner:

@@ -196,7 +196,7 @@ def test_tiled_exemplar_boxes_too_far_apart_or_on_an_engine_without_fit_are_refu
     from mm_core import tiled as mt
     from mm_core.errors import InputError
 
-    img, c = _disks((400, 400), 0, 12, 10)
+    img, _ = _disks((400, 400), 0, 12, 10)
     boxes = np.array([[5, 5, 30, 30], [370, 370, 395, 395]], float)
     monkeypatch.setattr(mt, "FIT_SIDE", 128)
     with pytest.raises(InputError, match="spread over more than 128 pixels"):
@@ -210,3 +210,21 @@ def test_tiled_exemplar_boxes_too_far_apart_or_on_an_engine_without_fit_are_refu
 
     with pytest.raises(InputError, match="need the weight-free engine"):
         mt.segment_large(img, Matcher(engine=NoFit(), head="analytic"), tile=128, boxes=boxes[:1])
+
+
+def test_tiled_count_is_a_whole_number_its_centres_add_up_to():
+    from mm_core import Matcher
+    from mm_core.io.lazy import LazyImage
+    from mm_core.tiled import count_tiled, tile_fn
+    from mm_core.transforms import normalize
+
+    img, centres = _disks((600, 600), 4, 120, 8)
+    img = img + np.random.default_rng(3).normal(0, 40, img.shape)
+    m = Matcher(engine="classic", head="analytic")
+    dens = np.zeros(img.shape, np.float32)
+    runner = tile_fn(m.engine, m.head("count"), "count")
+    summary = count_tiled(LazyImage(img.astype(np.float32), "YX", "t"), dens, runner, tile=256)
+    untiled = m.count(normalize(img)).count
+    assert summary.tiles > 1 and summary.count == int(summary.count) == summary.points["n"].sum()
+    assert abs(summary.count - untiled) <= 0.05 * len(centres)
+    assert abs(float(dens.sum()) - summary.count) <= 0.5 * summary.tiles

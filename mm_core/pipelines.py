@@ -154,7 +154,8 @@ def _match(engine: Engine, image, boxes, progress: ProgressFn | None):
     return img, maps, 0 if bx is None else len(bx)
 
 
-def count_from_density(density: np.ndarray, centres: np.ndarray, scale: float) -> tuple[int, pd.DataFrame]:
+def count_from_density(density: np.ndarray, centres: np.ndarray, scale: float,
+                       count: int | None = None) -> tuple[int, pd.DataFrame]:
     """One whole-number count that agrees with the centres and the density map.
 
     The count is the density's integral rounded to a whole number. Every pixel's
@@ -172,6 +173,9 @@ def count_from_density(density: np.ndarray, centres: np.ndarray, scale: float) -
         ``(row, col)`` from the head.
     scale : float
         Object diameter in pixels.
+    count : int, optional
+        The whole number to share out (default: the density's integral, rounded); the
+        tiles of a large image pass their part of the image's rounded total.
 
     Returns
     -------
@@ -182,7 +186,7 @@ def count_from_density(density: np.ndarray, centres: np.ndarray, scale: float) -
     from scipy import ndimage as ndi
 
     dens = np.clip(np.nan_to_num(np.asarray(density, np.float64)), 0, None)
-    count = int(np.floor(dens.sum() + 0.5))
+    count = int(np.floor(dens.sum() + 0.5)) if count is None else int(count)
     pts = np.asarray(centres, float).reshape(-1, 2)
     pts = pts[np.isfinite(pts).all(axis=1)]
     pts = np.clip(np.round(pts), 0, np.array(dens.shape) - 1).astype(int)

@@ -219,16 +219,16 @@ def count_tiled(
     Returns
     -------
     TiledSummary
-        With ``count`` (a whole number) and ``points`` (columns ``x``, ``y``, ``n``: each tile's
-        core counted as an untiled image is, :func:`mm_core.pipelines.count_from_density`, so the
-        ``n`` column sums to the count and the density map integrates to it within half an object
-        per tile).
+        With ``count`` (the density map's integral, rounded to a whole number) and ``points``
+        (columns ``x``, ``y``, ``n``): each tile's core shares its part of the count among its
+        centres as an untiled image does (:func:`mm_core.pipelines.count_from_density`), so the
+        ``n`` column sums to the count.
     """
     from mm_core.pipelines import count_from_density
 
     norm = Normaliser(img)
     tiles, overlap, scale, n_boxes = _grid(img, norm, runner, tile, overlap, boxes)
-    total, tables = 0, []
+    total, mass, tables = 0, 0.0, []
     for i, t in enumerate(tiles):
         _tick(progress, i, len(tiles), "counting")
         x = norm(img.read(t.y0, t.y1, t.x0, t.x1))
@@ -239,7 +239,9 @@ def count_tiled(
         core = np.asarray(dens[ys, xs], np.float32)
         out[t.core] = core
         p = np.asarray(points, float).reshape(-1, 2) - [ys.start, xs.start]
-        n, table = count_from_density(core, p[(p >= 0).all(1) & (p < core.shape).all(1)], scale or 1.0)
+        mass += float(core.sum(dtype=np.float64))
+        share = int(np.floor(mass + 0.5)) - total  # running rounding: the tiles' counts sum to the rounded total
+        n, table = count_from_density(core, p[(p >= 0).all(1) & (p < core.shape).all(1)], scale or 1.0, share)
         total += n
         tables.append(table.assign(x=table["x"] + t.cx0, y=table["y"] + t.cy0))
     points = pd.concat(tables, ignore_index=True) if tables else count_from_density(np.zeros((1, 1)), [], 1.0)[1]

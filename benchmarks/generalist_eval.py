@@ -12,6 +12,7 @@ Subcommands::
     python benchmarks/generalist_eval.py boxes --head PATH [--out ...]   # exemplar robustness, DSB2018 test
     python benchmarks/generalist_eval.py loo   --head-dir runs/loo [--out ...]
     python benchmarks/generalist_eval.py speed --head PATH                # seconds per 512^2 image
+    python benchmarks/generalist_eval.py range --head PATH [--out ...]   # automatic-mode object counts
     python benchmarks/generalist_eval.py tables --out runs/eval           # README tables from the JSON files
 
 ``dev``: AP50 / AP per segmentation set, automatic and exemplar mode; VGG MAE / RMSE
@@ -21,6 +22,8 @@ shifted right by 60 % of its width, enlarged 2x per side (about its centre) and
 stretched 2x wide and 0.5x tall; automatic mode for reference.
 ``loo``: heads trained without one source (``<head-dir>/without_<source>``), tested on
 the dev set of that kind (automatic and exemplar AP50 / AP).
+``range``: automatic mode, objects found vs true objects on the H&E-type (RGB) images of
+dsb2018_stage1_test and on usiigaci_phase_contrast (is a new user's count in the right range?).
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ def _heads(path):
     return load_head(path, engine="classic")
 
 
-def _cache(folder):
+def _cache(folder, version=None):
     from mm_core.engines.classic import ClassicEngine
     from mm_core.train.cache import EngineCache
 
-    return EngineCache(ClassicEngine(), folder, features=False)
+    return EngineCache(ClassicEngine(), folder, version, features=False)
 
 
 def _img(raw):
@@ -120,7 +123,7 @@ def count_scores(head, cache, limit) -> dict:
 
 
 def cmd_dev(a) -> dict:
-    head, cache = _heads(a.head), _cache(a.cache_dir)
+    head, cache = _heads(a.head), _cache(a.cache_dir, a.cache_version)
     out = {}
     for name in SEG_SETS:
         if a.sets and name not in a.sets:
@@ -151,7 +154,7 @@ def _resize(b: np.ndarray, sx: float, sy: float) -> np.ndarray:
 
 
 def cmd_boxes(a) -> dict:
-    head, cache = _heads(a.head), _cache(a.cache_dir)
+    head, cache = _heads(a.head), _cache(a.cache_dir, a.cache_version)
     out = {"automatic": seg_scores("dsb2018_stage1_test", head, cache, a.limit, modes=("automatic",))}
     for kind, fn in BOX_ERRORS.items():
         out[kind] = seg_scores("dsb2018_stage1_test", head, cache, a.limit, boxes_fn=fn, modes=("exemplar",))
@@ -161,7 +164,7 @@ def cmd_boxes(a) -> dict:
 
 def cmd_maps(a) -> dict:
     """Compute (cache) the engine maps every other subcommand reads; no head runs."""
-    cache = _cache(a.cache_dir)
+    cache = _cache(a.cache_dir, a.cache_version)
     for name in SEG_SETS:
         seg_scores(name, None, cache, a.limit)
     for fn in BOX_ERRORS.values():
@@ -179,7 +182,7 @@ def cmd_maps(a) -> dict:
 
 
 def cmd_loo(a) -> dict:
-    cache, out = _cache(a.cache_dir), {}
+    cache, out = _cache(a.cache_dir, a.cache_version), {}
     for src, dev in LOO.items():
         folder = Path(a.head_dir) / f"without_{src}"
         if not (folder / "config.json").is_file():
@@ -218,15 +221,43 @@ def cmd_speed(a) -> dict:
     return out
 
 
+def cmd_range(a) -> dict:
+    """Automatic mode: objects found by each head vs the true number, per image and in sum."""
+    from mm_core.heads.segmentation import instances_from_maps
+
+    head, cache = _heads(a.head), _cache(a.cache_dir, a.cache_version)
+    out = {}
+    for label, name, rgb_only in (("dsb2018_stage1_test, H&E-type (RGB) images", "dsb2018_stage1_test", True),
+                                  ("usiigaci_phase_contrast", "usiigaci_phase_contrast", False)):
+        rows = []
+        for stem, raw, gt in seg_items(name, a.limit):
+            if rgb_only and raw.ndim != 3:
+                continue
+            img = _img(raw)
+            maps = cache.match(img, None)
+            rows.append({"image": stem, "true": int(len(np.unique(gt[gt > 0]))),
+                         "analytic": int(instances_from_maps(maps, img).max()), "learned": int(head.predict(maps, img).max())})
+        r = {k: int(sum(x[k] for x in rows)) for k in ("true", "analytic", "learned")}
+        for h in ("analytic", "learned"):
+            ratio = np.array([x[h] / max(x["true"], 1) for x in rows])
+            r[f"{h} median ratio"] = float(np.median(ratio))
+            r[f"{h} images within 0.5-2x"] = int(((ratio >= 0.5) & (ratio <= 2.0)).sum())
+        out[label] = {**r, "images": len(rows), "per_image": rows}
+        print(label, json.dumps({k: v for k, v in out[label].items() if k != "per_image"}), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=("maps", "dev", "boxes", "loo", "speed", "tables"))
+    p.add_argument("cmd", choices=("maps", "dev", "boxes", "loo", "speed", "range", "tables"))
     p.add_argument("--head", default="generalist-classic")
     p.add_argument("--head-dir", default="runs/loo")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--sets", nargs="*", default=None, help="dev: only these data sets (JSON files can be merged)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cache-dir", default=".cache/dev_maps", help="engine maps of the dev images (measurement only)")
+    p.add_argument("--cache-version", default=None,
+                   help="engine version of the cached maps (default: a hash of the engine's sources)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
@@ -239,7 +270,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    res = {"maps": cmd_maps, "dev": cmd_dev, "boxes": cmd_boxes, "loo": cmd_loo, "speed": cmd_speed}[a.cmd](a)
+    res = {"maps": cmd_maps, "dev": cmd_dev, "boxes": cmd_boxes, "loo": cmd_loo, "speed": cmd_speed,
+           "range": cmd_range}[a.cmd](a)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"machine": f"{os.uname().nodename}, {os.cpu_count()} CPUs, torch threads "
@@ -289,7 +321,7 @@ def tables(folder: Path) -> str:
             a, b = v[f"{m}/analytic"], v[f"{m}/learned"]
             lines.append(f"| vgg_cells (n={a['n']}) | {m} | {a['mae']:.1f} | {b['mae']:.1f} | {a['rmse']:.1f} | {b['rmse']:.1f} |")
         lines.append(f"\nLargest gap between the learned count and the sum of its centres' shares: "
-                     f"{v['max |sum of centre shares - count|']:.2g}.")
+                     f"{v['max |sum of centre n - count|']:.2g}.")
     if dev and all(n in dev for n in (*SEG_SETS, "vgg_cells")):
         lines += ["", *verdict(dev)]
     boxes = load("boxes")

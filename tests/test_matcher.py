@@ -105,3 +105,34 @@ def test_training_cache_key_covers_every_source_the_maps_depend_on():
     names = {Path(p).name for p in engine_sources(ClassicEngine())}
     assert {"engine.py", "bank.py", "centers.py", "transforms.py", "base.py"} <= names
     assert "segmentation.py" not in names  # heads do not shape the engine's maps
+
+
+def test_shipped_defaults_are_per_mode(tmp_path, monkeypatch, torch_one_thread):
+    """A default for one mode runs only without (or with) boxes; the note says which head ran."""
+    import torch
+
+    from mm_core.heads.learned import checkpoints, registry
+    from mm_core.heads.learned.generalist import GeneralistCounter, GeneralistHead
+
+    torch.manual_seed(0)
+    GeneralistHead("classic", base=4, levels=2, tile=64).save_pretrained(tmp_path / "weights" / "g-mode")
+    monkeypatch.setattr(checkpoints, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "g-mode",
+                                               ("count", "classic", "exemplar"): "g-mode"})
+    m = mm_core.Matcher("classic")
+    box = [[16, 16, 33, 33]]
+    assert isinstance(m.head("segment"), GeneralistHead)
+    assert isinstance(m.head("segment", "exemplar"), WatershedHead)
+    assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("count", "exemplar"), GeneralistCounter)
+    assert "g-mode" in m.segment(blobs()).head_note
+    res = m.segment(blobs(), boxes=box)
+    assert res.head_note.startswith("analytic watershed head") and "for automatic mode only" in res.head_note
+    assert "g-mode" in m.count(blobs(), boxes=box).head_note
+    assert m.count(blobs(), boxes=[]).head_note.startswith("analytic density head")  # no box: automatic
+    assert "with exemplar boxes: learned generalist head 'g-mode'" in m.head_notes()["count"]
+    # --head analytic keeps the analytic heads in both modes
+    a = mm_core.Matcher("classic", head="analytic")
+    assert isinstance(a.head("segment"), WatershedHead) and a.segment(blobs(), boxes=box).n_objects >= 1
+    assert "as requested" in a.segment(blobs()).head_note
+    with pytest.raises(InputError, match="unknown mode"):
+        m.head("segment", "boxes")

@@ -280,21 +280,36 @@ def main(argv=None) -> int:
 
 
 
-def verdict(dev: dict) -> list[str]:
-    """The default rule of issue 11, per mode: beats the analytic head on >= 3 of the 4 dev
-    segmentation sets in AP50 and AP, loses nowhere by more than 0.05 AP50; counting: lower VGG MAE."""
-    out = []
+def rule(dev: dict) -> dict:
+    """Issue 11's default rule, per mode and task: ``{(task, mode): passes}``.
+
+    Segmentation passes in a mode when the learned head beats the analytic one in AP50
+    *and* AP on at least 3 of the 4 dev segmentation sets and loses nowhere by more than
+    0.05 AP50; counting passes when segmentation passes and its VGG MAE is lower too.
+    """
+    out = {}
     for m in ("automatic", "exemplar"):
         wins = [n for n in SEG_SETS if dev[n][f"{m}/learned"]["ap50"] > dev[n][f"{m}/analytic"]["ap50"]
                 and dev[n][f"{m}/learned"]["ap"] > dev[n][f"{m}/analytic"]["ap"]]
         worst = min(dev[n][f"{m}/learned"]["ap50"] - dev[n][f"{m}/analytic"]["ap50"] for n in SEG_SETS)
         seg_ok = len(wins) >= 3 and worst >= -0.05
         v = dev["vgg_cells"]
-        cnt_ok = v[f"{m}/learned"]["mae"] < v[f"{m}/analytic"]["mae"]
-        out.append(f"- {m} mode: segmentation {'PASSES' if seg_ok else 'fails'} (beats analytic in AP50 and AP on "
-                   f"{len(wins)} of 4 sets, worst AP50 difference {worst:+.3f}); counting "
-                   f"{'PASSES' if cnt_ok else 'fails'} (VGG MAE {v[f'{m}/learned']['mae']:.1f} vs "
-                   f"{v[f'{m}/analytic']['mae']:.1f})")
+        mae_ok = v[f"{m}/learned"]["mae"] < v[f"{m}/analytic"]["mae"]
+        out[("segment", m)] = {"passes": seg_ok, "wins": wins, "worst_ap50_diff": worst}
+        out[("count", m)] = {"passes": seg_ok and mae_ok, "mae_better": mae_ok,
+                             "mae": (v[f"{m}/learned"]["mae"], v[f"{m}/analytic"]["mae"])}
+    return out
+
+
+def verdict(dev: dict) -> list[str]:
+    """The rule's verdict in words, one line per mode (see :func:`rule`)."""
+    r, out = rule(dev), []
+    for m in ("automatic", "exemplar"):
+        s, c = r[("segment", m)], r[("count", m)]
+        out.append(f"- {m} mode: segmentation {'PASSES' if s['passes'] else 'fails'} (beats analytic in AP50 and AP "
+                   f"on {len(s['wins'])} of 4 sets: {', '.join(s['wins']) or 'none'}; worst AP50 difference "
+                   f"{s['worst_ap50_diff']:+.3f}); counting {'PASSES' if c['passes'] else 'fails'} (VGG MAE "
+                   f"{c['mae'][0]:.1f} vs {c['mae'][1]:.1f}{'' if s['passes'] else '; needs the segmentation part too'})")
     return out
 
 
@@ -341,6 +356,15 @@ def tables(folder: Path) -> str:
             for m in ("automatic", "exemplar"):
                 a, b = r[f"{m}/analytic"], r[f"{m}/learned"]
                 lines.append(f"| {key} | {m} | {a['ap50']:.3f} | {b['ap50']:.3f} | {a['ap']:.3f} | {b['ap']:.3f} |")
+    rng = load("range")
+    if rng:
+        lines += ["", "| automatic mode | images | true objects | analytic: found | learned: found | "
+                  "analytic median ratio | learned median ratio | images within 0.5-2x (analytic / learned) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, r in rng.items():
+            lines.append(f"| {key} | {r['images']} | {r['true']} | {r['analytic']} | {r['learned']} | "
+                         f"{r['analytic median ratio']:.2f} | {r['learned median ratio']:.2f} | "
+                         f"{r['analytic images within 0.5-2x']} / {r['learned images within 0.5-2x']} |")
     speed = load("speed")
     if speed:
         lines += ["", "| 512 x 512 image | segment(), learned head | the learned head alone | segment(), analytic head |",

@@ -197,3 +197,38 @@ def test_generalist_serves_segment_and_count_through_the_matcher(tmp_path, monke
     monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "g-test"})
     head, note = mm_core.Matcher("classic")._load_head("segment")
     assert head.describe() == "analytic watershed head" and "not a readable safetensors file" in note
+
+
+def test_default_rule_per_mode_and_task(monkeypatch):
+    """benchmarks/generalist_eval.rule: >= 3 of 4 wins in AP50 and AP, no loss > 0.05 AP50; count also needs MAE."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    sys.modules.pop("generalist_eval", None)
+    ge = importlib.import_module("generalist_eval")
+
+    def scores(learned_ap50, analytic_ap50=0.5):
+        return {"ap50": learned_ap50, "ap": learned_ap50 / 2}, {"ap50": analytic_ap50, "ap": analytic_ap50 / 2}
+
+    def dev(auto_last, ex_last, mae_auto, mae_ex):
+        out = {}
+        for k, name in enumerate(ge.SEG_SETS):
+            la, aa = scores(0.6 if k < 3 else auto_last)
+            le, ae = scores(0.6 if k < 3 else ex_last)
+            out[name] = {"automatic/learned": la, "automatic/analytic": aa, "exemplar/learned": le,
+                         "exemplar/analytic": ae}
+        out["vgg_cells"] = {"automatic/learned": {"mae": mae_auto}, "automatic/analytic": {"mae": 10.0},
+                            "exemplar/learned": {"mae": mae_ex}, "exemplar/analytic": {"mae": 10.0}}
+        return out
+
+    r = ge.rule(dev(auto_last=0.46, ex_last=0.44, mae_auto=9.0, mae_ex=9.0))
+    assert r[("segment", "automatic")]["passes"] and r[("count", "automatic")]["passes"]
+    assert not r[("segment", "exemplar")]["passes"]  # loses by 0.06 AP50 on the fourth set
+    assert not r[("count", "exemplar")]["passes"]  # a better MAE alone is not enough
+    r = ge.rule(dev(auto_last=0.46, ex_last=0.46, mae_auto=11.0, mae_ex=9.0))
+    assert r[("segment", "automatic")]["passes"] and not r[("count", "automatic")]["passes"]
+    assert r[("count", "exemplar")]["passes"]
+    assert "counting fails" in ge.verdict(dev(0.46, 0.46, 11.0, 9.0))[0]

@@ -37,7 +37,7 @@ class CountingEngine(ClassicEngine):
 
 
 def test_matcher_holds_one_engine_and_its_heads():
-    m = mm_core.Matcher("classic")
+    m = mm_core.Matcher("classic", head="analytic")
     assert m.engine.name == "classic" and "weight-free" in m.engine_note
     assert isinstance(m.head("segment"), WatershedHead) and m.head("segment") is m.head("segment")
     assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("track"), AnalyticLinker)
@@ -45,6 +45,21 @@ def test_matcher_holds_one_engine_and_its_heads():
     res = m.segment(blobs())
     assert res.n_objects == 4 and res.head_note.startswith("analytic watershed head")
     assert round(m.count(blobs()).count) == 4
+
+
+def test_shipped_defaults(torch_one_thread):
+    """What ships: the generalist head segments in automatic mode; boxes and counting stay analytic."""
+    from mm_core.heads.learned.generalist import GeneralistHead
+
+    m = mm_core.Matcher("classic")
+    assert isinstance(m.head("segment"), GeneralistHead)
+    assert isinstance(m.head("segment", "exemplar"), WatershedHead)
+    assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("count", "exemplar"), DensityHead)
+    res = m.segment(blobs())
+    assert "learned generalist head 'generalist-classic'" in res.head_note and res.n_objects >= 1
+    boxed = m.segment(blobs(), boxes=[[16, 16, 33, 33]])
+    assert boxed.head_note.startswith("analytic watershed head") and "automatic mode only" in boxed.head_note
+    assert "with exemplar boxes: analytic watershed head" in m.head_notes()["segment"]
 
 
 def test_engine_object_is_used_as_given_and_tracking_is_driven_by_the_pipeline():
@@ -81,7 +96,8 @@ def test_one_checkpoint_serves_its_own_task(tmp_path, torch_one_thread):
     torch.manual_seed(0)
     folder = LinkingHead("classic", 28, dim=16, heads=2).save_pretrained(tmp_path / "link-test")
     m = mm_core.Matcher("classic", head=str(folder))
-    assert isinstance(m.head("track"), LinkingHead) and isinstance(m.head("segment"), WatershedHead)
+    assert isinstance(m.head("track"), LinkingHead) and isinstance(m.head("segment", "exemplar"), WatershedHead)
+    assert type(m.head("segment")) is type(mm_core.Matcher("classic").head("segment"))  # the shipped default
     res = m.track([blobs(shift=2 * t, seed=t) for t in range(3)])
     assert "learned linking head 'link-test'" in res.head_note
     assert res.masks.shape == (3, 96, 96) and res.n_tracks >= 4

@@ -152,3 +152,18 @@ def test_shipped_defaults_are_per_mode(tmp_path, monkeypatch, torch_one_thread):
     assert "as requested" in a.segment(blobs()).head_note
     with pytest.raises(InputError, match="unknown mode"):
         m.head("segment", "boxes")
+
+
+def test_tracking_keeps_the_analytic_per_frame_head_unless_asked(torch_one_thread):
+    """The automatic-mode segmentation default tracked worse on SIM+: track() does not use it by default."""
+    from mm_core.heads.learned.generalist import GeneralistHead
+
+    frames = [blobs(shift=2 * t, seed=t) for t in range(3)]
+    m = mm_core.Matcher("classic")
+    seg, link, note = m.track_heads()
+    assert isinstance(seg, WatershedHead) and isinstance(link, AnalyticLinker)
+    res = m.track(frames)
+    assert res.head_note.startswith("analytic watershed head") and "not used for tracking" in res.head_note
+    asked = mm_core.Matcher("classic", head="generalist-classic")
+    assert isinstance(asked.track_heads()[0], GeneralistHead)
+    assert "generalist-classic" in asked.track(frames).head_note

@@ -12,6 +12,7 @@ Subcommands::
     python benchmarks/generalist_eval.py boxes --head PATH [--out ...]   # exemplar robustness, DSB2018 test
     python benchmarks/generalist_eval.py loo   --head-dir runs/loo [--out ...]
     python benchmarks/generalist_eval.py speed --head PATH                # seconds per 512^2 image
+    python benchmarks/generalist_eval.py range --head PATH [--out ...]   # automatic-mode object counts
     python benchmarks/generalist_eval.py tables --out runs/eval           # README tables from the JSON files
 
 ``dev``: AP50 / AP per segmentation set, automatic and exemplar mode; VGG MAE / RMSE
@@ -21,6 +22,8 @@ shifted right by 60 % of its width, enlarged 2x per side (about its centre) and
 stretched 2x wide and 0.5x tall; automatic mode for reference.
 ``loo``: heads trained without one source (``<head-dir>/without_<source>``), tested on
 the dev set of that kind (automatic and exemplar AP50 / AP).
+``range``: automatic mode, objects found vs true objects on the H&E-type (RGB) images of
+dsb2018_stage1_test and on usiigaci_phase_contrast (is a new user's count in the right range?).
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ def _heads(path):
     return load_head(path, engine="classic")
 
 
-def _cache(folder):
+def _cache(folder, version=None):
     from mm_core.engines.classic import ClassicEngine
     from mm_core.train.cache import EngineCache
 
-    return EngineCache(ClassicEngine(), folder, features=False)
+    return EngineCache(ClassicEngine(), folder, version, features=False)
 
 
 def _img(raw):
@@ -120,7 +123,7 @@ def count_scores(head, cache, limit) -> dict:
 
 
 def cmd_dev(a) -> dict:
-    head, cache = _heads(a.head), _cache(a.cache_dir)
+    head, cache = _heads(a.head), _cache(a.cache_dir, a.cache_version)
     out = {}
     for name in SEG_SETS:
         if a.sets and name not in a.sets:
@@ -151,7 +154,7 @@ def _resize(b: np.ndarray, sx: float, sy: float) -> np.ndarray:
 
 
 def cmd_boxes(a) -> dict:
-    head, cache = _heads(a.head), _cache(a.cache_dir)
+    head, cache = _heads(a.head), _cache(a.cache_dir, a.cache_version)
     out = {"automatic": seg_scores("dsb2018_stage1_test", head, cache, a.limit, modes=("automatic",))}
     for kind, fn in BOX_ERRORS.items():
         out[kind] = seg_scores("dsb2018_stage1_test", head, cache, a.limit, boxes_fn=fn, modes=("exemplar",))
@@ -161,7 +164,7 @@ def cmd_boxes(a) -> dict:
 
 def cmd_maps(a) -> dict:
     """Compute (cache) the engine maps every other subcommand reads; no head runs."""
-    cache = _cache(a.cache_dir)
+    cache = _cache(a.cache_dir, a.cache_version)
     for name in SEG_SETS:
         seg_scores(name, None, cache, a.limit)
     for fn in BOX_ERRORS.values():
@@ -179,7 +182,7 @@ def cmd_maps(a) -> dict:
 
 
 def cmd_loo(a) -> dict:
-    cache, out = _cache(a.cache_dir), {}
+    cache, out = _cache(a.cache_dir, a.cache_version), {}
     for src, dev in LOO.items():
         folder = Path(a.head_dir) / f"without_{src}"
         if not (folder / "config.json").is_file():
@@ -218,15 +221,43 @@ def cmd_speed(a) -> dict:
     return out
 
 
+def cmd_range(a) -> dict:
+    """Automatic mode: objects found by each head vs the true number, per image and in sum."""
+    from mm_core.heads.segmentation import instances_from_maps
+
+    head, cache = _heads(a.head), _cache(a.cache_dir, a.cache_version)
+    out = {}
+    for label, name, rgb_only in (("dsb2018_stage1_test, H&E-type (RGB) images", "dsb2018_stage1_test", True),
+                                  ("usiigaci_phase_contrast", "usiigaci_phase_contrast", False)):
+        rows = []
+        for stem, raw, gt in seg_items(name, a.limit):
+            if rgb_only and raw.ndim != 3:
+                continue
+            img = _img(raw)
+            maps = cache.match(img, None)
+            rows.append({"image": stem, "true": int(len(np.unique(gt[gt > 0]))),
+                         "analytic": int(instances_from_maps(maps, img).max()), "learned": int(head.predict(maps, img).max())})
+        r = {k: int(sum(x[k] for x in rows)) for k in ("true", "analytic", "learned")}
+        for h in ("analytic", "learned"):
+            ratio = np.array([x[h] / max(x["true"], 1) for x in rows])
+            r[f"{h} median ratio"] = float(np.median(ratio))
+            r[f"{h} images within 0.5-2x"] = int(((ratio >= 0.5) & (ratio <= 2.0)).sum())
+        out[label] = {**r, "images": len(rows), "per_image": rows}
+        print(label, json.dumps({k: v for k, v in out[label].items() if k != "per_image"}), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=("maps", "dev", "boxes", "loo", "speed", "tables"))
+    p.add_argument("cmd", choices=("maps", "dev", "boxes", "loo", "speed", "range", "tables"))
     p.add_argument("--head", default="generalist-classic")
     p.add_argument("--head-dir", default="runs/loo")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--sets", nargs="*", default=None, help="dev: only these data sets (JSON files can be merged)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cache-dir", default=".cache/dev_maps", help="engine maps of the dev images (measurement only)")
+    p.add_argument("--cache-version", default=None,
+                   help="engine version of the cached maps (default: a hash of the engine's sources)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
@@ -239,7 +270,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    res = {"maps": cmd_maps, "dev": cmd_dev, "boxes": cmd_boxes, "loo": cmd_loo, "speed": cmd_speed}[a.cmd](a)
+    res = {"maps": cmd_maps, "dev": cmd_dev, "boxes": cmd_boxes, "loo": cmd_loo, "speed": cmd_speed,
+           "range": cmd_range}[a.cmd](a)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"machine": f"{os.uname().nodename}, {os.cpu_count()} CPUs, torch threads "
@@ -248,21 +280,36 @@ def main(argv=None) -> int:
 
 
 
-def verdict(dev: dict) -> list[str]:
-    """The default rule of issue 11, per mode: beats the analytic head on >= 3 of the 4 dev
-    segmentation sets in AP50 and AP, loses nowhere by more than 0.05 AP50; counting: lower VGG MAE."""
-    out = []
+def rule(dev: dict) -> dict:
+    """Issue 11's default rule, per mode and task: ``{(task, mode): passes}``.
+
+    Segmentation passes in a mode when the learned head beats the analytic one in AP50
+    *and* AP on at least 3 of the 4 dev segmentation sets and loses nowhere by more than
+    0.05 AP50; counting passes when segmentation passes and its VGG MAE is lower too.
+    """
+    out = {}
     for m in ("automatic", "exemplar"):
         wins = [n for n in SEG_SETS if dev[n][f"{m}/learned"]["ap50"] > dev[n][f"{m}/analytic"]["ap50"]
                 and dev[n][f"{m}/learned"]["ap"] > dev[n][f"{m}/analytic"]["ap"]]
         worst = min(dev[n][f"{m}/learned"]["ap50"] - dev[n][f"{m}/analytic"]["ap50"] for n in SEG_SETS)
         seg_ok = len(wins) >= 3 and worst >= -0.05
         v = dev["vgg_cells"]
-        cnt_ok = v[f"{m}/learned"]["mae"] < v[f"{m}/analytic"]["mae"]
-        out.append(f"- {m} mode: segmentation {'PASSES' if seg_ok else 'fails'} (beats analytic in AP50 and AP on "
-                   f"{len(wins)} of 4 sets, worst AP50 difference {worst:+.3f}); counting "
-                   f"{'PASSES' if cnt_ok else 'fails'} (VGG MAE {v[f'{m}/learned']['mae']:.1f} vs "
-                   f"{v[f'{m}/analytic']['mae']:.1f})")
+        mae_ok = v[f"{m}/learned"]["mae"] < v[f"{m}/analytic"]["mae"]
+        out[("segment", m)] = {"passes": seg_ok, "wins": wins, "worst_ap50_diff": worst}
+        out[("count", m)] = {"passes": seg_ok and mae_ok, "mae_better": mae_ok,
+                             "mae": (v[f"{m}/learned"]["mae"], v[f"{m}/analytic"]["mae"])}
+    return out
+
+
+def verdict(dev: dict) -> list[str]:
+    """The rule's verdict in words, one line per mode (see :func:`rule`)."""
+    r, out = rule(dev), []
+    for m in ("automatic", "exemplar"):
+        s, c = r[("segment", m)], r[("count", m)]
+        out.append(f"- {m} mode: segmentation {'PASSES' if s['passes'] else 'fails'} (beats analytic in AP50 and AP "
+                   f"on {len(s['wins'])} of 4 sets: {', '.join(s['wins']) or 'none'}; worst AP50 difference "
+                   f"{s['worst_ap50_diff']:+.3f}); counting {'PASSES' if c['passes'] else 'fails'} (VGG MAE "
+                   f"{c['mae'][0]:.1f} vs {c['mae'][1]:.1f}{'' if s['passes'] else '; needs the segmentation part too'})")
     return out
 
 
@@ -289,7 +336,7 @@ def tables(folder: Path) -> str:
             a, b = v[f"{m}/analytic"], v[f"{m}/learned"]
             lines.append(f"| vgg_cells (n={a['n']}) | {m} | {a['mae']:.1f} | {b['mae']:.1f} | {a['rmse']:.1f} | {b['rmse']:.1f} |")
         lines.append(f"\nLargest gap between the learned count and the sum of its centres' shares: "
-                     f"{v['max |sum of centre shares - count|']:.2g}.")
+                     f"{v['max |sum of centre n - count|']:.2g}.")
     if dev and all(n in dev for n in (*SEG_SETS, "vgg_cells")):
         lines += ["", *verdict(dev)]
     boxes = load("boxes")
@@ -309,6 +356,15 @@ def tables(folder: Path) -> str:
             for m in ("automatic", "exemplar"):
                 a, b = r[f"{m}/analytic"], r[f"{m}/learned"]
                 lines.append(f"| {key} | {m} | {a['ap50']:.3f} | {b['ap50']:.3f} | {a['ap']:.3f} | {b['ap']:.3f} |")
+    rng = load("range")
+    if rng:
+        lines += ["", "| automatic mode | images | true objects | analytic: found | learned: found | "
+                  "analytic median ratio | learned median ratio | images within 0.5-2x (analytic / learned) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, r in rng.items():
+            lines.append(f"| {key} | {r['images']} | {r['true']} | {r['analytic']} | {r['learned']} | "
+                         f"{r['analytic median ratio']:.2f} | {r['learned median ratio']:.2f} | "
+                         f"{r['analytic images within 0.5-2x']} / {r['learned images within 0.5-2x']} |")
     speed = load("speed")
     if speed:
         lines += ["", "| 512 x 512 image | segment(), learned head | the learned head alone | segment(), analytic head |",

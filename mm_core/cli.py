@@ -125,7 +125,7 @@ def _matcher(args, task: str):
     matcher = Matcher(engine=args.engine, head=head)
     print(f"engine: {matcher.engine_note}", file=sys.stderr)
     if task == "track":
-        print(f"heads: {matcher.head_notes()['segment']}; {matcher.head_notes()['track']}", file=sys.stderr)
+        print(f"heads: {matcher.track_heads()[2]}", file=sys.stderr)
     else:
         print(f"head: {matcher.head_notes()[task]}", file=sys.stderr)
     return matcher

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 from mm_core.engines import ENGINE_NAMES, Engine, choose_engine, create_engine
 from mm_core.errors import InputError
-from mm_core.heads import MULTI_TASK_HEADS, TASK_HEAD_TYPES
-from mm_core.heads.selection import TASKS, head_for, head_or_fallback
+from mm_core.heads import MODES, MULTI_TASK_HEADS, TASK_HEAD_TYPES
+from mm_core.heads.selection import TASKS, analytic_head, head_for, head_or_fallback
 from mm_core.pipelines import (CountResult, ProgressFn, SegmentationResult, TrackResult, run_count,
                                run_segment, run_track)
 
@@ -31,7 +31,20 @@ PRETRAINED: dict[str, dict] = {
     "ldm-sd14": {"engine": "ldm", "head": None},
 }
 
-__all__ = ["PRETRAINED", "Matcher", "count", "default_matcher", "segment", "track"]
+__all__ = ["PRETRAINED", "Matcher", "count", "default_matcher", "mode_of", "segment", "track"]
+
+
+def mode_of(boxes) -> str:
+    """``"automatic"`` for no boxes (``None`` or an empty list), else ``"exemplar"``.
+
+    Only picks the mode's default head; the boxes themselves are checked by the pipeline.
+    """
+    if boxes is None:
+        return "automatic"
+    try:
+        return "automatic" if len(boxes) == 0 else "exemplar"
+    except TypeError:  # not a sequence: the pipeline says what is wrong with it
+        return "exemplar"
 
 
 class Matcher:
@@ -44,8 +57,9 @@ class Matcher:
         else the weight-free ``classic`` engine. An object with ``name`` and
         ``match(image, boxes)`` is used as it is.
     head : None, str, path or mapping
-        ``None``/``"auto"``: each task's shipped learned head for this engine when
-        one ships, else the analytic head. ``"analytic"``: the analytic heads.
+        ``None``/``"auto"``: each task's shipped learned head for this engine and
+        mode (automatic without boxes, exemplar with them) when one ships, else the
+        analytic head. ``"analytic"``: the analytic heads.
         A registry name, checkpoint folder or ``hub:owner/name``: that learned
         head (for the task it was trained for). A mapping ``{"segment": ...,
         "count": ..., "track": ...}`` chooses per task.
@@ -71,7 +85,7 @@ class Matcher:
                              f"got {type(engine).__name__}")
         self._specs = self._head_specs(head)
         self._per_task = isinstance(head, Mapping)
-        self._heads: dict[str, tuple[object, str]] = {}
+        self._heads: dict[tuple[str, str], tuple[object, str]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -109,12 +123,14 @@ class Matcher:
                              f"got {type(head).__name__}")
         return {t: head for t in TASKS}
 
-    def head(self, task: str):
-        """The head that runs for ``task`` (loaded on first use, then kept).
+    def head(self, task: str, mode: str = "automatic"):
+        """The head that runs for ``task`` in ``mode`` (loaded on first use, then kept).
 
         Parameters
         ----------
         task : {"segment", "count", "track"}
+        mode : {"automatic", "exemplar"}
+            Without or with exemplar boxes: the shipped defaults are per mode.
 
         Returns
         -------
@@ -123,30 +139,40 @@ class Matcher:
         """
         if task not in TASKS:
             raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         with self._lock:
-            if task not in self._heads:
-                self._heads[task] = self._load_head(task)
-            return self._heads[task][0]
+            if (task, mode) not in self._heads:
+                self._heads[(task, mode)] = self._load_head(task, mode)
+            return self._heads[(task, mode)][0]
 
-    def _load_head(self, task: str) -> tuple[object, str]:
+    def _load_head(self, task: str, mode: str = "automatic") -> tuple[object, str]:
         spec, engine = self._specs[task], getattr(self.engine, "name", "classic")
         if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
-            return head_or_fallback(None, task, engine)  # a broken shipped default must not stop a run
+            return head_or_fallback(None, task, engine, mode)  # a broken shipped default must not stop a run
         if not self._per_task and not (isinstance(spec, str) and spec.lower() in ("analytic", "none")):
             from mm_core.heads.learned.checkpoints import read_config, resolve
 
             kind = read_config(resolve(spec))["head_type"]
             if kind != TASK_HEAD_TYPES[task] and task not in MULTI_TASK_HEADS.get(kind, ()):
-                return head_or_fallback(None, task, engine)  # one checkpoint given: it serves its own task
-        return head_for(spec, task, engine)
+                return head_or_fallback(None, task, engine, mode)  # one checkpoint given: it serves its own task
+        return head_for(spec, task, engine, mode)
 
     def head_notes(self) -> dict[str, str]:
-        """Which head runs for each task, in words (loads the heads)."""
-        return {t: self._note(t) for t in TASKS}
+        """Which head runs for each task, in words (loads the heads).
 
-    def _note(self, task: str) -> str:
-        self.head(task)
-        return self._heads[task][1]
+        When the two modes run different heads, the note names both
+        (``"<automatic>; with exemplar boxes: <exemplar>"``).
+        """
+        out = {}
+        for t in TASKS:
+            auto, ex = self._note(t, "automatic"), self._note(t, "exemplar")
+            out[t] = auto if auto == ex else f"{auto}; with exemplar boxes: {ex}"
+        return out
+
+    def _note(self, task: str, mode: str = "automatic") -> str:
+        self.head(task, mode)
+        return self._heads[(task, mode)][1]
 
     @property
     def head_note(self) -> str:
@@ -171,8 +197,10 @@ class Matcher:
         -------
         SegmentationResult
         """
-        head = self.head("segment")
-        return run_segment(self.engine, head, image, boxes, progress, (self.engine_note, self._note("segment")))
+        mode = mode_of(boxes)
+        head = self.head("segment", mode)
+        return run_segment(self.engine, head, image, boxes, progress,
+                           (self.engine_note, self._note("segment", mode)))
 
     def count(self, image, boxes=None, progress: ProgressFn | None = None) -> CountResult:
         """Count objects in one image; parameters as :meth:`segment`.
@@ -182,8 +210,9 @@ class Matcher:
         CountResult
             ``count`` is the integral of ``density``.
         """
-        head = self.head("count")
-        return run_count(self.engine, head, image, boxes, progress, (self.engine_note, self._note("count")))
+        mode = mode_of(boxes)
+        head = self.head("count", mode)
+        return run_count(self.engine, head, image, boxes, progress, (self.engine_note, self._note("count", mode)))
 
     def track(self, frames, boxes=None, progress: ProgressFn | None = None,
               keep_maps: bool = False) -> TrackResult:
@@ -204,9 +233,26 @@ class Matcher:
         -------
         TrackResult
         """
-        seg, link = self.head("segment"), self.head("track")
-        note = f"{self._note('segment')}; {self._note('track')}"
+        seg, link, note = self.track_heads(mode_of(boxes))
         return run_track(self.engine, seg, link, frames, boxes, progress, keep_maps, (self.engine_note, note))
+
+    def track_heads(self, mode: str = "automatic") -> tuple[object, object, str]:
+        """Per-frame segmentation head, linker and their note for :meth:`track` in ``mode``.
+
+        The shipped segmentation defaults were measured on single images; tracking keeps
+        the analytic per-frame head unless a head is asked for, because the automatic-mode
+        default tracked worse on Fluo-N2DH-SIM+ (README, "Learned heads").
+        """
+        link, spec = self.head("track", mode), self._specs["segment"]
+        if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
+            seg = analytic_head("segment")
+            seg_note = self._note("segment", mode)
+            if not seg_note.startswith(seg.describe()):
+                seg_note = (f"{seg.describe()} (the shipped learned segmentation default is not used for "
+                            "tracking: it tracked worse on Fluo-N2DH-SIM+)")
+        else:
+            seg, seg_note = self.head("segment", mode), self._note("segment", mode)
+        return seg, link, f"{seg_note}; {self._note('track', mode)}"
 
     def __repr__(self) -> str:
         return f"Matcher(engine={getattr(self.engine, 'name', self.engine)!r})"

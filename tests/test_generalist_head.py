@@ -52,7 +52,7 @@ def test_targets_size_and_density():
 
 
 def test_size_search_keeps_the_scale_where_objects_come_out_at_the_working_size(monkeypatch):
-    head = GeneralistHead("classic", **TINY, scale_passes=7, scale_range=3.0)
+    head = GeneralistHead("classic", **TINY, scale_search="trials", scale_passes=7, scale_range=3.0)
     img = (_disks() > 0).astype(np.float32)
     inp = head.inputs(_maps(img, scale=10.0), img)
     true = {"d": 17.0}
@@ -64,6 +64,44 @@ def test_size_search_keeps_the_scale_where_objects_come_out_at_the_working_size(
     assert head.estimate_scale(inp)[0] == pytest.approx(60.0)
     monkeypatch.setattr(head, "_probe", lambda inp, t: None)  # nothing found: the engine's scale
     assert head.estimate_scale(inp)[0] == pytest.approx(10.0)
+
+
+def test_cheap_size_searches_engine_and_refine(monkeypatch):
+    head = GeneralistHead("classic", **TINY, scale_search="engine")
+    img = (_disks() > 0).astype(np.float32)
+    inp = head.inputs(_maps(img, scale=10.0), img)
+
+    def no_probe(inp, t):
+        raise AssertionError("the engine strategy must not probe")
+
+    monkeypatch.setattr(head, "_probe", no_probe)
+    assert head.estimate_scale(inp) == (10.0, [])
+    calls = []
+    true = {"d": 17.0}
+
+    def probe(inp, t):
+        calls.append(t)
+        return true["d"]
+
+    monkeypatch.setattr(head, "_probe", probe)
+    head.config.update(scale_search="refine", scale_passes=3, scale_range=3.0)
+    s, trials = head.estimate_scale(inp)
+    # probe at the engine's scale, read 17, probe at 17, read 17 again (within 10 %): stop
+    assert s == pytest.approx(17.0) and trials == pytest.approx([10.0, 17.0]) and calls == trials
+    head.config["scale_passes"] = 1
+    assert head.estimate_scale(inp) == (pytest.approx(17.0), [10.0])
+    true["d"] = 60.0  # refine stays within scale_range of the engine's scale
+    head.config["scale_passes"] = 3
+    assert head.estimate_scale(inp)[0] == pytest.approx(30.0)
+    monkeypatch.setattr(head, "_probe", lambda inp, t: None)
+    assert head.estimate_scale(inp)[0] == pytest.approx(10.0)
+    head.config["scale_search"] = "magic"
+    with pytest.raises(ValueError, match="unknown scale_search"):
+        head.estimate_scale(inp)
+    # a given scale skips the search
+    head.config["scale_search"] = "refine"
+    monkeypatch.setattr(head, "_probe", no_probe)
+    assert head.predict_maps(_maps(img, scale=10.0), img, scale=12.0)["scale"] == 12.0
 
 
 def test_probe_reads_sizes_per_object_and_in_input_pixels(monkeypatch):
@@ -156,6 +194,41 @@ def test_generalist_serves_segment_and_count_through_the_matcher(tmp_path, monke
     assert "g-test" in m.head_note
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     monkeypatch.setattr(checkpoints, "WEIGHTS_DIR", tmp_path / "weights")
-    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic"): "g-test"})
+    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "g-test"})
     head, note = mm_core.Matcher("classic")._load_head("segment")
     assert head.describe() == "analytic watershed head" and "not a readable safetensors file" in note
+
+
+def test_default_rule_per_mode_and_task(monkeypatch):
+    """benchmarks/generalist_eval.rule: >= 3 of 4 wins in AP50 and AP, no loss > 0.05 AP50; count also needs MAE."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    sys.modules.pop("generalist_eval", None)
+    ge = importlib.import_module("generalist_eval")
+
+    def scores(learned_ap50, analytic_ap50=0.5):
+        return {"ap50": learned_ap50, "ap": learned_ap50 / 2}, {"ap50": analytic_ap50, "ap": analytic_ap50 / 2}
+
+    def dev(auto_last, ex_last, mae_auto, mae_ex):
+        out = {}
+        for k, name in enumerate(ge.SEG_SETS):
+            la, aa = scores(0.6 if k < 3 else auto_last)
+            le, ae = scores(0.6 if k < 3 else ex_last)
+            out[name] = {"automatic/learned": la, "automatic/analytic": aa, "exemplar/learned": le,
+                         "exemplar/analytic": ae}
+        out["vgg_cells"] = {"automatic/learned": {"mae": mae_auto}, "automatic/analytic": {"mae": 10.0},
+                            "exemplar/learned": {"mae": mae_ex}, "exemplar/analytic": {"mae": 10.0}}
+        return out
+
+    r = ge.rule(dev(auto_last=0.46, ex_last=0.44, mae_auto=9.0, mae_ex=9.0))
+    assert r[("segment", "automatic")]["passes"] and r[("count", "automatic")]["passes"]
+    assert not r[("segment", "exemplar")]["passes"]  # loses by 0.06 AP50 on the fourth set
+    assert not r[("count", "exemplar")]["passes"]  # a better MAE alone is not enough
+    r = ge.rule(dev(auto_last=0.46, ex_last=0.46, mae_auto=11.0, mae_ex=9.0))
+    assert r[("segment", "automatic")]["passes"] and not r[("count", "automatic")]["passes"]
+    assert r[("count", "exemplar")]["passes"]
+    assert "counting fails" in ge.verdict(dev(0.46, 0.46, 11.0, 9.0))[0]

@@ -264,10 +264,16 @@ def test_select_head_says_which_head_runs(tmp_path, monkeypatch):
         select_head(folder, "segment", "ldm")
     # shipped folders are found by name, and a default is used when configured
     monkeypatch.setattr(checkpoints, "WEIGHTS_DIR", tmp_path / "weights")
-    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic"): "seg-test"})
+    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "seg-test"})
     assert "seg-test" in registry.available_heads()
     head, note = select_head("auto", "segment", "classic")
     assert isinstance(head, SegmentationHead) and "seg-test" in note
     assert select_head("auto", "segment", "ldm")[0] is None
+    # defaults are per mode: this one is for automatic mode only
+    head, note = select_head("auto", "segment", "classic", "exemplar")
+    assert head is None and "for automatic mode only" in note
+    assert isinstance(select_head(folder, "segment", "classic", "exemplar")[0], SegmentationHead)  # asked for
+    with pytest.raises(InputError, match="unknown mode"):
+        select_head("auto", "segment", "classic", "boxes")
     with pytest.raises(InputError, match="seg-test"):  # unknown names list the known ones
         load_head("no-such-head")

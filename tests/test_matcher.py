@@ -37,7 +37,7 @@ class CountingEngine(ClassicEngine):
 
 
 def test_matcher_holds_one_engine_and_its_heads():
-    m = mm_core.Matcher("classic")
+    m = mm_core.Matcher("classic", head="analytic")
     assert m.engine.name == "classic" and "weight-free" in m.engine_note
     assert isinstance(m.head("segment"), WatershedHead) and m.head("segment") is m.head("segment")
     assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("track"), AnalyticLinker)
@@ -45,6 +45,21 @@ def test_matcher_holds_one_engine_and_its_heads():
     res = m.segment(blobs())
     assert res.n_objects == 4 and res.head_note.startswith("analytic watershed head")
     assert round(m.count(blobs()).count) == 4
+
+
+def test_shipped_defaults(torch_one_thread):
+    """What ships: the generalist head segments in automatic mode; boxes and counting stay analytic."""
+    from mm_core.heads.learned.generalist import GeneralistHead
+
+    m = mm_core.Matcher("classic")
+    assert isinstance(m.head("segment"), GeneralistHead)
+    assert isinstance(m.head("segment", "exemplar"), WatershedHead)
+    assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("count", "exemplar"), DensityHead)
+    res = m.segment(blobs())
+    assert "learned generalist head 'generalist-classic'" in res.head_note and res.n_objects >= 1
+    boxed = m.segment(blobs(), boxes=[[16, 16, 33, 33]])
+    assert boxed.head_note.startswith("analytic watershed head") and "automatic mode only" in boxed.head_note
+    assert "with exemplar boxes: analytic watershed head" in m.head_notes()["segment"]
 
 
 def test_engine_object_is_used_as_given_and_tracking_is_driven_by_the_pipeline():
@@ -81,7 +96,8 @@ def test_one_checkpoint_serves_its_own_task(tmp_path, torch_one_thread):
     torch.manual_seed(0)
     folder = LinkingHead("classic", 28, dim=16, heads=2).save_pretrained(tmp_path / "link-test")
     m = mm_core.Matcher("classic", head=str(folder))
-    assert isinstance(m.head("track"), LinkingHead) and isinstance(m.head("segment"), WatershedHead)
+    assert isinstance(m.head("track"), LinkingHead) and isinstance(m.head("segment", "exemplar"), WatershedHead)
+    assert type(m.head("segment")) is type(mm_core.Matcher("classic").head("segment"))  # the shipped default
     res = m.track([blobs(shift=2 * t, seed=t) for t in range(3)])
     assert "learned linking head 'link-test'" in res.head_note
     assert res.masks.shape == (3, 96, 96) and res.n_tracks >= 4
@@ -105,3 +121,49 @@ def test_training_cache_key_covers_every_source_the_maps_depend_on():
     names = {Path(p).name for p in engine_sources(ClassicEngine())}
     assert {"engine.py", "bank.py", "centers.py", "transforms.py", "base.py"} <= names
     assert "segmentation.py" not in names  # heads do not shape the engine's maps
+
+
+def test_shipped_defaults_are_per_mode(tmp_path, monkeypatch, torch_one_thread):
+    """A default for one mode runs only without (or with) boxes; the note says which head ran."""
+    import torch
+
+    from mm_core.heads.learned import checkpoints, registry
+    from mm_core.heads.learned.generalist import GeneralistCounter, GeneralistHead
+
+    torch.manual_seed(0)
+    GeneralistHead("classic", base=4, levels=2, tile=64).save_pretrained(tmp_path / "weights" / "g-mode")
+    monkeypatch.setattr(checkpoints, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "g-mode",
+                                               ("count", "classic", "exemplar"): "g-mode"})
+    m = mm_core.Matcher("classic")
+    box = [[16, 16, 33, 33]]
+    assert isinstance(m.head("segment"), GeneralistHead)
+    assert isinstance(m.head("segment", "exemplar"), WatershedHead)
+    assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("count", "exemplar"), GeneralistCounter)
+    assert "g-mode" in m.segment(blobs()).head_note
+    res = m.segment(blobs(), boxes=box)
+    assert res.head_note.startswith("analytic watershed head") and "for automatic mode only" in res.head_note
+    assert "g-mode" in m.count(blobs(), boxes=box).head_note
+    assert m.count(blobs(), boxes=[]).head_note.startswith("analytic density head")  # no box: automatic
+    assert "with exemplar boxes: learned generalist head 'g-mode'" in m.head_notes()["count"]
+    # --head analytic keeps the analytic heads in both modes
+    a = mm_core.Matcher("classic", head="analytic")
+    assert isinstance(a.head("segment"), WatershedHead) and a.segment(blobs(), boxes=box).n_objects >= 1
+    assert "as requested" in a.segment(blobs()).head_note
+    with pytest.raises(InputError, match="unknown mode"):
+        m.head("segment", "boxes")
+
+
+def test_tracking_keeps_the_analytic_per_frame_head_unless_asked(torch_one_thread):
+    """The automatic-mode segmentation default tracked worse on SIM+: track() does not use it by default."""
+    from mm_core.heads.learned.generalist import GeneralistHead
+
+    frames = [blobs(shift=2 * t, seed=t) for t in range(3)]
+    m = mm_core.Matcher("classic")
+    seg, link, note = m.track_heads()
+    assert isinstance(seg, WatershedHead) and isinstance(link, AnalyticLinker)
+    res = m.track(frames)
+    assert res.head_note.startswith("analytic watershed head") and "not used for tracking" in res.head_note
+    asked = mm_core.Matcher("classic", head="generalist-classic")
+    assert isinstance(asked.track_heads()[0], GeneralistHead)
+    assert "generalist-classic" in asked.track(frames).head_note

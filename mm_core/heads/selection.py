@@ -38,17 +38,19 @@ def analytic_head(task: str):
     return _ANALYTIC[task]()
 
 
-def head_for(spec, task: str, engine: str):
+def head_for(spec, task: str, engine: str, mode: str = "automatic"):
     """The head that turns ``engine``'s maps into ``task`` output, and a line saying which.
 
     Parameters
     ----------
     spec : None, "auto", "analytic", registry name, checkpoint folder or ``hub:owner/name``
-        ``None``/``"auto"``: the shipped learned default for this task and engine
-        when there is one, else the analytic head.
+        ``None``/``"auto"``: the shipped learned default for this task, engine and
+        mode when there is one, else the analytic head.
     task : {"segment", "count", "track"}
     engine : str
         Name of the engine whose maps the head reads (``"classic"`` or ``"ldm"``).
+    mode : {"automatic", "exemplar"}
+        Without or with exemplar boxes (the shipped defaults are per mode).
 
     Returns
     -------
@@ -72,13 +74,13 @@ def head_for(spec, task: str, engine: str):
         raise InputError(f"a head is given by name or folder (or 'analytic'), got {type(spec).__name__}")
     from mm_core.heads.learned.registry import select_head
 
-    learned, note = select_head(spec, task, engine)
+    learned, note = select_head(spec, task, engine, mode)
     if learned is None:
         return analytic_head(task), note
     return learned, note
 
 
-def head_or_fallback(spec, task: str, engine: str):
+def head_or_fallback(spec, task: str, engine: str, mode: str = "automatic"):
     """:func:`head_for`, but a checkpoint that cannot be loaded falls back to the analytic head.
 
     Returns
@@ -88,7 +90,7 @@ def head_or_fallback(spec, task: str, engine: str):
         Says that the analytic head runs instead, and why.
     """
     try:
-        return head_for(spec, task, engine)
+        return head_for(spec, task, engine, mode)
     except (InputError, ModelUnavailableError) as exc:
         head = analytic_head(task)
         return head, f"{head.describe()} (the learned head could not be used: {exc})"

@@ -8,10 +8,11 @@ the log of the object size relative to ``target_diameter`` and a density of obje
 centres.
 
 The object scale is the crux on unseen kinds of image, so the head measures it
-itself, as Cellpose's size model does: it runs on a central window at a few trial
-scales around the engine's and keeps the scale at which its objects come out at the
-working diameter (:meth:`GeneralistHead.estimate_scale`), then runs on the whole image
-there. Instances come from the distance / boundary maps by
+itself, as Cellpose's size model does: by default it runs once on a central window at
+the engine's scale, reads the object size there and runs on the whole image at that
+size (:meth:`GeneralistHead.estimate_scale`; the strategy was picked on the validation
+slice of ``train/`` by ``benchmarks/generalist_scale.py``, trial-scale searches are
+config options). Instances come from the distance / boundary maps by
 marker-controlled watershed (:func:`mm_core.heads.learned.segmentation.instances_from_distance`);
 the count is the sum of the density; the instances' centroids are the centres
 (:class:`GeneralistCounter`).
@@ -58,6 +59,30 @@ def object_diameter(labels: np.ndarray) -> float:
     areas = np.bincount(np.asarray(labels).ravel())[1:]
     areas = areas[areas > 0]
     return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else 0.0
+
+
+def pick_crossing(trials: list[float], read: list[float | None], s0: float) -> float:
+    """The scale at which objects come out at the working diameter, from trial probes.
+
+    ``read[k]`` is the object size read at trial scale ``trials[k]`` (``None``: no
+    objects). Where the ratio read / trial crosses 1 from above (objects bigger than the
+    working size, then smaller), the crossing closest to ``s0`` is interpolated in log
+    scale; else the size read at the trial whose ratio is closest to 1; ``s0`` when no
+    trial found objects.
+    """
+    logr = np.array([np.nan if g is None else float(np.log(g / t)) for t, g in zip(trials, read, strict=True)])
+    ok = np.isfinite(logr)
+    if not ok.any():
+        return float(s0)
+    lt = np.log(np.asarray(trials, float))
+    n = len(trials)
+    cross = [k for k in range(n - 1) if ok[k] and ok[k + 1] and logr[k] >= 0 > logr[k + 1]]
+    if cross:
+        k = min(cross, key=lambda k: abs(lt[k] - np.log(s0)))
+        a = logr[k] / (logr[k] - logr[k + 1])
+        return float(np.exp(lt[k] + a * (lt[k + 1] - lt[k])))
+    k = int(np.nanargmin(np.where(ok, np.abs(logr), np.nan)))
+    return float(trials[k] * np.exp(logr[k]))
 
 
 def targets(labels: np.ndarray, target_diameter: float) -> np.ndarray:
@@ -118,17 +143,19 @@ class GeneralistHead(LearnedHead):
 
     ``config``: ``base``/``levels`` (U-Net width and depth), ``target_diameter``,
     ``tile``/``tile_overlap``, ``fg_threshold``/``seed_threshold`` (watershed),
-    ``scale_passes`` (trial scales of the size search), ``scale_range`` (the trials span
-    this factor either side of the engine's scale), ``probe_side`` (the size search looks
-    at a central window of at most this many working-grid pixels a side), ``max_zoom``
-    (largest upsampling of the input).
+    ``scale_search`` (how the object size is found, see :meth:`estimate_scale`:
+    ``"engine"``, ``"refine"`` or ``"trials"``), ``scale_passes`` (probes of the search),
+    ``scale_range`` (the search stays within this factor either side of the engine's
+    scale), ``probe_side`` (the size search looks at a central window of at most this
+    many working-grid pixels a side), ``max_zoom`` (largest upsampling of the input).
     """
 
     head_type = "generalist"
     n_outputs = len(OUTPUTS)
     defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 16.0, "tile": 1024, "tile_overlap": 32,
                                 "size_multiple": 16, "fg_threshold": 0.5, "seed_threshold": 0.1,
-                                "scale_passes": 7, "scale_range": 3.0, "probe_side": 256,
+                                "scale_search": "refine", "scale_passes": 1, "scale_range": 3.0,
+                                "probe_side": 256,
                                 "max_zoom": 3.0}
 
     def __init__(self, engine: str = "classic", n_features: int = 0, **config):
@@ -201,40 +228,55 @@ class GeneralistHead(LearnedHead):
         return float(self.config["target_diameter"] * np.exp(med) / f)
 
     def estimate_scale(self, inp: HeadInputs) -> tuple[float, list[float]]:
-        """Object diameter in input pixels, and the trial scales: ``(scale, scales tried)``.
+        """Object diameter in input pixels, and the trial scales probed: ``(scale, scales tried)``.
 
-        As Cellpose's size model does: the head runs on a central window at
-        ``scale_passes`` trial scales spread geometrically over ``1/scale_range`` to
-        ``scale_range`` times the engine's scale, and the scale kept is the one at which
-        its objects come out at the working diameter (where the ratio of read size to
-        trial scale crosses 1, interpolated in log scale; else the trial closest to it).
+        ``scale_search`` (config) picks the strategy; every probe runs the head on a
+        central window (:meth:`_probe`) and reads the object size there:
+
+        - ``"engine"``: no probe, the engine's scale (``MatchMaps.scale``);
+        - ``"refine"`` (Cellpose's size model, iterated): probe at the engine's scale,
+          then again at the size read, up to ``scale_passes`` probes, stopping once the
+          size read agrees with the trial within 10 %;
+        - ``"trials"``: ``scale_passes`` trials spread geometrically over
+          ``1/scale_range`` to ``scale_range`` times the engine's scale; the scale kept
+          is the one at which objects come out at the working diameter (see
+          :func:`pick_crossing`).
+
+        ``"refine"`` stays within ``scale_range`` of the engine's scale; when no probe
+        finds objects, the last trial (at first the engine's scale) is kept.
         """
         s0 = inp.scale if np.isfinite(inp.scale) and inp.scale > 0 else self.config["target_diameter"]
+        how = str(self.config.get("scale_search", "trials"))
         n = max(1, int(self.config["scale_passes"]))
         r = float(self.config["scale_range"])
+        if how == "engine":
+            return float(s0), []
+        if how == "refine":
+            trials, t = [], float(s0)
+            for _ in range(n):
+                trials.append(t)
+                got = self._probe(inp, t)
+                if got is None:
+                    break
+                t_new = float(np.clip(got, s0 / r, s0 * r))
+                done = abs(np.log(t_new / t)) < np.log(1.1)
+                t = t_new
+                if done:
+                    break
+            return t, trials
+        if how != "trials":
+            raise ValueError(f"unknown scale_search {how!r} (engine, refine or trials)")
         trials = list(s0 * np.geomspace(1 / r, r, n)) if n > 1 else [s0]
-        logr = []
-        for t in trials:
-            got = self._probe(inp, t)
-            logr.append(np.nan if got is None else float(np.log(got / t)))
-        logr = np.asarray(logr)
-        ok = np.isfinite(logr)
-        if not ok.any():
-            return s0, trials
-        lt = np.log(np.asarray(trials))
-        # crossings from "objects bigger than the working size" to "smaller"
-        cross = [k for k in range(n - 1) if ok[k] and ok[k + 1] and logr[k] >= 0 > logr[k + 1]]
-        if cross:
-            k = min(cross, key=lambda k: abs(lt[k] - np.log(s0)))
-            a = logr[k] / (logr[k] - logr[k + 1])
-            return float(np.exp(lt[k] + a * (lt[k + 1] - lt[k]))), trials
-        k = int(np.nanargmin(np.where(ok, np.abs(logr), np.nan)))
-        return float(trials[k] * np.exp(logr[k])), trials
+        got = [self._probe(inp, t) for t in trials]
+        return pick_crossing(trials, got, s0), trials
 
-    def predict_maps(self, maps: MatchMaps, image: np.ndarray) -> dict:
-        """Output maps at input resolution (probabilities, density summing to the count) and the scale."""
+    def predict_maps(self, maps: MatchMaps, image: np.ndarray, scale: float | None = None) -> dict:
+        """Output maps at input resolution (probabilities, density summing to the count) and the scale.
+
+        ``scale`` (object diameter, input pixels) skips the size search.
+        """
         inp = self.inputs(maps, image)
-        s, tried = self.estimate_scale(inp)
+        s, tried = self.estimate_scale(inp) if scale is None else (float(scale), [])
         inp.scale = s
         raw, f = self.predict_dense(inp)
         prob = 1.0 / (1.0 + np.exp(-raw[:3]))

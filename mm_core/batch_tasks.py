@@ -58,11 +58,12 @@ class Model:
         self.engine_note = self.matcher.engine_note
         self.head_note = self.matcher.head_notes()[settings.task]
 
-    def tile_fn(self, task: str):
-        """The per-tile function of :mod:`mm_core.tiled` for ``task``, on this Matcher."""
+    def tile_fn(self, task: str, boxes=None):
+        """The per-tile runner of :mod:`mm_core.tiled` for ``task`` (the mode's head: ``boxes`` or not)."""
+        from mm_core.models import mode_of
         from mm_core.tiled import tile_fn
 
-        return tile_fn(self.matcher.engine, self.matcher.head(task), task)
+        return tile_fn(self.matcher.engine, self.matcher.head(task, mode_of(boxes)), task)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -153,7 +154,8 @@ def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
     with open_lazy(item.path, s.channels) as img:
         boxes = _tiled_boxes(item, img.shape)
         lab = create_ome_zarr(_partial(zpath), img)
-        summary = segment_tiled(img, lab, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item), boxes)
+        runner = model.tile_fn("segment", boxes)
+        summary = segment_tiled(img, lab, runner, s.tile, s.overlap, _bar(s, item), boxes)
         write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
         object_table(lab).to_csv(_partial(tab), index=False)
     for p in (tif, zpath, tab):
@@ -173,7 +175,8 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
         with open_lazy(item.path, s.channels) as img:
             boxes = _tiled_boxes(item, img.shape)
             dens = create_zarr_array(scratch, img.shape, np.float32)
-            summary = count_tiled(img, dens, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item), boxes)
+            runner = model.tile_fn("count", boxes)
+            summary = count_tiled(img, dens, runner, s.tile, s.overlap, _bar(s, item), boxes)
             write_bigtiff(_partial(dens_p), dens, np.float32)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -202,12 +205,13 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
         notes = dict(engine_note=m.engine_note, head_note=model.head_note)
         if s.task == "segment":
             labels = np.zeros(data.shape[:2], np.uint32)
-            segment_tiled(img, labels, model.tile_fn("segment"), s.tile, s.overlap, _bar(s, item), boxes)
+            runner = model.tile_fn("segment", boxes)
+            segment_tiled(img, labels, runner, s.tile, s.overlap, _bar(s, item), boxes)
             res = SegmentationResult(labels=labels, image=data, maps=None, **notes)
         else:
             density = np.zeros(data.shape[:2], np.float32)
-            summary = count_tiled(img, density, model.tile_fn("count"), s.tile, s.overlap, _bar(s, item),
-                                  boxes)
+            summary = count_tiled(img, density, model.tile_fn("count", boxes), s.tile, s.overlap,
+                                  _bar(s, item), boxes)
             res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
                               maps=None, **notes)
     _save(res, out, item.base, data)

@@ -253,7 +253,8 @@ class TileRunner:
     """One engine and one head run on the tiles of one image, matched alike.
 
     :meth:`prepare` is called once on the window of :func:`probe_window` (:data:`FIT_SIDE`
-    wide, or one tile for an engine that cannot fit): an engine that can
+    wide, or one tile for an engine that cannot fit): a head with its own size search
+    (``fit_scale``, the generalist head) reads the object size there too; an engine that can
     (``engine.fit``, the weight-free engine) measures there what matching needs (grey
     projection, polarity, object scale, pixel classifier, exemplar templates) and
     applies it to every tile; another engine (LDM) matches each tile on its own, in
@@ -264,6 +265,7 @@ class TileRunner:
     def __init__(self, engine: Engine, head, task: str):
         self.engine, self.head, self.task = engine, head, task
         self.fit = None
+        self.head_scale = None  #: object size of a head with its own size search, measured once
 
     @property
     def fits(self) -> bool:
@@ -274,6 +276,8 @@ class TileRunner:
         """Fit on the normalised window ``probe`` (``boxes`` in its pixels); return the object diameter."""
         if self.fits:
             self.fit = self.engine.fit(probe, boxes)
+            if callable(getattr(self.head, "fit_scale", None)):  # a learned head reads the size itself
+                self.head_scale = self.head.fit_scale(self.engine.match(probe, fit=self.fit), probe)
             return float(self.fit.object_diameter)
         if boxes is not None and len(boxes):
             raise InputError(f"exemplar boxes on an image processed in tiles need the weight-free engine "
@@ -284,7 +288,8 @@ class TileRunner:
     def __call__(self, x: np.ndarray):
         """The head's output for one normalised tile."""
         maps = self.engine.match(x, fit=self.fit) if self.fit is not None else self.engine.match(x, None)
-        out = self.head.predict(maps, x)
+        extra = {} if self.head_scale is None else {"scale": self.head_scale}
+        out = self.head.predict(maps, x, **extra)
         if self.task == "segment":
             return (np.asarray(out),)
         density, points = out
@@ -328,11 +333,11 @@ def segment_large(
     tile, overlap, progress, boxes
         As in :func:`segment_tiled`.
     """
-    from mm_core.models import Matcher
+    from mm_core.models import Matcher, mode_of
 
     matcher = matcher if matcher is not None else Matcher(engine="classic")
     arr = np.asarray(image, np.float32)
     img = LazyImage(arr, "YX" if arr.ndim == 2 else "YXC", "the image")
     out = np.zeros(arr.shape[:2], np.uint32)
-    fn = tile_fn(matcher.engine, matcher.head("segment"), "segment")
+    fn = tile_fn(matcher.engine, matcher.head("segment", mode_of(boxes)), "segment")
     return out, segment_tiled(img, out, fn, tile, overlap, progress, boxes)

@@ -228,3 +228,29 @@ def test_tiled_count_is_a_whole_number_its_centres_add_up_to():
     assert summary.tiles > 1 and summary.count == int(summary.count) == summary.points["n"].sum()
     assert abs(summary.count - untiled) <= 0.05 * len(centres)
     assert abs(float(dens.sum()) - summary.count) <= 0.5
+
+
+def test_tiles_read_by_the_learned_default_head_share_one_object_size(monkeypatch):
+    """The automatic-mode default (generalist head) measures the object size once for all tiles."""
+    from mm_core import Matcher
+    from mm_core.heads.learned.generalist import GeneralistHead
+    from mm_core.tiled import segment_large
+    from mm_core.transforms import normalize
+
+    img, _ = _disks((512, 512), 5, 120, 8)
+    img = img + np.random.default_rng(4).normal(0, 60, img.shape)
+    m = Matcher(engine="classic")
+    head = m.head("segment")
+    if not isinstance(head, GeneralistHead):
+        pytest.skip("the shipped automatic-mode segmentation default is not the generalist head")
+    calls = []
+    real = GeneralistHead.fit_scale
+    monkeypatch.setattr(GeneralistHead, "fit_scale", lambda self, *a: calls.append(1) or real(self, *a))
+    searched = []
+    real_search = GeneralistHead.estimate_scale
+    monkeypatch.setattr(GeneralistHead, "estimate_scale", lambda self, inp: searched.append(1) or real_search(self, inp))
+    tiled, summary = segment_large(img, m, tile=256)
+    assert summary.tiles > 1 and len(calls) == 1 and len(searched) == 1  # no search per tile
+    x = normalize(img)
+    whole = head.predict(m.engine.match(x), x)
+    assert _f1(whole, tiled) >= 0.95

@@ -307,9 +307,17 @@ class GeneralistHead(LearnedHead):
                                        self.config["fg_threshold"], self.config["seed_threshold"],
                                        seeds=out.get("seeds"))
 
-    def predict(self, maps: MatchMaps, image: np.ndarray) -> np.ndarray:
-        """Instance labels ``(H, W)`` int32 at input resolution."""
-        return self.labels_from(self.predict_maps(maps, image))
+    def fit_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
+        """The object diameter (input pixels) this head's size search finds on ``image``.
+
+        Measured once on one region of a large image and passed to :meth:`predict` for
+        every tile (``scale=``), so that all tiles are read at one object size.
+        """
+        return float(self.estimate_scale(self.inputs(maps, image))[0])
+
+    def predict(self, maps: MatchMaps, image: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """Instance labels ``(H, W)`` int32 at input resolution (``scale``: skip the size search)."""
+        return self.labels_from(self.predict_maps(maps, image, scale))
 
     def counter(self) -> GeneralistCounter:
         """This head's counting view (``predict`` -> density, centres)."""
@@ -338,9 +346,14 @@ class GeneralistCounter:
     def describe(self) -> str:
         return self.head.describe() + "; count = sum of its density map, shared among the object centres"
 
-    def predict(self, maps: MatchMaps, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fit_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
+        """See :meth:`GeneralistHead.fit_scale`."""
+        return self.head.fit_scale(maps, image)
+
+    def predict(self, maps: MatchMaps, image: np.ndarray,
+                scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``density (H, W)`` (sums to the count) and object centres ``(N, 2)`` (row, col)."""
-        out = self.head.predict_maps(maps, image)
+        out = self.head.predict_maps(maps, image, scale)
         labels = self.head.labels_from(out)
         n = int(labels.max())
         if n == 0:

@@ -32,7 +32,7 @@ from mm_core.engines import Engine
 from mm_core.errors import InputError, InputWarning
 from mm_core.io.lazy import LazyImage
 from mm_core.tiling import LabelStitcher, Tile, tile_grid
-from mm_core.transforms import DEFAULT_PERCENTILES
+from mm_core.transforms import DEFAULT_PERCENTILES, percentile_bounds, rescale
 
 #: Default tile side in pixels: images larger than this on a side are tiled.
 DEFAULT_TILE = 2048
@@ -72,23 +72,13 @@ class Normaliser:
     ):
         sample = img.sample()
         chans = sample[..., None] if sample.ndim == 2 else sample
-        self.lo, self.span = [], []
-        for c in range(chans.shape[-1]):
-            v = chans[..., c][np.isfinite(chans[..., c])]
-            lo, hi = np.percentile(v, [low, high]) if v.size else (0.0, 0.0)
-            self.lo.append(float(lo))
-            self.span.append(float(hi - lo) if hi - lo > 1e-12 * max(1.0, abs(hi)) else 0.0)
+        self.bounds = [percentile_bounds(chans[..., c], low, high) for c in range(chans.shape[-1])]
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """Normalise a raw float32 tile (NaN/inf -> 0)."""
-        out = np.zeros(raw.shape, np.float32)
-        chans = raw[..., None] if raw.ndim == 2 else raw
-        o = out[..., None] if raw.ndim == 2 else out
-        for c, (lo, span) in enumerate(zip(self.lo, self.span)):
-            if span > 0:
-                o[..., c] = (chans[..., c] - lo) / span
-        out[~np.isfinite(out)] = 0.0
-        return out
+        if raw.ndim == 2:
+            return rescale(raw, *self.bounds[0])
+        return np.stack([rescale(raw[..., c], *b) for c, b in enumerate(self.bounds)], -1)
 
 
 def is_blank(tile_img: np.ndarray) -> bool:

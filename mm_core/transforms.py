@@ -50,15 +50,30 @@ def normalize(image: np.ndarray, low: float = DEFAULT_PERCENTILES[0],
     chans = img[..., None] if img.ndim == 2 else img
     out = np.zeros_like(chans, dtype=np.float32)
     for c in range(chans.shape[-1]):
-        ch = chans[..., c]
-        finite = np.isfinite(ch)
-        if not finite.any():
-            continue
-        lo, hi = np.percentile(ch[finite], [low, high])
-        if hi - lo > 1e-12 * max(1.0, abs(hi)):
-            out[..., c] = (ch - lo) / (hi - lo)
-        out[..., c][~finite] = 0.0
+        out[..., c] = rescale(chans[..., c], *percentile_bounds(chans[..., c], low, high))
     return out[..., 0] if img.ndim == 2 else out
+
+
+def percentile_bounds(values: np.ndarray, low: float = DEFAULT_PERCENTILES[0],
+                      high: float = DEFAULT_PERCENTILES[1]) -> tuple[float, float]:
+    """The ``low`` and ``high`` percentiles of the finite ``values`` (``(0, 0)`` when there are none)."""
+    v = np.asarray(values)
+    v = v[np.isfinite(v)]
+    return tuple(np.percentile(v, [low, high])) if v.size else (0.0, 0.0)
+
+
+def rescale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(values - lo) / (hi - lo)`` as float32; all zeros when ``hi`` and ``lo`` coincide, NaN/inf -> 0.
+
+    The one place percentile bounds are applied: :func:`normalize`, the engine's grey
+    projection and the tiles of a large image (bounds measured once on the whole image).
+    """
+    v = np.asarray(values, np.float32)
+    out = np.zeros(v.shape, np.float32)
+    if hi - lo > 1e-12 * max(1.0, abs(hi)):
+        out[...] = (v - lo) / (hi - lo)
+    out[~np.isfinite(v)] = 0.0
+    return out
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from mm_core.engines.classic import scale as sc
 from mm_core.engines.classic.bank import CHANNELS, blob_response, filter_bank
 from mm_core.engines.classic.centers import center_evidence, exemplar_ncc, exemplar_templates
 from mm_core.engines.classic.classifier import PixelClassifier, fit_pixel_classifier
-from mm_core.transforms import DEFAULT_PERCENTILES, resize_map, scale_boxes
+from mm_core.transforms import percentile_bounds, rescale, resize_map, scale_boxes
 
 #: Object diameter (pixels) at the working resolution; larger objects are downsampled.
 WORK_DIAMETER = 24.0
@@ -68,9 +68,7 @@ def gray_projection(image: np.ndarray) -> tuple[np.ndarray, float, float] | None
     _, vecs = np.linalg.eigh(np.atleast_2d(cov))
     v = vecs[:, -1]
     v = (v if v.sum() >= 0 else -v).astype(np.float32)
-    proj = img @ v
-    finite = np.isfinite(proj)
-    lo, hi = np.percentile(proj[finite], DEFAULT_PERCENTILES) if finite.any() else (0.0, 0.0)
+    lo, hi = percentile_bounds(img @ v)
     return v, lo, hi
 
 
@@ -86,12 +84,7 @@ def gray_of(image: np.ndarray, projection: tuple[np.ndarray, float, float] | Non
     img = np.asarray(image, np.float32)
     if img.ndim == 3:
         v, lo, hi = projection if projection is not None else gray_projection(img)
-        proj = img @ v
-        out = np.zeros(proj.shape, np.float32)
-        if hi - lo > 1e-12 * max(1.0, abs(hi)):
-            out[...] = (proj - lo) / (hi - lo)
-        out[~np.isfinite(proj)] = 0.0
-        img = out
+        img = rescale(img @ v, lo, hi)
     return np.clip(img, -0.5, 1.5).astype(np.float32)
 
 

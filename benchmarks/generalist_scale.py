@@ -11,6 +11,8 @@ Strategies (``GeneralistHead`` config ``scale_search`` / ``scale_passes``):
 - ``engine``: the engine's scale, no probe;
 - ``refine-N``: probe at the engine's scale, then at the size read, up to N probes;
 - ``trials-N``: N trial scales over 1/3..3x the engine's, keep the working-size crossing;
+- ``size``, ``size+refine-N``: the same, starting at the object-size model's estimate
+  (``size_model``, automatic mode; exemplar mode starts at the boxes' size either way);
 - ``true size`` (reference only, not a strategy): the ground truth's median diameter.
 
 The pick (:func:`pick`, fixed before the numbers were seen): the highest score, the
@@ -37,8 +39,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STRATEGIES = {"engine": ("engine", 1), "refine-1": ("refine", 1), "refine-2": ("refine", 2),
-              "refine-3": ("refine", 3), "trials-3": ("trials", 3), "trials-7": ("trials", 7)}
+#: name -> (scale_search, scale_passes, where the search starts: the engine's scale or the size model's)
+STRATEGIES = {"engine": ("none", 1, "engine"), "refine-1": ("refine", 1, "engine"),
+              "refine-2": ("refine", 2, "engine"), "refine-3": ("refine", 3, "engine"),
+              "trials-3": ("trials", 3, "engine"), "trials-7": ("trials", 7, "engine"),
+              "size": ("none", 1, "size"), "size+refine-1": ("refine", 1, "size"),
+              "size+refine-2": ("refine", 2, "size")}
 
 
 def validation_items(data: list[str], fraction: float, seed: int, cache_version: str | None, limit: int | None):
@@ -86,16 +92,19 @@ def evaluate(head, items) -> dict:
 
         head._probe = probe
         inp = head.inputs(maps, img)
+        t0 = time.perf_counter()
+        start = {"engine": float(maps.scale), "size": head.start_scale(maps, img)}
+        t_size = time.perf_counter() - t0 if mode == "automatic" else 0.0
         scales = {}
-        for name, (how, n) in STRATEGIES.items():
+        for name, (how, n, begin) in STRATEGIES.items():
             head.config.update(scale_search=how, scale_passes=n, scale_range=3.0)
-            inp.scale = float(maps.scale)
+            inp.scale = start[begin]
             scale, tried = head.estimate_scale(inp)
-            scales[name] = (scale, len(tried))
-        scales["true size"] = (object_diameter(labels), 0)
+            scales[name] = (scale, len(tried), t_size if begin == "size" else 0.0)
+        scales["true size"] = (object_diameter(labels), 0, 0.0)
         del head._probe
         finals, res = {}, {}
-        for name, (scale, n_probes) in scales.items():
+        for name, (scale, n_probes, t_start) in scales.items():
             key = round(float(np.log(max(scale, 1e-3))), 2)
             if key not in finals:
                 t0 = time.perf_counter()
@@ -103,7 +112,7 @@ def evaluate(head, items) -> dict:
                 finals[key] = (average_precision(labels, pred)["ap"], time.perf_counter() - t0)
             ap, t_final = finals[key]
             res[name] = {"ap50": float(ap[0]), "ap": float(ap.mean()), "scale": float(scale), "probes": n_probes,
-                         "seconds": float(n_probes * np.mean(secs or [0.0]) + t_final)}
+                         "seconds": float(t_start + n_probes * np.mean(secs or [0.0]) + t_final)}
         rows.append({"dataset": s.dataset, "image": s.name, "mode": mode, "engine_scale": float(maps.scale),
                      "true_diameter": object_diameter(labels), "results": res})
         print(s.dataset, s.name, mode, " ".join(f"{k}={v['ap50']:.2f}" for k, v in res.items()), flush=True)
@@ -163,6 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-version", default=None, help="engine version of the cached maps (see mm_core.train)")
+    p.add_argument("--size-model", default=None, help="object-size model checkpoint (default: the head's config)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
@@ -173,6 +183,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     head = load_head(a.head, engine="classic")
+    if a.size_model:
+        head.config["size_model"] = a.size_model
     rows = evaluate(head, validation_items(a.data, a.val_fraction, a.seed, a.cache_version, a.limit))
     summ = summary(rows)
     print(table(summ))

@@ -10,6 +10,10 @@ The generalist head (both modes, own scale estimate) on the training corpus::
 
     python -m mm_core.train generalist --data ../shared/data/train/seg --out runs/generalist --threads 1
 
+The object-size model (no engine maps, scale profiles only)::
+
+    python -m mm_core.train size --data ../shared/data/train/seg --out runs/size --threads 2
+
 The best head (by validation loss) is written to ``--out`` as ``model.safetensors`` +
 ``config.json``; use it with ``python -m mm_core segment IMAGES --head runs/seg``.
 """
@@ -28,7 +32,7 @@ import torch
 from mm_core.errors import MMError
 from mm_core.train.loop import FitConfig, fit
 
-TASKS = ("segment", "count", "track", "exemplar", "generalist")
+TASKS = ("segment", "count", "track", "exemplar", "generalist", "size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="*", default=[], help="dataset names to leave out (leave-one-out runs)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="head settings, e.g. dim=48 depth=2")
     p.add_argument("--name", default=None, help="name stored in the checkpoint (shown when the head runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--variants", type=int, default=3, help="size: random zoomed views per training image")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (size: also profile workers)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -105,7 +110,7 @@ def _find(task: str, folders: list[str], exclude: list[str]) -> list:
     from mm_core.data import find_counting, find_segmentation, find_tracking
 
     finder = {"segment": find_segmentation, "count": find_counting, "track": find_tracking,
-              "exemplar": find_segmentation, "generalist": find_segmentation}[task]
+              "exemplar": find_segmentation, "generalist": find_segmentation, "size": find_segmentation}[task]
     out = []
     for f in folders:
         out += [s for s in finder(f) if s.dataset not in exclude]
@@ -123,7 +128,7 @@ def run(argv: list[str]) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     samples = _slice(_find(args.task, args.data, args.exclude), args.subset)
-    if args.task == "generalist":
+    if args.task in ("generalist", "size"):
         return _run_generalist(args, argv, samples)
     if args.val_data:
         train_s, val_s = samples, _find(args.task, args.val_data, [])
@@ -163,18 +168,24 @@ def _run_generalist(args, argv, samples) -> dict:
     from mm_core.train.cache import EngineCache
     from mm_core.train.generalist import generalist_task
 
-    cache = EngineCache(ClassicEngine(), None if str(args.cache_dir).lower() == "none" else args.cache_dir,
-                        args.cache_version, features=False)  # the generalist head reads no engine features
-    head, step, validate, used = generalist_task(args, samples, cache, _settings(args.set))
+    if args.task == "size":
+        from mm_core.train.size import size_task
+
+        head, step, validate, used = size_task(args, samples, _settings(args.set))
+        cache, extra = None, {"engine_mode": "none (scale profiles of the images)"}
+    else:
+        cache = EngineCache(ClassicEngine(), None if str(args.cache_dir).lower() == "none" else args.cache_dir,
+                            args.cache_version, features=False)  # the generalist head reads no engine features
+        head, step, validate, used = generalist_task(args, samples, cache, _settings(args.set))
+        extra = {"engine_mode": "automatic + exemplar (imprecise boxes)", "engine_version": cache.version}
     meta = {"name": args.name or Path(args.out).name,
             "train_command": "python -m mm_core.train " + " ".join(shlex.quote(a) for a in argv),
-            "train_data": used, "engine_mode": "automatic + exemplar (imprecise boxes)",
-            "engine_version": cache.version, "machine": "CPU, " + f"{torch.get_num_threads()} thread(s)"}
+            "train_data": used, **extra, "machine": "CPU, " + f"{torch.get_num_threads()} thread(s)"}
     cfg = FitConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, weight_decay=args.weight_decay,
                     patience=args.patience, seed=args.seed, resume=args.resume, progress=not args.no_progress)
     result = fit(head, step, validate, args.out, cfg, log=print, extra_meta=meta)
-    print(f"best validation {result['best']:.4f} at epoch {result['best_epoch']}; head written to {args.out} "
-          f"(engine cache: {cache.hits} hits, {cache.misses} engine runs)")
+    used_cache = "" if cache is None else f" (engine cache: {cache.hits} hits, {cache.misses} engine runs)"
+    print(f"best validation {result['best']:.4f} at epoch {result['best_epoch']}; head written to {args.out}{used_cache}")
     return result
 
 

@@ -5,6 +5,8 @@
 - :class:`CountingHead`: density regressor, count = sum of the density;
 - :class:`GeneralistHead`: one U-Net for segmentation and counting with its own object-size
   search (both modes; see the README's generalist section);
+- :class:`SizeModel`: the typical object diameter of an image, from its scale profile
+  (the generalist head's size search starts there in automatic mode);
 - :class:`LinkingHead`: association probabilities between consecutive frames'
   objects -> tracks with divisions (CTC);
 - :func:`exemplar_attention_loss`: the LDM exemplar projector's objective.
@@ -19,6 +21,7 @@ from mm_core.heads.learned.exemplar import exemplar_attention_loss
 from mm_core.heads.learned.generalist import GeneralistHead
 from mm_core.heads.learned.registry import DEFAULTS, REGISTRY, available_heads, load_head, select_head
 from mm_core.heads.learned.segmentation import SegmentationHead
+from mm_core.heads.learned.size import SizeModel
 from mm_core.heads.learned.tracking import LinkingHead, links_from_probabilities
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
            "LearnedHead",
            "LinkingHead",
            "SegmentationHead",
+           "SizeModel",
            "available_heads",
            "exemplar_attention_loss",
            "links_from_probabilities",

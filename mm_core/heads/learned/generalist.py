@@ -7,12 +7,14 @@ five maps: foreground, normalised distance to the object edge, object boundary,
 the log of the object size relative to ``target_diameter`` and a density of object
 centres.
 
-The object scale is the crux on unseen kinds of image, so the head measures it
-itself, as Cellpose's size model does: by default it runs once on a central window at
-the engine's scale, reads the object size there and runs on the whole image at that
-size (:meth:`GeneralistHead.estimate_scale`; the strategy was picked on the validation
-slice of ``train/`` by ``benchmarks/generalist_scale.py``, trial-scale searches are
-config options). Instances come from the distance / boundary maps by
+The object scale is the crux on unseen kinds of image (the engine's estimate is 3-4x
+too small on phase contrast and EM, where it sees the texture inside the cells). In
+automatic mode the head runs at the diameter read by a learned object-size model
+(:class:`~mm_core.heads.learned.size.SizeModel`, trained on ``train/`` as Cellpose's
+size model is on its corpus); with boxes, at the boxes' size. Probing the head itself
+and reading the size it sees (:meth:`GeneralistHead.estimate_scale`, ``"refine"`` or
+``"trials"``) are config options; the default was picked on the validation slice of
+``train/`` by ``benchmarks/generalist_scale.py``. Instances come from the distance / boundary maps by
 marker-controlled watershed (:func:`mm_core.heads.learned.segmentation.instances_from_distance`);
 the count is the sum of the density; the instances' centroids are the centres
 (:class:`GeneralistCounter`).
@@ -20,6 +22,7 @@ the count is the sum of the density; the instances' centroids are the centres
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -144,18 +147,21 @@ class GeneralistHead(LearnedHead):
     ``config``: ``base``/``levels`` (U-Net width and depth), ``target_diameter``,
     ``tile``/``tile_overlap``, ``fg_threshold``/``seed_threshold`` (watershed),
     ``scale_search`` (how the object size is found, see :meth:`estimate_scale`:
-    ``"engine"``, ``"refine"`` or ``"trials"``), ``scale_passes`` (probes of the search),
+    ``"none"``, ``"refine"`` or ``"trials"``), ``scale_passes`` (probes of the search),
     ``scale_range`` (the search stays within this factor either side of the engine's
     scale), ``probe_side`` (the size search looks at a central window of at most this
-    many working-grid pixels a side), ``max_zoom`` (largest upsampling of the input).
+    many working-grid pixels a side), ``max_zoom`` (largest upsampling of the input),
+    ``size_model`` (a :class:`~mm_core.heads.learned.size.SizeModel` checkpoint: in
+    automatic mode the size search starts at its estimate instead of the engine's
+    scale; ``""``: the engine's scale).
     """
 
     head_type = "generalist"
     n_outputs = len(OUTPUTS)
     defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 16.0, "tile": 1024, "tile_overlap": 32,
                                 "size_multiple": 16, "fg_threshold": 0.5, "seed_threshold": 0.1,
-                                "scale_search": "refine", "scale_passes": 1, "scale_range": 3.0,
-                                "probe_side": 256,
+                                "scale_search": "none", "scale_passes": 1, "scale_range": 3.0,
+                                "probe_side": 256, "size_model": "size-classic",
                                 "max_zoom": 3.0}
 
     def __init__(self, engine: str = "classic", n_features: int = 0, **config):
@@ -195,9 +201,46 @@ class GeneralistHead(LearnedHead):
 
     # ------------------------------------------------------------------ inference
     def inputs(self, maps: MatchMaps, image: np.ndarray) -> HeadInputs:
+        """Head inputs; ``scale`` is where the size search starts (:meth:`start_scale`)."""
         self.check_maps(maps)
-        return HeadInputs(base=head_inputs(maps, image), features=None, scale=float(maps.scale),
+        return HeadInputs(base=head_inputs(maps, image), features=None, scale=self.start_scale(maps, image),
                           engine=str(maps.engine))
+
+    def size_model(self):
+        """The configured :class:`~mm_core.heads.learned.size.SizeModel`, loaded once (``None``: none).
+
+        A missing or unreadable checkpoint warns once and the engine's scale is used.
+        """
+        if getattr(self, "_size", False) is False:
+            self._size = None
+            name = str(self.config.get("size_model") or "")
+            if name:
+                from mm_core.errors import MMError
+                from mm_core.heads.learned.base import load_head
+
+                try:
+                    self._size = load_head(name)
+                except MMError as exc:
+                    warnings.warn(f"object-size model unavailable ({exc}); the size search starts at the "
+                                  f"engine's scale", stacklevel=2)
+                if self._size is not None and self._size.head_type != "size":
+                    warnings.warn(f"{name} is a {self._size.head_type} head, not an object-size model; the size "
+                                  f"search starts at the engine's scale", stacklevel=2)
+                    self._size = None
+        return self._size
+
+    def start_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
+        """Object diameter (input pixels) the size search starts from.
+
+        Exemplar mode: the engine's (read from the boxes). Automatic mode: the size
+        model's estimate on the engine's grey channel, when one is configured.
+        """
+        model = self.size_model() if maps.mode == "automatic" else None
+        if model is None:
+            return float(maps.scale)
+        from mm_core.engines.classic.engine import gray_of
+
+        return float(model.estimate(gray_of(image)))
 
     def working_shape(self, inp: HeadInputs) -> tuple[float, tuple[int, int]]:
         f = working_factor(inp.scale, self.config["target_diameter"], hi=float(self.config["max_zoom"]))
@@ -230,26 +273,28 @@ class GeneralistHead(LearnedHead):
     def estimate_scale(self, inp: HeadInputs) -> tuple[float, list[float]]:
         """Object diameter in input pixels, and the trial scales probed: ``(scale, scales tried)``.
 
-        ``scale_search`` (config) picks the strategy; every probe runs the head on a
-        central window (:meth:`_probe`) and reads the object size there:
+        The search starts at ``inp.scale`` (:meth:`start_scale`: the size model's estimate
+        in automatic mode, the boxes' size in exemplar mode). ``scale_search`` (config)
+        picks the strategy; every probe runs the head on a central window
+        (:meth:`_probe`) and reads the object size there:
 
-        - ``"engine"``: no probe, the engine's scale (``MatchMaps.scale``);
-        - ``"refine"`` (Cellpose's size model, iterated): probe at the engine's scale,
+        - ``"none"`` (``"engine"`` in older configs): no probe, the starting scale;
+        - ``"refine"`` (Cellpose's size model, iterated): probe at the starting scale,
           then again at the size read, up to ``scale_passes`` probes, stopping once the
           size read agrees with the trial within 10 %;
         - ``"trials"``: ``scale_passes`` trials spread geometrically over
-          ``1/scale_range`` to ``scale_range`` times the engine's scale; the scale kept
+          ``1/scale_range`` to ``scale_range`` times the starting scale; the scale kept
           is the one at which objects come out at the working diameter (see
           :func:`pick_crossing`).
 
-        ``"refine"`` stays within ``scale_range`` of the engine's scale; when no probe
-        finds objects, the last trial (at first the engine's scale) is kept.
+        ``"refine"`` stays within ``scale_range`` of the starting scale; when no probe
+        finds objects, the last trial (at first the starting scale) is kept.
         """
         s0 = inp.scale if np.isfinite(inp.scale) and inp.scale > 0 else self.config["target_diameter"]
         how = str(self.config.get("scale_search", "trials"))
         n = max(1, int(self.config["scale_passes"]))
         r = float(self.config["scale_range"])
-        if how == "engine":
+        if how in ("none", "engine"):
             return float(s0), []
         if how == "refine":
             trials, t = [], float(s0)
@@ -265,7 +310,7 @@ class GeneralistHead(LearnedHead):
                     break
             return t, trials
         if how != "trials":
-            raise ValueError(f"unknown scale_search {how!r} (engine, refine or trials)")
+            raise ValueError(f"unknown scale_search {how!r} (none, refine or trials)")
         trials = list(s0 * np.geomspace(1 / r, r, n)) if n > 1 else [s0]
         got = [self._probe(inp, t) for t in trials]
         return pick_crossing(trials, got, s0), trials

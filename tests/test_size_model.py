@@ -1,0 +1,122 @@
+"""The learned object-size model: scale profile, bins, training, the shipped model, and the
+generalist head's size search starting from it."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from scipy import ndimage as ndi
+
+from mm_core.engines.base import MatchMaps
+from mm_core.heads.learned import SizeModel, load_head
+from mm_core.heads.learned.generalist import GeneralistHead
+from mm_core.heads.learned.size import (
+    BINS_PER_OCTAVE,
+    bin_to_diameter,
+    diameter_to_bin,
+    scale_profile,
+    sigmas,
+)
+from mm_core.transforms import resize_map
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _cells(shape=(256, 256), d=16.0, seed=0, texture=0.0):
+    """Disks of diameter ``d`` on a jittered grid, optionally with fine texture inside."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    step = 1.6 * d
+    k = 0
+    for y in np.arange(d, shape[0] - d / 2, step):
+        for x in np.arange(d, shape[1] - d / 2, step):
+            k += 1
+            cy, cx = y + rng.uniform(-0.2, 0.2) * d, x + rng.uniform(-0.2, 0.2) * d
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= (d / 2) ** 2] = k
+    img = ndi.gaussian_filter((lab > 0).astype(np.float32), 1.0)
+    if texture:
+        img = img * (1 + texture * ndi.gaussian_filter(rng.normal(size=shape), 1.0))
+    return np.clip(img * 0.7 + 0.1 + rng.normal(0, 0.02, shape), 0, 1).astype(np.float32), lab
+
+
+def test_bins_and_diameters_are_inverse():
+    for d in (3.0, 10.0, 57.0):
+        assert bin_to_diameter(diameter_to_bin(d)) == pytest.approx(d)
+    assert diameter_to_bin(2 * 10.0) - diameter_to_bin(10.0) == pytest.approx(BINS_PER_OCTAVE)
+
+
+def test_zooming_the_image_shifts_its_profile_along_the_scale_axis():
+    img, _ = _cells((256, 256), d=10.0)
+    big = resize_map(img, (512, 512))
+    p1, p2 = scale_profile(img), scale_profile(big)
+    assert p1.shape == (8, len(sigmas()))
+    k = BINS_PER_OCTAVE  # 2x zoom = one octave
+    a, b = p1[:, 2:-k - 2], p2[:, k + 2:-2]
+    shifted = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    unshifted = np.corrcoef(p1[:, 2:-k - 2].ravel(), p2[:, 2:-k - 2].ravel())[0, 1]
+    assert shifted > 0.95 and shifted > unshifted
+    # contrast does not change the profile
+    assert np.allclose(scale_profile(img * 3 + 1), p1, atol=1e-3)
+
+
+def test_shipped_size_model_reads_disk_sizes_and_texture_does_not_fool_it():
+    model = load_head("size-classic")
+    assert isinstance(model, SizeModel) and "size-classic" in model.describe()
+    for d, tex in ((8.0, 0.0), (20.0, 0.0), (40.0, 0.6)):
+        img, _ = _cells((384, 384), d=d, texture=tex)
+        got = model.estimate(img)
+        assert d / 1.5 <= got <= d * 1.5, (d, tex, got)
+
+
+def _maps(img, mode="automatic", scale=5.0):
+    fg = ndi.gaussian_filter(img, 1.0)
+    return MatchMaps(foreground=fg.astype(np.float32), centers=fg.astype(np.float32), scale=scale,
+                     image_shape=img.shape, engine="classic", mode=mode, conditioning="test")
+
+
+def test_generalist_search_starts_at_the_size_model_in_automatic_mode_only():
+    img, _ = _cells((256, 256), d=24.0)
+    head = GeneralistHead("classic", base=4, levels=2, tile=64)
+    auto = head.start_scale(_maps(img, "automatic"), img)
+    assert 24.0 / 1.5 <= auto <= 24.0 * 1.5
+    assert head.start_scale(_maps(img, "exemplar"), img) == 5.0  # the boxes' size
+    off = GeneralistHead("classic", base=4, levels=2, tile=64, size_model="")
+    assert off.start_scale(_maps(img, "automatic"), img) == 5.0
+
+
+def test_a_missing_size_model_warns_and_the_engine_scale_is_used(tmp_path):
+    img, _ = _cells((128, 128), d=12.0)
+    head = GeneralistHead("classic", base=4, levels=2, tile=64, size_model=str(tmp_path / "nothing"))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        assert head.start_scale(_maps(img), img) == 5.0
+    assert any("object-size model unavailable" in str(w.message) for w in got)
+
+
+def test_train_size_cli_learns_disk_sizes(tmp_path):
+    from mm_core.train.cli import main
+
+    root = tmp_path / "seg" / "disks"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, d in enumerate((6, 9, 12, 16, 20, 26)):
+        img, lab = _cells((160, 160), d=float(d), seed=i)
+        Image.fromarray((img * 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
+        tifffile.imwrite(root / "masks" / f"im{i}.tif", lab.astype(np.uint16))
+    out = tmp_path / "size"
+    argv = ["size", "--data", str(root), "--out", str(out), "--epochs", "3", "--steps", "40", "--batch-size", "16",
+            "--variants", "4", "--lr", "3e-3", "--val-fraction", "0.2", "--no-progress", "--set", "width=8"]
+    assert main(argv) == 0
+    model = load_head(out)
+    assert isinstance(model, SizeModel) and "mm_core.train size" in model.config["info"]["train_command"]
+    img, _ = _cells((160, 160), d=14.0, seed=9)
+    untrained = SizeModel(width=8)
+    err = abs(np.log(model.estimate(img) / 14.0))
+    assert err < np.log(1.5) and err < abs(np.log(untrained.estimate(img) / 14.0))
+    assert main([*argv[:6], "4", *argv[7:], "--resume"]) == 0  # resumes at epoch 3, runs epoch 4
+    assert (out / "log.csv").read_text().count("\n") == 5

@@ -10,7 +10,7 @@ returned results by :mod:`mm_core.export` and :mod:`mm_core.viz`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +221,22 @@ def count_from_density(density: np.ndarray, centres: np.ndarray, scale: float,
     return count, pd.DataFrame({"x": pts[keep, 1].astype(float), "y": pts[keep, 0].astype(float), "n": n[keep]})
 
 
+def with_head_scale(head, maps: MatchMaps, image: np.ndarray) -> tuple[MatchMaps, dict]:
+    """The maps with the object size the head will read them at, and ``predict``'s keywords.
+
+    A head with its own size search (``fit_scale``, the generalist head) may read the
+    objects at another size than the engine's estimate; the result then reports that
+    size (the engine's stays in ``maps.info["engine_scale"]``), so that the self-checks
+    and the count's centre patches agree with what the head found. Other heads: the
+    maps unchanged and no keywords.
+    """
+    fit = getattr(head, "fit_scale", None)
+    if not callable(fit):
+        return maps, {}
+    s = float(fit(maps, image))
+    return replace(maps, scale=s, info={**maps.info, "engine_scale": float(maps.scale)}), {"scale": s}
+
+
 def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | None = None,
                 notes: tuple[str, str] = ("", "")) -> SegmentationResult:
     """Match ``image`` with ``engine`` and turn the maps into instances with ``head``.
@@ -242,7 +258,9 @@ def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | 
     SegmentationResult
     """
     img, maps, n_boxes = _match(engine, image, boxes, progress)
-    labels = np.asarray(head.predict(maps, img))
+    shown, kw = with_head_scale(head, maps, img)
+    labels = np.asarray(head.predict(maps, img, **kw))
+    maps = shown
     _tick(progress, 1.0, "done")
     return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=notes[0], head_note=notes[1],
                               warnings=checks.check_segmentation(labels, maps, n_boxes))
@@ -260,7 +278,9 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
         to integrate to it (a change of at most half an object).
     """
     img, maps, n_boxes = _match(engine, image, boxes, progress)
-    density, centres = head.predict(maps, img)
+    shown, kw = with_head_scale(head, maps, img)
+    density, centres = head.predict(maps, img, **kw)
+    maps = shown
     density = np.clip(np.nan_to_num(np.asarray(density, np.float64)), 0, None)
     count, pts = count_from_density(density, centres, maps.scale)
     total = float(density.sum())

@@ -263,12 +263,15 @@ class TileRunner:
         return callable(getattr(self.engine, "fit", None))
 
     def prepare(self, probe: np.ndarray, boxes: np.ndarray | None = None) -> float:
-        """Fit on the normalised window ``probe`` (``boxes`` in its pixels); return the object diameter."""
+        """Fit on the normalised window ``probe`` (``boxes`` in its pixels); return the object diameter.
+
+        The diameter is the head's when it reads the size itself (``fit_scale``), else the engine's.
+        """
         if self.fits:
             self.fit = self.engine.fit(probe, boxes)
             if callable(getattr(self.head, "fit_scale", None)):  # a learned head reads the size itself
                 self.head_scale = self.head.fit_scale(self.engine.match(probe, fit=self.fit), probe)
-            return float(self.fit.object_diameter)
+            return float(self.head_scale or self.fit.object_diameter)
         if boxes is not None and len(boxes):
             raise InputError(f"exemplar boxes on an image processed in tiles need the weight-free engine "
                              f"(--engine classic); the {getattr(self.engine, 'name', 'chosen')} engine matches "

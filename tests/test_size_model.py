@@ -120,3 +120,34 @@ def test_train_size_cli_learns_disk_sizes(tmp_path):
     assert err < np.log(1.5) and err < abs(np.log(untrained.estimate(img) / 14.0))
     assert main([*argv[:6], "4", *argv[7:], "--resume"]) == 0  # resumes at epoch 3, runs epoch 4
     assert (out / "log.csv").read_text().count("\n") == 5
+
+
+class _SizedHead:
+    """A head with its own size search: records the scale it was asked to read the maps at."""
+
+    def __init__(self, task):
+        self.task, self.seen = task, []
+
+    def fit_scale(self, maps, image):
+        return 33.0
+
+    def predict(self, maps, image, scale=None):
+        self.seen.append(scale)
+        lab = np.zeros(image.shape[:2], np.int32)
+        lab[10:40, 10:40] = 1
+        return lab if self.task == "segment" else (lab.astype(np.float32) / lab.sum(), np.array([[25.0, 25.0]]))
+
+
+@pytest.mark.parametrize("task", ["segment", "count"])
+def test_results_report_the_size_the_head_read_the_objects_at(task):
+    """A head that reads the size itself: its size is the result's (checks, count patches); the engine's is kept."""
+    from mm_core.engines.classic import ClassicEngine
+    from mm_core.pipelines import run_count, run_segment
+
+    img, _ = _cells((96, 96), d=12.0)
+    head = _SizedHead(task)
+    res = (run_segment if task == "segment" else run_count)(ClassicEngine(), head, img)
+    assert head.seen == [33.0] and res.maps.scale == 33.0
+    assert 0 < res.maps.info["engine_scale"] != 33.0
+    if task == "count":
+        assert res.count == 1 and int(res.points["n"].sum()) == 1

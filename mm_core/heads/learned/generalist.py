@@ -23,6 +23,7 @@ the count is the sum of the density; the instances' centroids are the centres
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -370,8 +371,10 @@ class GeneralistHead(LearnedHead):
 
     def describe(self) -> str:
         name = self.config["info"].get("name") or self.head_type
+        size = str(self.config.get("size_model") or "")
+        scale = f"object size from the size model '{Path(size).name}' without boxes" if size else "own object-size search"
         return (f"learned generalist head '{name}' (U-Net on {self.engine} engine maps, trained on "
-                f"{', '.join(self.config['info'].get('train_data', [])) or 'train/'}; own object-scale estimate)")
+                f"{', '.join(self.config['info'].get('train_data', [])) or 'train/'}; {scale})")
 
 
 class GeneralistCounter:

@@ -151,3 +151,24 @@ def test_results_report_the_size_the_head_read_the_objects_at(task):
     assert 0 < res.maps.info["engine_scale"] != 33.0
     if task == "count":
         assert res.count == 1 and int(res.points["n"].sum()) == 1
+
+
+def test_intensity_augmentation_changes_the_views_not_their_sizes(tmp_path):
+    from mm_core.data import find_segmentation
+    from mm_core.errors import MMError
+    from mm_core.train.size import prepare
+
+    root = tmp_path / "disks"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    img, lab = _cells((160, 160), d=14.0)
+    Image.fromarray((img * 255).astype(np.uint8)).save(root / "images" / "a.png")
+    tifffile.imwrite(root / "masks" / "a.tif", lab.astype(np.uint16))
+    samples = find_segmentation(root)
+    p0, b0, _ = prepare(samples, 3, seed=0, progress=False)
+    p1, b1, _ = prepare(samples, 3, seed=0, progress=False, augment="zoom+intensity")
+    assert p0.shape == p1.shape
+    # the whole image is never altered; the first view is the same crop (same true size), its intensities altered
+    assert np.allclose(p0[0], p1[0]) and np.allclose(b0[:2], b1[:2]) and not np.allclose(p0[1], p1[1])
+    with pytest.raises(MMError, match="unknown size augmentation"):
+        prepare(samples, 1, seed=0, augment="colour")

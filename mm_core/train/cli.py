@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="head settings, e.g. dim=48 depth=2")
     p.add_argument("--name", default=None, help="name stored in the checkpoint (shown when the head runs)")
     p.add_argument("--variants", type=int, default=3, help="size: random zoomed views per training image")
+    p.add_argument("--size-augment", default="zoom", choices=("zoom", "zoom+intensity"),
+                   help="size: augmentation of the views (zoom+intensity: also gamma, inversion, blur, noise)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (size: also profile workers)")
     p.add_argument("--no-progress", action="store_true")
     return p

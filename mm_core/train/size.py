@@ -18,11 +18,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mm_core.errors import MMError
 from mm_core.heads.learned.size import SizeModel, diameter_to_bin, profile_image, scale_profile
 from mm_core.transforms import resize_map
 
 #: Views are zoomed by 2**U(-ZOOM_OCTAVES, ZOOM_OCTAVES).
 ZOOM_OCTAVES = 1.5
+#: Augmentations of the views (``--size-augment``).
+AUGMENT = ("zoom", "zoom+intensity")
 
 
 def _view(gray: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
@@ -41,6 +44,18 @@ def _view(gray: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tup
     return g, lab, out[0] / c
 
 
+def _intensity(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gamma, polarity inversion (half the views), noise and blur of a ``[0, 1]`` view."""
+    from scipy import ndimage as ndi
+
+    g = np.clip(g, 0.0, 1.0) ** float(2.0 ** rng.uniform(-1.0, 1.0))
+    if rng.random() < 0.5:
+        g = 1.0 - g
+    if rng.random() < 0.3:
+        g = ndi.gaussian_filter(g, float(rng.uniform(0.5, 1.5)))
+    return (g + rng.normal(0.0, rng.uniform(0.0, 0.1) * float(g.std()) + 1e-6, g.shape)).astype(np.float32)
+
+
 def _profiles(args: tuple) -> list[tuple[np.ndarray, float]]:
     """Profiles and target bins of one image's views (run in a worker process)."""
     from mm_core.data import load_image, load_labels
@@ -48,7 +63,7 @@ def _profiles(args: tuple) -> list[tuple[np.ndarray, float]]:
     from mm_core.heads.learned.generalist import object_diameter
     from mm_core.transforms import normalize
 
-    image_path, mask_path, key, n_views, seed = args
+    image_path, mask_path, key, n_views, seed, augment = args
     gray = gray_of(normalize(load_image(image_path)))
     labels = load_labels(mask_path)
     d = object_diameter(labels)
@@ -59,6 +74,8 @@ def _profiles(args: tuple) -> list[tuple[np.ndarray, float]]:
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     for _ in range(n_views):
         g, lab, _z = _view(gray, labels, rng)
+        if augment == "zoom+intensity":
+            g = _intensity(g, rng)
         dv = object_diameter(lab)
         if dv > 0:
             img, f = profile_image(g)
@@ -66,9 +83,16 @@ def _profiles(args: tuple) -> list[tuple[np.ndarray, float]]:
     return out
 
 
-def prepare(samples: list, n_views: int, seed: int, workers: int = 1, progress: bool = True):
-    """``(profiles (N, C, K), target bins (N,), dataset of each (N,))`` of ``samples``."""
-    jobs = [(s.image, s.target, f"{s.dataset}/{s.name}", n_views, seed) for s in samples]
+def prepare(samples: list, n_views: int, seed: int, workers: int = 1, progress: bool = True,
+            augment: str = "zoom"):
+    """``(profiles (N, C, K), target bins (N,), dataset of each (N,))`` of ``samples``.
+
+    ``augment``: ``"zoom"`` (random crops and zooms) or ``"zoom+intensity"`` (also random
+    gamma, polarity inversion, blur and noise of each view).
+    """
+    if augment not in AUGMENT:
+        raise MMError(f"unknown size augmentation {augment!r}; choose one of {', '.join(AUGMENT)}")
+    jobs = [(s.image, s.target, f"{s.dataset}/{s.name}", n_views, seed, augment) for s in samples]
     with ProcessPoolExecutor(max(1, workers)) as pool:
         results = list(tqdm(pool.map(_profiles, jobs, chunksize=4), total=len(jobs), desc="scale profiles",
                             disable=not progress))
@@ -98,7 +122,7 @@ def size_task(args, samples: list, settings: dict):
     workers = int(args.threads or 1)
     print(f"size: {len(train_s)} training / {len(val_s)} validation images (validation: a seeded "
           f"{args.val_fraction:.0%} of each dataset), {args.variants} views each")
-    tp, tb, tds = prepare(train_s, args.variants, args.seed, workers, not args.no_progress)
+    tp, tb, tds = prepare(train_s, args.variants, args.seed, workers, not args.no_progress, args.size_augment)
     vp, vb, vds = prepare(val_s, 0, args.seed, workers, not args.no_progress)
     tw = dataset_weights(tds)
     vw = torch.as_tensor(dataset_weights(vds))

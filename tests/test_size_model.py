@@ -89,13 +89,22 @@ def test_generalist_search_starts_at_the_size_model_in_automatic_mode_only():
     assert off.start_scale(_maps(img, "automatic"), img) == 5.0
 
 
-def test_a_missing_size_model_warns_and_the_engine_scale_is_used(tmp_path):
+@pytest.mark.parametrize("broken", ["missing", "corrupt", "not a size model"])
+def test_a_broken_size_model_warns_and_the_engine_scale_is_used(tmp_path, broken):
     img, _ = _cells((128, 128), d=12.0)
-    head = GeneralistHead("classic", base=4, levels=2, tile=64, size_model=str(tmp_path / "nothing"))
+    folder = tmp_path / "size"
+    if broken == "corrupt":
+        SizeModel(width=8).save_pretrained(folder)
+        (folder / "model.safetensors").write_bytes(b"not safetensors")
+    elif broken == "not a size model":
+        GeneralistHead("classic", base=4, levels=2).save_pretrained(folder)
+    head = GeneralistHead("classic", base=4, levels=2, tile=64, size_model=str(folder))
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
         assert head.start_scale(_maps(img), img) == 5.0
-    assert any("object-size model unavailable" in str(w.message) for w in got)
+        assert head.start_scale(_maps(img), img) == 5.0  # warned once, loaded once
+    msgs = [str(w.message) for w in got]
+    assert len(msgs) == 1 and "the size search starts at the engine's scale" in msgs[0]
 
 
 def test_train_size_cli_learns_disk_sizes(tmp_path):

@@ -181,3 +181,12 @@ def test_intensity_augmentation_changes_the_views_not_their_sizes(tmp_path):
     assert np.allclose(p0[0], p1[0]) and np.allclose(b0[:2], b1[:2]) and not np.allclose(p0[1], p1[1])
     with pytest.raises(MMError, match="unknown size augmentation"):
         prepare(samples, 1, seed=0, augment="colour")
+
+
+def test_the_size_model_is_not_part_of_the_generalist_checkpoint(tmp_path):
+    img, _ = _cells((128, 128), d=12.0)
+    head = GeneralistHead("classic", base=4, levels=2, tile=64)
+    keys = set(head.state_dict())
+    head.start_scale(_maps(img), img)  # loads size-classic
+    assert head.size_model() is not None and set(head.state_dict()) == keys
+    assert load_head(head.save_pretrained(tmp_path / "g")).config["size_model"] == "size-classic"

@@ -162,8 +162,7 @@ class GeneralistHead(LearnedHead):
     defaults: ClassVar[dict] = {"base": 16, "levels": 4, "target_diameter": 16.0, "tile": 1024, "tile_overlap": 32,
                                 "size_multiple": 16, "fg_threshold": 0.5, "seed_threshold": 0.1,
                                 "scale_search": "none", "scale_passes": 1, "scale_range": 3.0,
-                                "probe_side": 256, "size_model": "size-classic",
-                                "max_zoom": 3.0}
+                                "probe_side": 256, "size_model": "size-classic", "max_zoom": 3.0}
 
     def __init__(self, engine: str = "classic", n_features: int = 0, **config):
         super().__init__(engine, 0, **config)
@@ -212,23 +211,24 @@ class GeneralistHead(LearnedHead):
 
         A missing or unreadable checkpoint warns once and the engine's scale is used.
         """
-        if getattr(self, "_size", False) is False:
-            self._size = None
+        cache = self.__dict__.setdefault("_size_cache", {})  # a plain dict: not a registered submodule
+        if "model" not in cache:
+            cache["model"] = None
             name = str(self.config.get("size_model") or "")
             if name:
                 from mm_core.errors import MMError
                 from mm_core.heads.learned.base import load_head
 
                 try:
-                    self._size = load_head(name)
+                    cache["model"] = load_head(name)
                 except MMError as exc:
                     warnings.warn(f"object-size model unavailable ({exc}); the size search starts at the "
                                   f"engine's scale", stacklevel=2)
-                if self._size is not None and self._size.head_type != "size":
-                    warnings.warn(f"{name} is a {self._size.head_type} head, not an object-size model; the size "
-                                  f"search starts at the engine's scale", stacklevel=2)
-                    self._size = None
-        return self._size
+                if cache["model"] is not None and cache["model"].head_type != "size":
+                    warnings.warn(f"{name} is a {cache['model'].head_type} head, not an object-size model; the "
+                                  f"size search starts at the engine's scale", stacklevel=2)
+                    cache["model"] = None
+        return cache["model"]
 
     def start_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
         """Object diameter (input pixels) the size search starts from.

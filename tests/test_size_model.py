@@ -190,3 +190,33 @@ def test_the_size_model_is_not_part_of_the_generalist_checkpoint(tmp_path):
     head.start_scale(_maps(img), img)  # loads size-classic
     assert head.size_model() is not None and set(head.state_dict()) == keys
     assert load_head(head.save_pretrained(tmp_path / "g")).config["size_model"] == "size-classic"
+
+
+def test_the_size_model_runs_once_per_segment_call(monkeypatch):
+    """The pipeline asks the head for its size (fit_scale), then predicts at it: one size-model run, not two."""
+    import mm_core
+
+    calls = []
+    orig = SizeModel.estimate
+    monkeypatch.setattr(SizeModel, "estimate", lambda self, g: calls.append(1) or orig(self, g))
+    img, _ = _cells((128, 128), d=12.0)
+    res = mm_core.segment(img, engine="classic", head="generalist-classic")
+    assert len(calls) == 1 and res.maps.scale == pytest.approx(orig(load_head("size-classic"), img), rel=0.05)
+
+
+def test_train_size_refuses_too_few_or_unannotated_images(tmp_path, capsys):
+    from mm_core.train.cli import main
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    img, lab = _cells((96, 96), d=12.0)
+    Image.fromarray((img * 255).astype(np.uint8)).save(root / "images" / "a.png")
+    tifffile.imwrite(root / "masks" / "a.tif", lab.astype(np.uint16))
+    argv = ["size", "--data", str(root), "--out", str(tmp_path / "out"), "--epochs", "1", "--steps", "1", "--no-progress"]
+    assert main(argv) == 2 and "needs a validation image" in capsys.readouterr().err
+    Image.fromarray((img * 255).astype(np.uint8)).save(root / "images" / "b.png")
+    tifffile.imwrite(root / "masks" / "a.tif", np.zeros_like(lab, np.uint16))
+    tifffile.imwrite(root / "masks" / "b.tif", np.zeros_like(lab, np.uint16))
+    assert main(argv) == 2 and "has annotated objects" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -97,6 +97,9 @@ def prepare(samples: list, n_views: int, seed: int, workers: int = 1, progress: 
         results = list(tqdm(pool.map(_profiles, jobs, chunksize=4), total=len(jobs), desc="scale profiles",
                             disable=not progress))
     prof, tgt, ds = [], [], []
+    if not any(results):
+        raise MMError(f"none of the {len(samples)} images has annotated objects (non-zero mask labels): "
+                      "the size model has nothing to learn from")
     for s, rows in zip(samples, results, strict=True):
         for p, b in rows:
             prof.append(p)
@@ -117,6 +120,9 @@ def size_task(args, samples: list, settings: dict):
     from mm_core.train.generalist import split_by_dataset
 
     train_s, val_s = split_by_dataset(samples, args.val_fraction, args.seed)
+    if not val_s:
+        raise MMError(f"the size model needs a validation image: give a dataset with at least 2 annotated "
+                      f"images (found {len(samples)})")
     if args.max_images:
         train_s = train_s[: args.max_images]
     workers = int(args.threads or 1)

@@ -22,7 +22,6 @@ the count is the sum of the density; the instances' centroids are the centres
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -201,10 +200,15 @@ class GeneralistHead(LearnedHead):
 
     # ------------------------------------------------------------------ inference
     def inputs(self, maps: MatchMaps, image: np.ndarray) -> HeadInputs:
-        """Head inputs; ``scale`` is where the size search starts (:meth:`start_scale`)."""
+        """Head inputs at the engine's scale (:meth:`find_scale` sets where the size search starts)."""
         self.check_maps(maps)
-        return HeadInputs(base=head_inputs(maps, image), features=None, scale=self.start_scale(maps, image),
+        return HeadInputs(base=head_inputs(maps, image), features=None, scale=float(maps.scale),
                           engine=str(maps.engine))
+
+    def find_scale(self, maps: MatchMaps, image: np.ndarray, inp: HeadInputs) -> tuple[float, list[float]]:
+        """:meth:`estimate_scale` from :meth:`start_scale` (the size model runs once per call here)."""
+        inp.scale = self.start_scale(maps, image)
+        return self.estimate_scale(inp)
 
     def size_model(self):
         """The configured :class:`~mm_core.heads.learned.size.SizeModel`, loaded once (``None``: none).
@@ -213,21 +217,9 @@ class GeneralistHead(LearnedHead):
         """
         cache = self.__dict__.setdefault("_size_cache", {})  # a plain dict: not a registered submodule
         if "model" not in cache:
-            cache["model"] = None
-            name = str(self.config.get("size_model") or "")
-            if name:
-                from mm_core.errors import MMError
-                from mm_core.heads.learned.base import load_head
+            from mm_core.heads.learned.size import load_size_model
 
-                try:
-                    cache["model"] = load_head(name)
-                except MMError as exc:
-                    warnings.warn(f"object-size model unavailable ({exc}); the size search starts at the "
-                                  f"engine's scale", stacklevel=2)
-                if cache["model"] is not None and cache["model"].head_type != "size":
-                    warnings.warn(f"{name} is a {cache['model'].head_type} head, not an object-size model; the "
-                                  f"size search starts at the engine's scale", stacklevel=2)
-                    cache["model"] = None
+            cache["model"] = load_size_model(str(self.config.get("size_model") or ""))
         return cache["model"]
 
     def start_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
@@ -322,7 +314,7 @@ class GeneralistHead(LearnedHead):
         ``scale`` (object diameter, input pixels) skips the size search.
         """
         inp = self.inputs(maps, image)
-        s, tried = self.estimate_scale(inp) if scale is None else (float(scale), [])
+        s, tried = self.find_scale(maps, image, inp) if scale is None else (float(scale), [])
         inp.scale = s
         raw, f = self.predict_dense(inp)
         prob = 1.0 / (1.0 + np.exp(-raw[:3]))
@@ -359,7 +351,7 @@ class GeneralistHead(LearnedHead):
         Measured once on one region of a large image and passed to :meth:`predict` for
         every tile (``scale=``), so that all tiles are read at one object size.
         """
-        return float(self.estimate_scale(self.inputs(maps, image))[0])
+        return float(self.find_scale(maps, image, self.inputs(maps, image))[0])
 
     def predict(self, maps: MatchMaps, image: np.ndarray, scale: float | None = None) -> np.ndarray:
         """Instance labels ``(H, W)`` int32 at input resolution (``scale``: skip the size search)."""

@@ -14,6 +14,7 @@ EM) from the cells themselves, which the engine's hand-made estimate
 
 from __future__ import annotations
 
+import warnings
 from itertools import pairwise
 from typing import ClassVar
 
@@ -154,3 +155,27 @@ class SizeModel(LearnedHead):
     def describe(self) -> str:
         name = self.config["info"].get("name") or self.head_type
         return f"learned object-size model '{name}' (scale profile, 1-D CNN)"
+
+
+def load_size_model(name: str) -> SizeModel | None:
+    """The size model ``name`` (folder or registered name); ``None`` for ``""``.
+
+    A missing or unreadable checkpoint, or one that is not a size model, warns and
+    gives ``None`` (the caller falls back to the engine's scale).
+    """
+    if not name:
+        return None
+    from mm_core.errors import MMError
+    from mm_core.heads.learned.base import load_head
+
+    why = None
+    try:
+        model = load_head(name)
+        if model.head_type != "size":
+            why = f"{name} is a {model.head_type} head, not an object-size model"
+    except MMError as exc:
+        why = f"object-size model unavailable ({exc})"
+    if why:
+        warnings.warn(f"{why}; the size search starts at the engine's scale", stacklevel=3)
+        return None
+    return model

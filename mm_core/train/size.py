@@ -28,8 +28,8 @@ ZOOM_OCTAVES = 1.5
 AUGMENT = ("zoom", "zoom+intensity")
 
 
-def _view(gray: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """A random crop of ``gray``/``labels`` zoomed by a random factor: ``(image, labels, zoom)``."""
+def _view(gray: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop of ``gray``/``labels`` zoomed by a random factor, flipped at random."""
     h, w = gray.shape
     zoom = float(2.0 ** rng.uniform(-ZOOM_OCTAVES, ZOOM_OCTAVES))
     side = int(rng.uniform(192, 512))
@@ -41,7 +41,7 @@ def _view(gray: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tup
     lab = resize_map(lab.astype(np.float32), out, order=0).astype(np.int64)
     if rng.random() < 0.5:
         g, lab = g[:, ::-1], lab[:, ::-1]
-    return g, lab, out[0] / c
+    return g, lab
 
 
 def _intensity(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,7 +73,7 @@ def _profiles(args: tuple) -> list[tuple[np.ndarray, float]]:
     out = [(scale_profile(img), diameter_to_bin(d * f))]
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     for _ in range(n_views):
-        g, lab, _z = _view(gray, labels, rng)
+        g, lab = _view(gray, labels, rng)
         if augment == "zoom+intensity":
             g = _intensity(g, rng)
         dv = object_diameter(lab)

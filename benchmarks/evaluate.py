@@ -49,7 +49,7 @@ from skimage.segmentation import watershed
 
 import mm_core
 from mm_core.engines.classic import ClassicEngine
-from mm_core.metrics import average_precision
+from mm_core.evaluation.metrics import average_precision
 from mm_core.transforms import normalize, to_gray
 
 DATA = Path(os.environ.get("MM_SHARED_DATA", REPO.parent / "shared" / "data"))

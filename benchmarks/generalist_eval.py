@@ -71,7 +71,7 @@ def _img(raw):
 def seg_scores(name, head, cache, limit, boxes_fn=None, modes=("automatic", "exemplar")) -> dict:
     """Mean AP50 / AP of both heads on dev set ``name`` in ``modes``."""
     from mm_core.heads.segmentation import instances_from_maps
-    from mm_core.metrics import average_precision
+    from mm_core.evaluation.metrics import average_precision
     from mm_core.transforms import prepare_boxes
 
     rng = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def count_scores(head, cache, limit) -> dict:
     """VGG cells MAE / RMSE of both heads, automatic and exemplar."""
     from mm_core.heads.counting import density_from_maps
     from mm_core.pipelines import count_from_density
-    from mm_core.metrics import count_errors
+    from mm_core.evaluation.metrics import count_errors
     from mm_core.transforms import prepare_boxes
 
     counter = head.counter()

@@ -51,7 +51,7 @@ def validation_items(data: list[str], fraction: float, seed: int, cache_version:
     """The training's validation slice: ``(GItem, maps)`` per image and mode."""
     import zlib
 
-    from mm_core.data import load_image, load_labels
+    from mm_core.train.data import load_image, load_labels
     from mm_core.engines.classic import ClassicEngine
     from mm_core.train import generalist_data as gd
     from mm_core.train.cache import EngineCache
@@ -75,7 +75,7 @@ def validation_items(data: list[str], fraction: float, seed: int, cache_version:
 def evaluate(head, items) -> dict:
     """Per strategy: AP50 / AP per (dataset, mode), probes and seconds per image."""
     from mm_core.heads.learned.generalist import object_diameter
-    from mm_core.metrics import average_precision
+    from mm_core.evaluation.metrics import average_precision
 
     rows = []
     for s, mode, img, labels, maps in items:

@@ -77,9 +77,9 @@ def _train(task: str, data: list[str], out: Path, args, extra: list[str] | None 
 
 def seg_eval(samples, head, cache, max_eval: int | None) -> dict:
     """Mean AP50 / AP over ``samples`` for the analytic head and ``head``."""
-    from mm_core.data import load_image, load_labels
+    from mm_core.train.data import load_image, load_labels
     from mm_core.heads.segmentation import instances_from_maps
-    from mm_core.metrics import average_precision
+    from mm_core.evaluation.metrics import average_precision
 
     res = {"analytic": [], "learned": []}
     secs = {"analytic": 0.0, "learned": 0.0}
@@ -97,7 +97,7 @@ def seg_eval(samples, head, cache, max_eval: int | None) -> dict:
 
 
 def run_seg(args) -> dict:
-    from mm_core.data import find_segmentation
+    from mm_core.train.data import find_segmentation
     from mm_core.engines.classic import ClassicEngine
     from mm_core.heads.learned import load_head
     from mm_core.train.cache import EngineCache
@@ -131,11 +131,11 @@ def run_seg(args) -> dict:
 
 
 def run_count(args) -> dict:
-    from mm_core.data import find_counting, load_image, load_points
+    from mm_core.train.data import find_counting, load_image, load_points
     from mm_core.engines.classic import ClassicEngine
     from mm_core.heads.counting import density_from_maps
     from mm_core.heads.learned import load_head
-    from mm_core.metrics import count_errors
+    from mm_core.evaluation.metrics import count_errors
     from mm_core.train.cache import EngineCache
 
     src = DATA / "count" / "vgg_cells"
@@ -154,7 +154,7 @@ def run_count(args) -> dict:
     print("vgg_cells 101-200", json.dumps(res), flush=True)
     out = {"vgg_cells (test 101-200)": res}
     # transfer: counting objects of segmentation datasets never seen in training (count = GT instances)
-    from mm_core.data import find_segmentation, load_labels
+    from mm_core.train.data import find_segmentation, load_labels
 
     for name in TRANSFER_COUNT:
         true, pred = [], {"analytic": [], "learned": []}
@@ -193,7 +193,7 @@ def run_track(args) -> dict:
     """Linking accuracy on the last ``--val-fraction`` frame pairs of Fluo-N2DH-SIM+ 01 (GT masks)."""
     from skimage.segmentation import relabel_sequential
 
-    from mm_core.data import find_tracking, load_ctc
+    from mm_core.train.data import find_tracking, load_ctc
     from mm_core.engines.classic import ClassicEngine
     from mm_core.heads.learned import load_head
     from mm_core.heads.linking import link_labels, object_features

@@ -10,7 +10,7 @@ Three measurements, printed as Markdown rows (classic engine, analytic heads):
    tiles; the share of objects matched one-to-one at IoU >= 0.5 (F1, target >= 0.98),
    once with each run measuring the object scale itself (the default) and once with the
    untiled run given the tiled run's scale. The tiled run fits the engine once (on a
-   window of ``mm_core.tiled.FIT_SIDE`` = 2,048 pixels, here the whole image) and applies
+   window of ``mm_core.batching.tiled.FIT_SIDE`` = 2,048 pixels, here the whole image) and applies
    it to every tile; for contrast, a 1,024^2 crop matched with its own fit against the
    same pixels inside the whole image.
 3. ``workers``: images per second on the 200 dev images of ``count/vgg_cells`` with
@@ -118,7 +118,7 @@ def bench_slide(size: int, tmp: Path) -> None:
 
 def bench_tiled(size: int = 2048, tile: int = 1024, coverage: float = 0.25) -> None:
     from mm_core import Matcher
-    from mm_core.tiled import segment_large
+    from mm_core.batching.tiled import segment_large
     from mm_core.transforms import normalize
 
     centres = nuclei_centres(size, seed=1, coverage=coverage)

@@ -29,7 +29,7 @@ DEV = REPO.parent / "shared" / "data" / "seg"
 
 def errors(model, samples) -> dict:
     """Per dataset: log errors of the engine's scale and of ``model`` (engine: automatic mode)."""
-    from mm_core.data import load_image, load_labels
+    from mm_core.train.data import load_image, load_labels
     from mm_core.engines.classic import scale as sc
     from mm_core.engines.classic.engine import gray_of
     from mm_core.heads.learned.generalist import object_diameter

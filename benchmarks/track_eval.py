@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from mm_core.export import write_ctc
 from mm_core.heads.linking import TRACK_COLUMNS, link_labels
-from mm_core.metrics import ctc_scores
+from mm_core.evaluation.metrics import ctc_scores
 from mm_core.transforms import normalize
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "track" / "Fluo-N2DH-SIM+"

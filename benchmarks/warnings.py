@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from evaluate import seg_exemplar
 
-from mm_core.metrics import ap50
+from mm_core.evaluation.metrics import ap50
 from mm_core.models import Matcher
 
 DATA = Path(os.environ.get("MM_SHARED_DATA", REPO.parent / "shared" / "data"))

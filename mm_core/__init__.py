@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 
 def batch(paths, task: str = "segment", out="results", **options):
-    """Segment or count many images, in this process or on Dask; see :func:`mm_core.batching.batch`.
+    """Segment or count many images, in this process or on Dask; see :func:`mm_core.batching.run.batch`.
 
     Parameters
     ----------
@@ -44,7 +44,7 @@ def batch(paths, task: str = "segment", out="results", **options):
     pandas.DataFrame
         The manifest.
     """
-    from mm_core.batching import batch as run
+    from mm_core.batching.run import batch as run
 
     return run(paths, task, out, **options)
 

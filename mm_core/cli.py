@@ -138,7 +138,7 @@ def _print_warnings(name: str, warnings: list[str]) -> None:
 
 
 def _run_batch(args, task: str) -> int:
-    from mm_core.batching import batch
+    from mm_core.batching.run import batch
 
     files = _inputs(args.inputs)
     if not files:
@@ -211,7 +211,7 @@ def _run_evaluate(args) -> int:
 
 def _batch_arguments(p: argparse.ArgumentParser) -> None:
     """Options of many-image runs (:func:`mm_core.batch`)."""
-    from mm_core.tiled import DEFAULT_TILE
+    from mm_core.batching.tiled import DEFAULT_TILE
 
     p.add_argument("--workers", type=int, default=1, help="worker processes of a local Dask cluster "
                    "(default 1: run in this process)")

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from skimage.draw import disk
 
-from mm_core import batching as mb
+from mm_core.batching import run as mb
 from mm_core.cli import main
 from mm_core.errors import InputError
 

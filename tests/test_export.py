@@ -13,10 +13,10 @@ from skimage.draw import disk, polygon2mask
 
 from mm_core.errors import InputError
 from mm_core.io import read_ctc
+from mm_core.measure import tracks_from_masks
 from mm_core.export import (
     ctc_frame_name,
     measurements_table,
-    tracks_from_masks,
     write_counts,
     write_ctc,
     write_ctc_zip,

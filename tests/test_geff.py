@@ -12,7 +12,7 @@ geff = pytest.importorskip("geff")
 
 from mm_core.cli import main  # noqa: E402
 from mm_core.export import write_ctc  # noqa: E402
-from mm_core.export_geff import read_geff, write_geff, write_geff_zip  # noqa: E402
+from mm_core.export.geff import read_geff, write_geff, write_geff_zip  # noqa: E402
 from mm_core.io import read_ctc  # noqa: E402
 
 

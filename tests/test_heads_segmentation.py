@@ -10,7 +10,7 @@ from test_classic_engine import bbox, make_disks
 from mm_core.engines.base import MatchMaps
 from mm_core.engines.classic import ClassicEngine
 from mm_core.heads.segmentation import instances_from_maps
-from mm_core.metrics import average_precision
+from mm_core.evaluation.metrics import average_precision
 from mm_core.transforms import normalize, resize_map
 
 

@@ -10,8 +10,8 @@ from skimage.draw import disk
 
 zarr = pytest.importorskip("zarr")
 
-from mm_core import batch_tasks  # noqa: E402
-from mm_core import batching as mb  # noqa: E402
+from mm_core.batching import tasks as batch_tasks  # noqa: E402
+from mm_core.batching import run as mb  # noqa: E402
 from mm_core.errors import InputError  # noqa: E402
 from mm_core.io.lazy import open_lazy  # noqa: E402
 

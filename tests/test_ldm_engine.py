@@ -9,7 +9,7 @@ import torch
 from mm_core.engines.base import Engine, MatchMaps
 from mm_core.engines.ldm import LDMEngine
 from mm_core.engines.ldm.maps import estimate_scale, rgb01
-from mm_core.tiling import tile_starts
+from mm_core.transforms.tiles import tile_starts
 from mm_core.engines.ldm.testing import TINY_SIZE, tiny_pipeline_dir
 from mm_core.errors import InputError
 

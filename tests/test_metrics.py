@@ -16,7 +16,7 @@ from mm_core.evaluation import evaluate
 from mm_core.export import write_counts, write_ctc, write_labels
 from mm_core.io import read_ctc
 from mm_core.io.limits import natural_key
-from mm_core.metrics import (
+from mm_core.evaluation.metrics import (
     IOU_THRESHOLDS,
     ap50,
     average_precision,

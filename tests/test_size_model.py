@@ -163,7 +163,7 @@ def test_results_report_the_size_the_head_read_the_objects_at(task):
 
 
 def test_intensity_augmentation_changes_the_views_not_their_sizes(tmp_path):
-    from mm_core.data import find_segmentation
+    from mm_core.train.data import find_segmentation
     from mm_core.errors import MMError
     from mm_core.train.size import prepare
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
-from mm_core.tiling import LabelStitcher, blend_window, same_objects, stitch_labels, tile_grid, tile_starts
+from mm_core.transforms.tiles import LabelStitcher, blend_window, same_objects, stitch_labels, tile_grid, tile_starts
 
 
 def test_tile_cores_partition_the_image():
@@ -88,7 +88,7 @@ def test_stitcher_writes_into_a_zarr_array(tmp_path):
 
 def test_classic_engine_tiled_keeps_seam_objects_whole():
     from mm_core import Matcher
-    from mm_core.tiled import segment_large
+    from mm_core.batching.tiled import segment_large
 
     shape = (384, 384)
     tiles = tile_grid(shape, 224, 128)
@@ -109,7 +109,7 @@ def test_ldm_engine_runs_tile_by_tile(torch_one_thread):
     from mm_core.engines.ldm import LDMEngine
     from mm_core.engines.ldm.testing import TINY_SIZE, tiny_pipeline_dir
     from mm_core.models import Matcher
-    from mm_core.tiled import segment_large
+    from mm_core.batching.tiled import segment_large
 
     eng = LDMEngine.from_pretrained(tiny_pipeline_dir(), device="cpu", dtype=torch.float32, size=TINY_SIZE)
     calls = []
@@ -147,7 +147,7 @@ def _disks(shape, seed, n, r, value=1000.0, img=None):
 
 def _f1(a, b):
     """F1 of one-to-one object matches at IoU > 0.5 between two label images."""
-    from mm_core.metrics import f1_score
+    from mm_core.evaluation.metrics import f1_score
 
     return float(f1_score(a, b, thresholds=(0.5,))[0])
 
@@ -156,7 +156,7 @@ def test_tiled_result_agrees_with_the_untiled_one_and_fits_once(monkeypatch):
     """Tiles are matched with what was measured once (scale, classifier, ...): the same objects as untiled."""
     from mm_core import Matcher
     from mm_core.engines.classic import ClassicEngine
-    from mm_core.tiled import segment_large
+    from mm_core.batching.tiled import segment_large
     from mm_core.transforms import normalize
 
     img, _ = _disks((640, 640), 3, 260, 7)
@@ -175,7 +175,7 @@ def test_tiled_result_agrees_with_the_untiled_one_and_fits_once(monkeypatch):
 
 def test_exemplar_boxes_on_a_tiled_image_find_their_kind_in_every_tile():
     from mm_core import Matcher
-    from mm_core.tiled import segment_large
+    from mm_core.batching.tiled import segment_large
 
     shape = (600, 600)
     img, big = _disks(shape, 0, 30, 12)
@@ -193,7 +193,7 @@ def test_exemplar_boxes_on_a_tiled_image_find_their_kind_in_every_tile():
 
 def test_tiled_exemplar_boxes_too_far_apart_or_on_an_engine_without_fit_are_refused(monkeypatch):
     from mm_core import Matcher
-    from mm_core import tiled as mt
+    from mm_core.batching import tiled as mt
     from mm_core.errors import InputError
 
     img, _ = _disks((400, 400), 0, 12, 10)
@@ -215,7 +215,7 @@ def test_tiled_exemplar_boxes_too_far_apart_or_on_an_engine_without_fit_are_refu
 def test_tiled_count_is_a_whole_number_its_centres_add_up_to():
     from mm_core import Matcher
     from mm_core.io.lazy import LazyImage
-    from mm_core.tiled import count_tiled, tile_fn
+    from mm_core.batching.tiled import count_tiled, tile_fn
     from mm_core.transforms import normalize
 
     img, centres = _disks((600, 600), 4, 120, 8)
@@ -234,7 +234,7 @@ def test_tiles_read_by_the_learned_default_head_share_one_object_size(monkeypatc
     """The automatic-mode default (generalist head) measures the object size once for all tiles."""
     from mm_core import Matcher
     from mm_core.heads.learned.generalist import GeneralistHead
-    from mm_core.tiled import segment_large
+    from mm_core.batching.tiled import segment_large
     from mm_core.transforms import normalize
 
     img, _ = _disks((512, 512), 5, 120, 8)

@@ -308,7 +308,7 @@ def test_linking_real_gt_masks(shared_data, tmp_path):
     """Fluo-N2DH-SIM+ 01, frames 0-15 (3 divisions), labels scrambled: linking alone."""
     import tifffile
 
-    from mm_core.metrics import ctc_scores
+    from mm_core.evaluation.metrics import ctc_scores
 
     gt_dir = shared_data / "track" / "Fluo-N2DH-SIM+" / "01_GT"
     if not gt_dir.is_dir():

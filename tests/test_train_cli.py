@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from scipy import ndimage as ndi
 
-from mm_core.data import find_counting, find_segmentation, find_tracking, load_points
+from mm_core.train.data import find_counting, find_segmentation, find_tracking, load_points
 from mm_core.errors import InputError
 from mm_core.heads.learned import load_head
 from mm_core.train.cli import main
@@ -237,7 +237,7 @@ def test_segmentation_head_on_tiny_ldm_unet_features(tiny_ldm, tmp_path):
 def test_exemplar_projector_training_writes_heads_the_engine_loads(tiny_ldm, tmp_path, seg_folder):
     import argparse
 
-    from mm_core.data import find_segmentation
+    from mm_core.train.data import find_segmentation
     from mm_core.train.exemplar import exemplar_task
     from mm_core.train.loop import FitConfig, fit
 

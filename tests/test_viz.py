@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 from skimage.measure import regionprops
 
-from mm_core import viz, viz_tracks
+from mm_core import viz
+from mm_core.viz import tracks as viz_tracks
 from mm_core.engines.base import MatchMaps
 
 

@@ -14,7 +14,8 @@ import os
 import gradio as gr
 import numpy as np
 
-from mm_core import export, viz, viz_tracks
+from mm_core import export, viz
+from mm_core.viz import tracks as viz_tracks
 from mm_core.app import display
 from mm_core.app import helpers as au
 from mm_core.app import results as ar

@@ -109,7 +109,7 @@ def _slice(samples: list, subset: str | None) -> list:
 
 
 def _find(task: str, folders: list[str], exclude: list[str]) -> list:
-    from mm_core.data import find_counting, find_segmentation, find_tracking
+    from mm_core.train.data import find_counting, find_segmentation, find_tracking
 
     finder = {"segment": find_segmentation, "count": find_counting, "track": find_tracking,
               "exemplar": find_segmentation, "generalist": find_segmentation, "size": find_segmentation}[task]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mm_core.data import Sample, load_image, load_labels, load_points
+from mm_core.train.data import Sample, load_image, load_labels, load_points
 from mm_core.heads.learned.counting import dot_density
 from mm_core.heads.learned.inputs import (
     HeadInputs,

@@ -18,7 +18,7 @@ import torch
 from skimage.measure import regionprops
 from torch import nn
 
-from mm_core.data import load_image, load_labels
+from mm_core.train.data import load_image, load_labels
 from mm_core.errors import InputError
 from mm_core.heads.learned.checkpoints import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 from mm_core.heads.learned.exemplar import exemplar_attention_loss

@@ -58,7 +58,7 @@ def _intensity(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _profiles(args: tuple) -> list[tuple[np.ndarray, float]]:
     """Profiles and target bins of one image's views (run in a worker process)."""
-    from mm_core.data import load_image, load_labels
+    from mm_core.train.data import load_image, load_labels
     from mm_core.engines.classic.engine import gray_of
     from mm_core.heads.learned.generalist import object_diameter
     from mm_core.transforms import normalize

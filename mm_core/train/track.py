@@ -7,7 +7,7 @@ import torch
 from skimage.segmentation import relabel_sequential
 from tqdm.auto import tqdm
 
-from mm_core.data import load_ctc
+from mm_core.train.data import load_ctc
 
 
 def parent_targets(lab_a: np.ndarray, lab_b: np.ndarray, inv_a: np.ndarray, inv_b: np.ndarray,

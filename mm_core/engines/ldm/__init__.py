@@ -7,7 +7,7 @@ anything (and without importing diffusers), whether ``choose_engine("auto")`` ma
 Modules: :mod:`.loading` (weights), :mod:`.attention` (capture processors,
 self-cross), :mod:`.conditioning` (template, task token, exemplar slots),
 :mod:`.projector` (ResNet-50 + RoIAlign + conv + linear), :mod:`.maps` (scale,
-centres), :mod:`.tiling` (tiled matching over :mod:`mm_core.tiling`), :mod:`.engine` (:class:`LDMEngine`).
+centres), :mod:`.tiling` (tiled matching over :mod:`mm_core.transforms.tiles`), :mod:`.engine` (:class:`LDMEngine`).
 """
 
 from __future__ import annotations

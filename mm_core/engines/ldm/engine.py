@@ -43,7 +43,7 @@ from mm_core.engines.ldm.graphs import GraphedCall, GraphedUNet
 from mm_core.engines.ldm.loading import SDComponents, default_device_dtype, load_components
 from mm_core.engines.ldm.maps import center_map, estimate_scale, normalise01, rgb01
 from mm_core.engines.ldm.projector import ExemplarProjector, load_backbone
-from mm_core.engines.ldm.tiling import tiled_maps
+from mm_core.engines.ldm.tiled_maps import tiled_maps
 from mm_core.engines.ldm.zerogpu import gpu_runner, on_zerogpu
 from mm_core.transforms import prepare_boxes
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mm_core.tiling import blend_window, tile_starts
+from mm_core.transforms.tiles import blend_window, tile_starts
 
 from mm_core.engines.base import MatchMaps
 from mm_core.errors import InputError

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.measure import regionprops_table
 
-from mm_core.viz import colors_for_ids, overlay_labels, zoom_xy
+from mm_core.viz.images import colors_for_ids, overlay_labels, zoom_xy
 
 __all__ = ["render_track_frame", "render_tracks", "track_centroids"]
 

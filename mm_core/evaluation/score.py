@@ -30,7 +30,7 @@ import pandas as pd
 from mm_core.errors import InputError
 from mm_core.export import write_ctc
 from mm_core.io import natural_key, read_ctc, read_labels
-from mm_core.metrics import IOU_THRESHOLDS, average_precision, count_errors, ctc_scores
+from mm_core.evaluation.metrics import IOU_THRESHOLDS, average_precision, count_errors, ctc_scores
 
 TASKS = ("seg", "count", "track")
 _MAX_LISTED = 20  # missing names listed in the result

@@ -337,7 +337,7 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
         - tracking: the CTC result ``maskTTT.tif`` ... + ``res_track.txt``,
           ``<stem>_ctc.zip`` (the same under ``01_RES/``),
           ``<stem>_tracks.csv``, ``<stem>_tracks.zarr`` (GEFF graph + segmentation, a
-          folder: :mod:`mm_core.export_geff`) and ``<stem>_tracks_geff.zip`` (the same
+          folder: :mod:`mm_core.export.geff`) and ``<stem>_tracks_geff.zip`` (the same
           zipped); without a stem ``ctc.zip``, ``tracks.csv``, ``tracks.zarr``, ``tracks_geff.zip``.
     """
     out = Path(out_dir)
@@ -360,7 +360,7 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
         prefix = f"{stem}_" if stem else ""
         folder = write_ctc(out, result.masks, result.tracks)
         ctc = sorted(p for p in folder.iterdir() if CTC_MASK_RE.match(p.name) or p.name == "res_track.txt")
-        from mm_core.export_geff import write_geff, write_geff_zip
+        from mm_core.export.geff import write_geff, write_geff_zip
 
         return [*ctc, write_ctc_zip(out / f"{prefix}ctc.zip", result.masks, result.tracks),
                 write_tracks_csv(out / f"{prefix}tracks.csv", result.masks, result.tracks),

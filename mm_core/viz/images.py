@@ -2,7 +2,7 @@
 
 Everything the app (and anyone else) shows is drawn here: instance overlays with
 outlines, density and match-map heat-maps, centre dots and numbers, exemplar boxes, and
-the GIF writer for time-lapses (tracking results: :mod:`mm_core.viz_tracks`). No function
+the GIF writer for time-lapses (tracking results: :mod:`mm_core.viz.tracks`). No function
 here changes a result; they only draw it.
 """
 

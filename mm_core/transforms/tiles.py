@@ -2,9 +2,9 @@
 
 Numpy in, numpy out, below the engines and the heads (no imports from the rest of
 :mod:`mm_core`). Used wherever an image (or a working grid) is processed window by
-window: the LDM engine's tiled matching (:mod:`mm_core.engines.ldm.tiling`), the learned
+window: the LDM engine's tiled matching (:mod:`mm_core.engines.ldm.tiled_maps`), the learned
 heads' tiled inference (:meth:`mm_core.heads.learned.base.LearnedHead.predict_dense`)
-and whole images processed tile by tile (:mod:`mm_core.tiled`).
+and whole images processed tile by tile (:mod:`mm_core.batching.tiled`).
 
 - :func:`tile_starts` spreads overlapping windows evenly over one axis;
 - :func:`blend_window` is the linear-ramp weight used to blend overlapping map tiles;

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mm_core.errors import InputWarning, MMError
-from mm_core.tiled import DEFAULT_TILE
+from mm_core.batching.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
 LAZY_FROM_PIXELS = 4096 * 4096
@@ -59,9 +59,9 @@ class Model:
         self.head_note = self.matcher.head_notes()[settings.task]
 
     def tile_fn(self, task: str, boxes=None):
-        """The per-tile runner of :mod:`mm_core.tiled` for ``task`` (the mode's head: ``boxes`` or not)."""
+        """The per-tile runner of :mod:`mm_core.batching.tiled` for ``task`` (the mode's head: ``boxes`` or not)."""
         from mm_core.models import mode_of
-        from mm_core.tiled import tile_fn
+        from mm_core.batching.tiled import tile_fn
 
         return tile_fn(self.matcher.engine, self.matcher.head(task, mode_of(boxes)), task)
 
@@ -146,9 +146,9 @@ def _save(result, out: Path, base: str, intensity) -> None:
 
 
 def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
-    from mm_core.export_large import create_ome_zarr, object_table, write_bigtiff
+    from mm_core.export.large import create_ome_zarr, object_table, write_bigtiff
     from mm_core.io.lazy import open_lazy
-    from mm_core.tiled import segment_tiled
+    from mm_core.batching.tiled import segment_tiled
 
     tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
     with open_lazy(item.path, s.channels) as img:
@@ -165,9 +165,9 @@ def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
 
 def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
     from mm_core import export
-    from mm_core.export_large import create_zarr_array, write_bigtiff
+    from mm_core.export.large import create_zarr_array, write_bigtiff
     from mm_core.io.lazy import open_lazy
-    from mm_core.tiled import count_tiled
+    from mm_core.batching.tiled import count_tiled
 
     dens_p, pts_p = out / f"{item.base}_density.tif", out / f"{item.base}_points.csv"
     scratch = out / f".{item.base}_density.zarr.partial"
@@ -191,7 +191,7 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
     from mm_core.io import read_image
     from mm_core.io.lazy import LazyImage
     from mm_core.pipelines import CountResult, SegmentationResult
-    from mm_core.tiled import count_tiled, needs_tiling, segment_tiled
+    from mm_core.batching.tiled import count_tiled, needs_tiling, segment_tiled
 
     if is_lazy(item.path):
         return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out), []

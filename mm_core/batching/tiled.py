@@ -1,11 +1,11 @@
 """Whole images of any size: segmentation and counting tile by tile, in bounded memory.
 
 An image larger than ``tile`` pixels on a side is cut into overlapping tiles
-(:func:`mm_core.tiling.tile_grid`); each tile is read from disk on its own
+(:func:`mm_core.transforms.tiles.tile_grid`); each tile is read from disk on its own
 (:class:`mm_core.io.lazy.LazyImage`), normalised with percentiles measured once on a
 subsample of the whole image (so every tile sees the same intensity scale), matched
 by the engine and turned into labels or a density map by the head. Label tiles are
-stitched across tile borders (:class:`mm_core.tiling.LabelStitcher`: an object cut by
+stitched across tile borders (:class:`mm_core.transforms.tiles.LabelStitcher`: an object cut by
 a border is one object); density tiles are cut to their cores, so nothing is counted
 twice. Results go straight into a writable array (numpy or zarr), so only a few
 tiles are ever in memory.
@@ -31,7 +31,7 @@ import pandas as pd
 from mm_core.engines import Engine
 from mm_core.errors import InputError, InputWarning
 from mm_core.io.lazy import LazyImage
-from mm_core.tiling import LabelStitcher, Tile, tile_grid
+from mm_core.transforms.tiles import LabelStitcher, Tile, tile_grid
 from mm_core.transforms import DEFAULT_PERCENTILES, percentile_bounds, rescale
 
 #: Default tile side in pixels: images larger than this on a side are tiled.

@@ -16,7 +16,7 @@ images whose manifest row says ``done`` and whose output files are all present
 interrupted run never leaves a file that looks complete).
 
 Images larger than ``tile`` pixels on a side are processed tile by tile
-(:mod:`mm_core.tiled`); TIFFs above :data:`mm_core.batch_tasks.LAZY_FROM_PIXELS` and zarr/OME-Zarr inputs
+(:mod:`mm_core.batching.tiled`); TIFFs above :data:`mm_core.batching.tasks.LAZY_FROM_PIXELS` and zarr/OME-Zarr inputs
 are also read lazily and their labels written as OME-Zarr (``<base>.ome.zarr`` with a
 ``labels`` group) beside a BigTIFF ``<base>.tif``.
 """
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mm_core.batch_tasks import Item, Model, Settings, outputs, process
+from mm_core.batching.tasks import Item, Model, Settings, outputs, process
 from mm_core.errors import InputError, MMError
-from mm_core.tiled import DEFAULT_TILE
+from mm_core.batching.tiled import DEFAULT_TILE
 
 try:  # the distributed extra; without it batches run in this process only
     from distributed import WorkerPlugin as _PluginBase
@@ -276,7 +276,7 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     channels : None, int or list of int
         As in :func:`mm_core.read_image`.
     tile, overlap : int
-        Images larger than ``tile`` pixels on a side are tiled (see :mod:`mm_core.tiled`).
+        Images larger than ``tile`` pixels on a side are tiled (see :mod:`mm_core.batching.tiled`).
     progress : bool
         Show a progress bar (stderr).
     on_result : callable, optional

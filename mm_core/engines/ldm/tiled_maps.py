@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mm_core.engines.ldm.maps import estimate_scale, normalise01, rgb01
-from mm_core.tiling import blend_window, tile_starts
+from mm_core.transforms.tiles import blend_window, tile_starts
 
 
 def tiled_maps(engine, image: np.ndarray, boxes: np.ndarray | None, per_object: bool) -> dict:

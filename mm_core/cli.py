@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -28,6 +26,7 @@ from mm_core.engines import ENGINE_NAMES
 from mm_core.errors import InputError, MMError
 from mm_core.io import expand_inputs
 from mm_core.io.boxes import read_boxes_csv
+from mm_core.io.reader import first_frame_name
 
 
 def _inputs(items: list[str]) -> list[Path]:
@@ -62,21 +61,6 @@ def _warn(where: str, message: str) -> None:
     tqdm.write(f"warning: {where}: {message}", file=sys.stderr)
 
 
-@contextmanager
-def _warnings_about(where: str):
-    """Print every :class:`~mm_core.errors.InputWarning` raised in the block, naming ``where``."""
-    from mm_core.errors import InputWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InputWarning)
-        yield
-    for w in caught:
-        if issubclass(w.category, InputWarning):
-            _warn(where, str(w.message))
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
 def _unused_rows(csv_path: str | None, csv_boxes, used: set) -> None:
     """Warn about ``--boxes`` rows whose image matches no input."""
     for key, lines in getattr(csv_boxes, "lines", {}).items():
@@ -99,14 +83,6 @@ def _naming(name: str, exc: Exception) -> str:
     return msg if name in msg else f"{name}: {msg}"
 
 
-def _unique_base(path: Path, seen: set[str]) -> str:
-    base, k = path.stem, 2
-    while base in seen:
-        base, k = f"{path.stem}_{k}", k + 1
-    seen.add(base)
-    return base
-
-
 def _out_dir(path: str) -> Path:
     out = Path(path)
     try:
@@ -116,86 +92,37 @@ def _out_dir(path: str) -> Path:
     return out
 
 
-def _matcher(args, task: str):
-    from mm_core.models import Matcher
-
-    # segment/count: the checkpoint must be for that task; track: a segmentation checkpoint serves the
-    # per-frame segmentation and a linking checkpoint the linking
-    head = args.head if task == "track" else {task: args.head}
-    matcher = Matcher(engine=args.engine, head=head)
-    print(f"engine: {matcher.engine_note}", file=sys.stderr)
-    if task == "track":
-        print(f"heads: {matcher.track_heads()[2]}", file=sys.stderr)
-    else:
-        print(f"head: {matcher.head_notes()[task]}", file=sys.stderr)
-    return matcher
-
-
-def _print_warnings(name: str, warnings: list[str]) -> None:
-    """One line per warning of a result (see :mod:`mm_core.checks`), as every CLI warning: ``warning: <file>: ...``."""
-    for w in warnings:
-        _warn(name, w)
+def _track_boxes(seq: Path, cli_boxes: list | None, csv_boxes: dict, used: set) -> list | None:
+    """Exemplar boxes on a time-lapse's first frame: ``--box``, and ``--boxes`` rows naming the
+    first frame, the time-lapse or ``first``."""
+    first = first_frame_name(seq) or "first"
+    return _boxes_for(first, cli_boxes, csv_boxes, aliases=("first", seq.name, seq.stem), used=used)
 
 
 def _run_batch(args, task: str) -> int:
+    """segment, count or track: one :func:`mm_core.batch` (one task per image or time-lapse)."""
     from mm_core.batching.run import batch
 
-    files = _inputs(args.inputs)
+    files = [Path(p) for p in args.inputs] if task == "track" else _inputs(args.inputs)
     if not files:
         raise _UsageError("no input images found (give image files or folders holding "
                           ".tif/.png/.jpg/.bmp files)")
     csv_boxes, used = _read_boxes(args.boxes), set()
-    boxes = {str(p): b for p in files if (b := _boxes_for(p.name, args.box, csv_boxes, used=used))}
+    boxes = {str(p): b for p in files if (b := _track_boxes(p, args.box, csv_boxes, used) if task == "track"
+                                         else _boxes_for(p.name, args.box, csv_boxes, used=used))}
     _unused_rows(args.boxes, csv_boxes, used)
+    what = "time-lapses" if task == "track" else "images"
     where = (f"Dask scheduler {args.scheduler}" if args.scheduler
              else f"{args.workers} local Dask workers" if args.workers > 1 else "this process")
-    print(f"{task}: {len(files)} images on {where}; engine {args.engine}, head {args.head}", file=sys.stderr)
+    print(f"{task}: {len(files)} {what} on {where}; engine {args.engine}, head {args.head}", file=sys.stderr)
+    tiles = {} if task == "track" else {"tile": args.tile, "overlap": args.overlap}
     table = batch(files, task=task, out=_out_dir(args.out), workers=args.workers, scheduler=args.scheduler,
                   resume=args.resume, engine=args.engine, head=args.head, boxes=boxes,
-                  channels=args.channels, tile=args.tile, overlap=args.overlap)
+                  channels=args.channels, **tiles)
     failures = int((table["status"] != "done").sum())
-    print(f"{len(files) - failures} of {len(files)} images done; results and manifest.csv in {args.out}",
+    print(f"{len(files) - failures} of {len(files)} {what} done; results and manifest.csv in {args.out}",
           file=sys.stderr)
     return EXIT_REFUSED if failures else EXIT_OK
-
-
-def _run_track(args) -> int:
-    from mm_core import export
-    from mm_core.io import read_sequence
-
-    out = _out_dir(args.out)
-    csv_boxes, used = _read_boxes(args.boxes), set()
-    name = Path(args.inputs[0]).name
-    try:
-        with _warnings_about(name):
-            seq = read_sequence(args.inputs[0], channels=args.channels)
-    except InputError as exc:
-        print(f"error: {_naming(name, exc)}", file=sys.stderr)
-        return EXIT_REFUSED
-    first = Path(seq.names[0]).name if seq.names else "first"
-    boxes = _boxes_for(first, args.box, csv_boxes, aliases=("first",), used=used)
-    _unused_rows(args.boxes, csv_boxes, used)
-    matcher = _matcher(args, "track")
-    bar = tqdm(total=100, desc="track", unit="%", file=sys.stderr,
-               bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
-
-    def progress(frac: float, desc: str) -> None:
-        bar.n = min(100, int(round(100 * frac)))
-        bar.set_postfix_str(desc)  # e.g. "frame 12/65"
-
-    try:
-        with _warnings_about(name):
-            res = matcher.track(seq.frames, boxes=boxes, progress=progress)
-    except InputError as exc:
-        bar.close()
-        print(f"error: {_naming(name, exc)}", file=sys.stderr)
-        return EXIT_REFUSED
-    bar.close()
-    export.save(res, out)
-    print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
-          f"CTC results and GEFF tracks.zarr in {out}", file=sys.stderr)
-    _print_warnings(name, res.warnings)
-    return EXIT_OK
 
 
 def _run_evaluate(args) -> int:
@@ -209,16 +136,18 @@ def _run_evaluate(args) -> int:
     return EXIT_OK
 
 
-def _batch_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of many-image runs (:func:`mm_core.batch`)."""
+def _batch_arguments(p: argparse.ArgumentParser, tiles: bool = True) -> None:
+    """Options of many-input runs (:func:`mm_core.batch`); ``tiles``: the tiling options too."""
     from mm_core.batching.tiled import DEFAULT_TILE
 
     p.add_argument("--workers", type=int, default=1, help="worker processes of a local Dask cluster "
                    "(default 1: run in this process)")
-    p.add_argument("--scheduler", metavar="ADDRESS", default=None, help="send the images to an existing Dask "
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None, help="send the inputs to an existing Dask "
                    "scheduler, e.g. tcp://10.0.0.5:8786 (its workers must see the input and output folders)")
-    p.add_argument("--resume", action="store_true", help="skip images whose outputs in --out are complete "
+    p.add_argument("--resume", action="store_true", help="skip inputs whose outputs in --out are complete "
                    "(as recorded in manifest.csv)")
+    if not tiles:
+        return
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help="images larger than this many pixels on a "
                    f"side are processed in overlapping tiles (default {DEFAULT_TILE})")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: 3 object "
@@ -233,9 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, what: str) -> None:
-        p.add_argument("inputs", nargs="+" if what != "track" else 1, metavar="INPUT" if what != "track" else "SEQ",
+        p.add_argument("inputs", nargs="+", metavar="INPUT" if what != "track" else "SEQ",
                        help="image files or folders" if what != "track"
-                       else "folder of frames, multi-page/OME TIFF or zip of frames")
+                       else "time-lapses, each a folder of frames, a multi-page/OME TIFF or a zip of frames "
+                       "(several: each one's files go into a subfolder of --out named after it)")
         p.add_argument("--out", required=True, help="output folder (created if needed; nothing is written elsewhere)")
         p.add_argument("--engine", choices=ENGINE_NAMES, default="auto",
                        help="auto: the LDM engine when a GPU and its weights are available, else classic")
@@ -258,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     for p, what in ((seg, "segment"), (cnt, "count")):
         common(p, what)
         _batch_arguments(p)
-    common(with_head(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, ctc.zip, "
-                                    "tracks.csv, tracks.zarr + tracks_geff.zip (GEFF)")), "track")
+    trk = with_head(sub.add_parser("track", help="tracking: CTC maskTTT.tif + res_track.txt, ctc.zip, "
+                                   "tracks.csv, tracks.zarr + tracks_geff.zip (GEFF)"))
+    common(trk, "track")
+    _batch_arguments(trk, tiles=False)
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")
@@ -271,10 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("segment", "count"):
+        if args.command in ("segment", "count", "track"):
             return _run_batch(args, args.command)
-        if args.command == "track":
-            return _run_track(args)
         return _run_evaluate(args)
     except MMError as exc:
         print(f"error: {exc}", file=sys.stderr)

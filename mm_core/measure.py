@@ -16,8 +16,8 @@ from mm_core.io.labels import TRACK_COLUMNS
 #: Columns of :func:`tracks_table`.
 TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area", "parent"]
 
-__all__ = ["TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "as_labels", "check_tracks", "measurements_table",
-           "tracks_from_masks", "tracks_table"]
+__all__ = ["TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "as_labels", "checked_tracks", "measurements_table",
+           "objects_per_frame", "tracks_from_masks", "tracks_table", "validate_track_table"]
 
 
 def as_labels(labels, ndims: tuple[int, ...] = (2,), what: str = "label image") -> np.ndarray:
@@ -115,12 +115,37 @@ def tracks_from_masks(masks) -> pd.DataFrame:
 
     Each label's first and last frame, parent 0.
     """
-    arr = as_labels(masks, (3,), "mask stack")
+    return _tracks_of(as_labels(masks, (3,), "mask stack"))
+
+
+def _tracks_of(arr: np.ndarray) -> pd.DataFrame:
     rows: dict[int, list[int]] = {}
     for t, frame in enumerate(arr):
         for lab in np.unique(frame[frame > 0]):
             rows.setdefault(int(lab), [int(lab), t, t, 0])[2] = t
     return pd.DataFrame(sorted(rows.values()), columns=TRACK_COLUMNS, dtype=np.int64)
+
+
+def checked_tracks(masks, tracks=None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Check a mask stack and its track table once, for the writers that share them.
+
+    Parameters
+    ----------
+    masks : array-like, (T, H, W)
+        Integer labels; a label is a track id in every frame.
+    tracks : DataFrame or (N, 4) array, optional
+        CTC table ``label, begin, end, parent``; ``None`` derives one without lineage
+        (:func:`tracks_from_masks`).
+
+    Returns
+    -------
+    masks : ndarray
+        The labels as an integer array.
+    table : DataFrame
+        The track table, int64 columns ``label, begin, end, parent``.
+    """
+    arr = as_labels(masks, (3,), "mask stack")
+    return arr, (_tracks_of(arr) if tracks is None else validate_track_table(tracks))
 
 
 def tracks_table(masks, tracks=None) -> pd.DataFrame:
@@ -130,12 +155,15 @@ def tracks_table(masks, tracks=None) -> pd.DataFrame:
     ``area`` its pixels and ``parent`` the track it divided from (0 = none).
     Sorted by track, then frame.
     """
+    return objects_per_frame(*checked_tracks(masks, tracks))
+
+
+def objects_per_frame(masks: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`tracks_table` of inputs already checked by :func:`checked_tracks` (not checked again)."""
     from skimage.measure import regionprops_table
 
-    arr = as_labels(masks, (3,), "mask stack")
-    table = check_tracks(tracks)
     parts = []
-    for t, frame in enumerate(arr):
+    for t, frame in enumerate(masks):
         if frame.any():
             p = regionprops_table(frame.astype(np.int64), properties=("label", "centroid", "area"))
             parts.append(pd.DataFrame({"track_id": p["label"], "frame": t, "x": p["centroid-1"],
@@ -150,8 +178,12 @@ def tracks_table(masks, tracks=None) -> pd.DataFrame:
     return out[cols].sort_values(["track_id", "frame"], ignore_index=True)
 
 
-def check_tracks(tracks) -> pd.DataFrame:
-    """The ``label, begin, end, parent`` columns of a track table (DataFrame or (N, 4) array) as int64."""
+def validate_track_table(tracks) -> pd.DataFrame:
+    """Check the format of a track table; return its ``label, begin, end, parent`` columns as int64.
+
+    A DataFrame with those columns or an (N, 4) array; ``None`` gives an empty table. (The
+    self-check of a tracking *result* is :func:`mm_core.checks.check_tracks`.)
+    """
     if tracks is None:
         return pd.DataFrame(columns=TRACK_COLUMNS, dtype=np.int64)
     if isinstance(tracks, pd.DataFrame):

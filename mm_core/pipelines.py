@@ -9,7 +9,6 @@ returned results by :mod:`mm_core.export` and :mod:`mm_core.viz`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,10 +21,8 @@ from mm_core.engines.base import Engine, MatchMaps
 from mm_core.errors import InputError
 from mm_core.heads.objects import boxes_from_labels
 from mm_core.io.limits import Limits
+from mm_core.progress import ProgressFn, tick
 from mm_core.transforms import normalize, prepare_boxes
-
-#: Called as ``progress(fraction, description)`` while a task runs.
-ProgressFn = Callable[[float, str], None]
 
 #: Exemplars passed on from one frame to the next: every object of the previous frame,
 #: up to this many (those closest to the median size: fragments and merges make poor
@@ -139,18 +136,13 @@ def as_image(image, name: str = "the image", allow_constant: bool = False) -> np
     return normalize(arr)
 
 
-def _tick(progress: ProgressFn | None, frac: float, desc: str) -> None:
-    if progress is not None:
-        progress(frac, desc)
-
-
 def _match(engine: Engine, image, boxes, progress: ProgressFn | None):
     """The steps segment and count share: read/normalise, check boxes, match."""
     img = as_image(image)
     bx = prepare_boxes(boxes, img.shape[:2], max_boxes=Limits.resolve().max_boxes)
-    _tick(progress, 0.2, "matching")
+    tick(progress, 0.2, "matching")
     maps = engine.match(img, bx)
-    _tick(progress, 0.7, "post-processing")
+    tick(progress, 0.7, "post-processing")
     return img, maps, 0 if bx is None else len(bx)
 
 
@@ -261,7 +253,7 @@ def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | 
     shown, kw = with_head_scale(head, maps, img)
     labels = np.asarray(head.predict(maps, img, **kw))
     maps = shown
-    _tick(progress, 1.0, "done")
+    tick(progress, 1.0, "done")
     return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=notes[0], head_note=notes[1],
                               warnings=checks.check_segmentation(labels, maps, n_boxes))
 
@@ -285,7 +277,7 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
     count, pts = count_from_density(density, centres, maps.scale)
     total = float(density.sum())
     density = (density * (count / total) if total > 0 else density).astype(np.float32)
-    _tick(progress, 1.0, "done")
+    tick(progress, 1.0, "done")
     warnings = checks.check_count(count, len(np.asarray(centres).reshape(-1, 2)), maps, n_boxes)
     return CountResult(count=count, density=density, points=pts, image=img, maps=maps,
                        engine_note=notes[0], head_note=notes[1], warnings=warnings)
@@ -353,7 +345,7 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     exemplars, T = seed, len(frames)
     n_seed = 0 if seed is None else len(seed)
     for t, frame in enumerate(frames):
-        _tick(progress, 0.05 + 0.85 * t / T, f"frame {t + 1}/{T}")
+        tick(progress, 0.05 + 0.85 * t / T, f"frame {t + 1}/{T}")
         maps = engine.match(frame, exemplars)
         if t == 0:
             scale0, seed_mode = maps.scale, maps.mode
@@ -368,9 +360,9 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
             kept.append(maps)
         prev = boxes_from_labels(lab, MAX_EXEMPLARS)
         exemplars = prev if prev is not None else seed  # lost everything: back to the seed
-    _tick(progress, 0.92, "linking")
+    tick(progress, 0.92, "linking")
     masks, tracks = linker.link_sequence(labels, summaries, kept if keep else None, frames)
-    _tick(progress, 1.0, "done")
+    tick(progress, 1.0, "done")
     warnings = first + checks.check_tracks(masks, tracks, seed_mode, n_seed)
     return TrackResult(masks=masks, tracks=tracks, engine_note=notes[0], head_note=notes[1],
                        maps=kept if keep_maps else None, warnings=warnings)

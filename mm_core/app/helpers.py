@@ -13,7 +13,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +35,6 @@ MAX_PIXELS = int(os.environ.get("MM_APP_MAX_PIXELS", str(4096 * 4096)))
 MAX_FRAMES = int(os.environ.get("MM_APP_MAX_FRAMES", "300"))
 #: Longest side of the picture shown in the box annotator.
 PREVIEW_SIDE = 1024
-
-ProgressFn = Callable[[float, str], None]
-
 
 def new_request_dir(root: Path | None = None) -> Path:
     """Create a fresh output folder under ``root``, readable by this user only (mode 700).

@@ -1,9 +1,11 @@
 """Many images at once: one task per image, on this process or on a Dask cluster.
 
-:func:`batch` runs ``segment`` or ``count`` over a list of image paths and writes every
-result into one folder as soon as it is ready, with a ``manifest.csv`` (one row per
-image: ``image, output, status, objects`` or ``count``, ``seconds, message``) that is
-appended to and flushed after every image. With ``workers > 1`` the images run as
+:func:`batch` runs ``segment`` or ``count`` over a list of image paths, or ``track`` over a
+list of time-lapses (one task per time-lapse), and writes every result into one folder as
+soon as it is ready, with a ``manifest.csv`` (one row per input: ``image, output, status``,
+``objects``, ``count`` or ``tracks``, ``seconds, message``) that is appended to and flushed
+after every input. A single time-lapse writes its files into the folder itself, several
+each into a subfolder named by its ``output``. With ``workers > 1`` the images run as
 tasks on a :class:`distributed.LocalCluster` of single-threaded worker processes;
 with ``scheduler=`` they go to an existing Dask scheduler (a SLURM/PBS cluster through
 dask-jobqueue, Kubernetes, ...), whose workers must see the input and output folders.
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mm_core.batching.tasks import Item, Model, Settings, outputs, process
+from mm_core.batching.tasks import VALUE_COLUMNS, Item, Model, Settings, outputs, process
 from mm_core.errors import InputError, MMError
 from mm_core.batching.tiled import DEFAULT_TILE
 
@@ -42,7 +44,7 @@ except ImportError:  # pragma: no cover
 
 MANIFEST = "manifest.csv"
 PLUGIN_NAME = "mm_core-model"
-TASKS = ("segment", "count")
+TASKS = tuple(VALUE_COLUMNS)
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT = 10
 #: Seconds to wait for a finished image's manifest row (a few hundred bytes) from its worker.
@@ -55,7 +57,7 @@ class Manifest:
 
     def __init__(self, out: Path, task: str, keep: Iterable[dict] = ()):
         self.path = out / MANIFEST
-        self.value_col = "objects" if task == "segment" else "count"
+        self.value_col = VALUE_COLUMNS[task]
         self.cols = ["image", "output", "status", self.value_col, "seconds", "message"]
         self.rows: list[dict] = []
         self._fh = open(self.path, "w", newline="")
@@ -91,7 +93,7 @@ def _already_done(out: Path, task: str, items: list[Item]) -> dict[str, dict]:
     old = read_manifest(out / MANIFEST)
     if old.empty or "status" not in old:
         return {}
-    col = "objects" if task == "segment" else "count"
+    col = VALUE_COLUMNS[task]
     done = {}
     by_key = {(it.path, it.base): it for it in items}
     for _, r in old[old["status"] == "done"].iterrows():
@@ -99,7 +101,7 @@ def _already_done(out: Path, task: str, items: list[Item]) -> dict[str, dict]:
         if it is None:
             continue
         names = outputs(task, it.base, lazy=(out / f"{it.base}.ome.zarr").exists())
-        if all((out / n).exists() for n in names):
+        if all((it.out_dir(out) / n).exists() for n in names):
             done[it.path] = {"image": it.path, "output": it.base, "status": "done",
                              "value": float(r[col]) if r.get(col, "") != "" else float("nan"),
                              "seconds": r.get("seconds", ""), "message": "resumed: outputs complete"}
@@ -238,7 +240,7 @@ def unique_bases(paths: list) -> list[str]:
     seen, out = set(), []
     for p in paths:
         stem = Path(p).name
-        for suffix in (".zarr", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".bmp", ".ome"):
+        for suffix in (".zarr", ".zip", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".bmp", ".ome"):
             if stem.lower().endswith(suffix):
                 stem = stem[: -len(suffix)]
         base, k = stem, 2
@@ -253,13 +255,14 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
           scheduler: str | None = None, resume: bool = False, engine: str = "auto", head=None,
           boxes: dict | None = None, channels=None, tile: int = DEFAULT_TILE, overlap: int | None = None,
           progress: bool = True, on_result: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """Segment or count many images; results stream into ``out`` as they finish.
+    """Segment or count many images, or track many time-lapses; results stream into ``out`` as they finish.
 
     Parameters
     ----------
     paths : iterable of str or Path
-        Image files (and zarr folders), in the order their outputs are named.
-    task : {"segment", "count"}
+        Image files (and zarr folders), in the order their outputs are named; for ``track``,
+        time-lapses (multi-page or OME TIFFs, zips or folders of frames).
+    task : {"segment", "count", "track"}
     out : str or Path
         Output folder (created); ``manifest.csv`` and every result go here.
     workers : int
@@ -272,11 +275,13 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     engine, head
         As in :func:`mm_core.segment`.
     boxes : dict, optional
-        ``{path or file name or stem: [[x0, y0, x1, y1], ...]}`` exemplar boxes per image.
+        ``{path or file name or stem: [[x0, y0, x1, y1], ...]}`` exemplar boxes per image (for
+        ``track``: on the first frame).
     channels : None, int or list of int
         As in :func:`mm_core.read_image`.
     tile, overlap : int
-        Images larger than ``tile`` pixels on a side are tiled (see :mod:`mm_core.batching.tiled`).
+        Images larger than ``tile`` pixels on a side are tiled (see :mod:`mm_core.batching.tiled`;
+        not for ``track``).
     progress : bool
         Show a progress bar (stderr).
     on_result : callable, optional
@@ -313,7 +318,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
                 return tuple(tuple(float(v) for v in b) for b in boxes[key])
         return None
 
-    items = [Item(p, b, boxes_of(p)) for p, b in zip(paths, unique_bases(paths))]
+    several = task == "track" and len(paths) > 1  # time-lapses: one subfolder each
+    items = [Item(p, b, boxes_of(p), b if several else "") for p, b in zip(paths, unique_bases(paths))]
     ch = None if channels is None else (tuple(channels) if not np.isscalar(channels) else (int(channels),))
     settings = Settings(task, str(out), engine, head, ch, int(tile), overlap,
                         show_tiles=bool(progress and workers == 1 and not scheduler))
@@ -322,7 +328,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     manifest = Manifest(out, task, keep=done.values())
     from tqdm import tqdm
 
-    bar = tqdm(total=len(items), initial=len(done), desc=task, unit="image", file=sys.stderr,
+    bar = tqdm(total=len(items), initial=len(done), desc=task, unit="sequence" if task == "track" else "image",
+               file=sys.stderr,
                disable=not progress)
     try:
         rows = (_local_rows(todo, settings, progress) if workers == 1 and not scheduler
@@ -331,7 +338,7 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
             manifest.add(row)
             bar.update(1)
             if progress:
-                what = "objects" if task == "segment" else "count"
+                what = VALUE_COLUMNS[task]
                 name = Path(row["image"]).name
                 tqdm.write(f"{name}: {row['value']:g} {what}" if row["status"] == "done"
                            else f"skipped {name}: {row['message']}", file=sys.stderr)

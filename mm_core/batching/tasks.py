@@ -1,9 +1,9 @@
-"""One image of a batch: read it, segment or count it (in tiles when large), write its files.
+"""One input of a batch: read it, segment or count it (in tiles when large) or track it, write its files.
 
-:func:`process` is what a batch runs per image, in this process or on a Dask worker; it
-never raises: a failure becomes the image's manifest row. Results are written under a
-temporary name (``.partial``) and renamed when complete, so :func:`outputs` present on disk
-mean a finished image.
+:func:`process` is what a batch runs per image (or per time-lapse for ``track``), in this process
+or on a Dask worker; it never raises: a failure becomes the input's manifest row. Results are
+written under a temporary name and renamed when complete, so :func:`outputs` present on disk
+mean a finished input.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from mm_core.batching.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
 LAZY_FROM_PIXELS = 4096 * 4096
+#: The tasks a batch runs and the manifest column of each one's result.
+VALUE_COLUMNS = {"segment": "objects", "count": "count", "track": "tracks"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,11 @@ class Item:
     path: str
     base: str  #: output file stem, unique in the batch
     boxes: tuple | None = None
+    folder: str = ""  #: subfolder of the output folder its files go to ("": the output folder)
+
+    def out_dir(self, out) -> Path:
+        """The folder this input's files are written to."""
+        return Path(out) / self.folder if self.folder else Path(out)
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,10 @@ class Model:
     def __init__(self, settings: Settings):
         from mm_core.models import Matcher
 
-        self.matcher = Matcher(engine=settings.engine, head={settings.task: settings.head})
+        track = settings.task == "track"  # one checkpoint serves its own task: segmentation or linking
+        self.matcher = Matcher(engine=settings.engine, head=settings.head if track else {settings.task: settings.head})
         self.engine_note = self.matcher.engine_note
-        self.head_note = self.matcher.head_notes()[settings.task]
+        self.head_note = self.matcher.track_heads()[2] if track else self.matcher.head_notes()[settings.task]
 
     def tile_fn(self, task: str, boxes=None):
         """The per-tile runner of :mod:`mm_core.batching.tiled` for ``task`` (the mode's head: ``boxes`` or not)."""
@@ -67,8 +75,17 @@ class Model:
 
 
 # --------------------------------------------------------------------------- outputs
+#: What a tracking result holds besides its masks, in the order :func:`mm_core.export.save` writes them.
+TRACK_OUTPUTS = ["res_track.txt", "ctc.zip", "tracks.csv", "tracks.zarr", "tracks_geff.zip"]
+
+
 def outputs(task: str, base: str, lazy: bool = False) -> list[str]:
-    """File names a complete result of ``base`` has (the last one is written last)."""
+    """File names a complete result of ``base`` has (the last one is written last).
+
+    For ``track`` the names are inside the input's folder (:meth:`Item.out_dir`).
+    """
+    if task == "track":
+        return list(TRACK_OUTPUTS)
     if task == "segment":
         return [f"{base}.tif"] + ([f"{base}.ome.zarr"] if lazy else []) + [f"{base}.csv"]
     return [f"{base}_density.tif", f"{base}_points.csv"]
@@ -146,6 +163,7 @@ def _save(result, out: Path, base: str, intensity) -> None:
 
 
 def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
+    from mm_core.export import label_dtype
     from mm_core.export.large import create_ome_zarr, object_table, write_bigtiff
     from mm_core.io.lazy import open_lazy
     from mm_core.batching.tiled import segment_tiled
@@ -156,7 +174,7 @@ def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
         lab = create_ome_zarr(_partial(zpath), img)
         runner = model.tile_fn("segment", boxes)
         summary = segment_tiled(img, lab, runner, s.tile, s.overlap, _bar(s, item), boxes)
-        write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
+        write_bigtiff(_partial(tif), lab, label_dtype(summary.n_objects))  # ids 1..n
         object_table(lab).to_csv(_partial(tab), index=False)
     for p in (tif, zpath, tab):
         _commit(p)
@@ -186,13 +204,15 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
     return float(summary.count)
 
 
-def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
+def _run_image(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, list[str]]:
     """Segment or count one image, write its files; return the objects or the count, and the warnings."""
     from mm_core.io import read_image
     from mm_core.io.lazy import LazyImage
     from mm_core.pipelines import CountResult, SegmentationResult
     from mm_core.batching.tiled import count_tiled, needs_tiling, segment_tiled
 
+    if s.task == "track":
+        return _run_sequence(model, item, s, out)
     if is_lazy(item.path):
         return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out), []
     data = read_image(item.path, channels=s.channels).data
@@ -217,6 +237,17 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
     _save(res, out, item.base, data)
     value = float(res.n_objects) if s.task == "segment" else float(res.count)
     return value, list(getattr(res, "warnings", []) or [])
+
+
+def _run_sequence(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, list[str]]:
+    """Track one time-lapse and write its files into :meth:`Item.out_dir`; the tracks and the warnings."""
+    from mm_core import export
+    from mm_core.io import read_sequence
+
+    seq = read_sequence(item.path, channels=s.channels)
+    res = model.matcher.track(seq.frames, boxes=item.boxes, progress=_bar(s, item))
+    export.save(res, item.out_dir(out))  # the files of a complete result end with TRACK_OUTPUTS' last
+    return float(res.n_tracks), list(res.warnings)
 
 
 def process(model: Model, item: Item, settings: Settings) -> dict:

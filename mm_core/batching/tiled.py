@@ -22,7 +22,6 @@ scale measured on that window (:func:`auto_overlap`) unless given.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +30,7 @@ import pandas as pd
 from mm_core.engines import Engine
 from mm_core.errors import InputError, InputWarning
 from mm_core.io.lazy import LazyImage
+from mm_core.progress import ProgressFn, tick
 from mm_core.transforms.tiles import LabelStitcher, Tile, tile_grid
 from mm_core.transforms import DEFAULT_PERCENTILES, percentile_bounds, rescale
 
@@ -41,9 +41,6 @@ DEFAULT_TILE = 2048
 FIT_SIDE = 2048
 #: Overlap bounds (pixels) and object diameters of overlap chosen by :func:`auto_overlap`.
 MIN_OVERLAP, OVERLAP_DIAMETERS = 128, 3.0
-
-ProgressFn = Callable[[float, str], None]
-
 
 @dataclass
 class TiledSummary:
@@ -131,9 +128,8 @@ def _grid(img, norm, runner, tile, overlap, boxes) -> tuple[list[Tile], int, flo
     return tile_grid(img.shape, tile, overlap), overlap, scale, 0 if inside is None else len(inside)
 
 
-def _tick(progress, i, n, what):
-    if progress is not None:
-        progress(i / n, f"tile {i}/{n} {what}")
+def _tick(progress: ProgressFn | None, i: int, n: int, what: str) -> None:
+    tick(progress, i / n, f"tile {i}/{n} {what}")
 
 
 def segment_tiled(

@@ -3,15 +3,14 @@
 * instance labels: TIFF, uint16 (uint32 when a label id exceeds 65,535), for Fiji and napari;
 * per-object measurements: :func:`skimage.measure.regionprops_table` as a table / CSV;
 * ImageJ ROI sets: a zip of polygon ROIs written with :mod:`roifile`, for Fiji's ROI Manager;
-* tracks: a per-object-per-frame CSV; a Cell Tracking Challenge (CTC) result
-  folder or zip, ``maskTTT.tif`` + ``res_track.txt`` (read back with
-  :func:`mm_core.io.read_ctc`);
+* tracks: :mod:`mm_core.export.tracks` (CTC result, per-object-per-frame CSV) and
+  :mod:`mm_core.export.geff` (GEFF graph);
 * counting: the density map as float32 TIFF, counts as CSV (``image,count``) and
   detected points as CSV (``x,y``; x = column, y = row, in pixels).
 
 :func:`save` writes every file of a task result (what the CLI and the app both
 write). Every writer writes only at the path it is given (creating that path's missing
-parent folders) or, for :func:`write_ctc`, only inside ``out_dir``, and returns the
+parent folders) or, for a folder result, only inside ``out_dir``, and returns the
 path written. Files are written to a temporary name and moved into place
 (:func:`mm_core.io.atomic.atomic_write`), so a symlink already at the path is
 replaced, never written through. Bad arrays raise :class:`mm_core.errors.InputError`.
@@ -22,7 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +30,15 @@ import tifffile
 
 from mm_core.errors import InputError
 from mm_core.io.atomic import atomic_path, atomic_write
-from mm_core.io.labels import CTC_MASK_RE
-from mm_core.measure import (
-    as_labels,
-    check_tracks,
-    measurements_table,
-    tracks_from_masks,
-    tracks_table,
-)
+from mm_core.measure import as_labels, measurements_table
 
 #: Largest label id that fits the uint16 TIFFs ImageJ and the CTC format expect.
 UINT16_MAX = 65535
 
 
 # --------------------------------------------------------------------------- helpers
-def _out_path(path) -> Path:
-    """Return ``path`` as a Path, creating its missing parent folders."""
+def out_path(path) -> Path:
+    """Return ``path`` as a Path, creating its missing parent folders (every writer's first step)."""
     p = Path(path)
     if p.exists() and p.is_dir():
         raise InputError(f"cannot write the file {p}: a folder of that name exists")
@@ -54,14 +46,16 @@ def _out_path(path) -> Path:
     return p
 
 
-def label_dtype(labels: np.ndarray) -> np.dtype:
+def label_dtype(labels: np.ndarray | int) -> np.dtype:
     """Storage dtype of a label image: uint16 if the largest id is <= 65,535, else uint32.
 
-    The rule is on the largest label id (not on the number of objects), so ids are
-    never renumbered and stay linked to the measurements table and ROI names. An
-    image with more than 65,535 objects necessarily has an id above 65,535.
+    The one rule for every label file (TIFF, BigTIFF, the GEFF segmentation). It is on the
+    largest label id (not on the number of objects), so ids are never renumbered and stay
+    linked to the measurements table and ROI names. ``labels`` is the image, or its largest
+    id when the image is not in memory (a whole slide labelled ``1..n``).
     """
-    top = int(labels.max()) if labels.size else 0
+    arr = np.asarray(labels)
+    top = int(arr.max()) if arr.size else 0
     if top <= UINT16_MAX:
         return np.dtype(np.uint16)
     if top <= np.iinfo(np.uint32).max:
@@ -96,7 +90,7 @@ def write_labels(path, labels) -> Path:
     """
     arr = as_labels(labels, (2, 3))
     dtype = label_dtype(arr)
-    out = _out_path(path)
+    out = out_path(path)
     atomic_write(out, _tiff_bytes(arr.astype(dtype), imagej=dtype == np.uint16))
     return out
 
@@ -105,7 +99,7 @@ def write_labels(path, labels) -> Path:
 def write_measurements(path, labels, intensity=None) -> Path:
     """Write :func:`measurements_table` as CSV (comma-separated, header row, no index)."""
     table = measurements_table(labels, intensity)
-    out = _out_path(path)
+    out = out_path(path)
     atomic_write(out, table.to_csv(index=False))
     return out
 
@@ -159,86 +153,12 @@ def write_imagej_rois(path, labels) -> Path:
         roi = ImagejRoi.frompoints(xy.astype(np.float32), name=f"{region.label:0{width}d}")
         roi.roitype = ROI_TYPE.POLYGON
         rois.append(roi)
-    out = _out_path(path)
+    out = out_path(path)
     with atomic_path(out) as tmp:
         if rois:
             roiwrite(tmp, rois, mode="w")
         else:
             zipfile.ZipFile(tmp, "w").close()
-    return out
-
-
-# --------------------------------------------------------------------------- Cell Tracking Challenge
-def ctc_frame_name(t: int, n_frames: int, prefix: str = "mask") -> str:
-    """CTC file name of frame ``t``: 3 digits (``mask007.tif``), 4 past 1000 frames."""
-    digits = 3 if n_frames <= 1000 else 4
-    return f"{prefix}{int(t):0{digits}d}.tif"
-
-
-def write_tracks_csv(path, masks, tracks=None) -> Path:
-    """Write :func:`tracks_table` as CSV (positions with 2 decimals)."""
-    table = tracks_table(masks, tracks)
-    out = _out_path(path)
-    atomic_write(out, table.to_csv(index=False, float_format="%.2f"))
-    return out
-
-
-def _ctc_members(masks, tracks) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(file name, bytes)`` of a CTC result: every ``maskTTT.tif``, then ``res_track.txt``."""
-    arr = as_labels(masks, (3,), "mask stack")
-    if arr.shape[0] == 0:
-        raise InputError("the mask stack has no frames")
-    if arr.size and arr.max() > UINT16_MAX:
-        raise InputError("the Cell Tracking Challenge format stores 16-bit labels; "
-                         f"label {arr.max()} is too large")
-    table = tracks_from_masks(arr) if tracks is None else check_tracks(tracks)
-    for t, frame in enumerate(arr):
-        buf = io.BytesIO()
-        tifffile.imwrite(buf, frame.astype(np.uint16), compression="zlib")
-        yield ctc_frame_name(t, arr.shape[0]), buf.getvalue()
-    text = "".join(f"{r.label} {r.begin} {r.end} {r.parent}\n" for r in table.itertuples())
-    yield "res_track.txt", text.encode("ascii")
-
-
-def write_ctc(out_dir, masks, tracks=None) -> Path:
-    """Write a Cell Tracking Challenge result folder.
-
-    Parameters
-    ----------
-    out_dir : str or Path
-        Result folder (e.g. ``01_RES``), created if missing. Stale ``maskTTT.tif``
-        files from an earlier run are removed from it; nothing else there is touched.
-    masks : ndarray
-        ``(T, H, W)`` integer labels; a label is a track id in every frame
-        (at most 65,535, the format is 16-bit).
-    tracks : pandas.DataFrame, optional
-        Columns ``label, begin, end, parent`` (frames 0-based, parent 0 = none);
-        one row per track. ``None`` derives tracks without lineage from ``masks``.
-
-    Returns
-    -------
-    Path
-        ``out_dir``, holding ``mask000.tif`` ... (4 digits past 1000 frames,
-        uint16) and ``res_track.txt`` (one ``L B E P`` line per track).
-    """
-    out = Path(out_dir)
-    members = list(_ctc_members(masks, tracks))  # validate everything before writing
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():
-        if old.is_file() and CTC_MASK_RE.match(old.name) and old.name.startswith("mask"):
-            old.unlink()
-    for name, data in members:
-        atomic_write(out / name, data)
-    return out
-
-
-def write_ctc_zip(zip_path, masks, tracks=None, folder: str = "01_RES") -> Path:
-    """Write the same CTC result as :func:`write_ctc` into a zip, under ``folder/``."""
-    members = list(_ctc_members(masks, tracks))  # validate everything before writing
-    out = _out_path(zip_path)
-    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members:
-            zf.writestr(f"{folder}/{name}" if folder else name, data)
     return out
 
 
@@ -252,30 +172,58 @@ def write_density(path, density) -> Path:
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise InputError("the density map contains NaN or infinite values")
-    out = _out_path(path)
+    out = out_path(path)
     atomic_write(out, _tiff_bytes(arr, imagej=True))
     return out
 
 
-def write_counts(path, rows: Iterable[tuple[str, float]]) -> Path:
-    """Write per-image counts as CSV with header ``image,count``."""
-    checked = []
+def write_counts(path, rows: Iterable[tuple[str, float]], merge: bool = False) -> Path:
+    """Write per-image counts as CSV with header ``image,count`` (the one writer of ``counts.csv``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    rows : iterable of (str, float)
+        ``(image, count)`` rows, written in this order.
+    merge : bool
+        Keep the other images' rows of an existing file: each given image's row is
+        replaced or added, and the rows are sorted by image. A file that cannot be
+        read as counts is replaced.
+
+    Returns
+    -------
+    Path
+    """
+    checked = {}
     for row in rows:
         if len(row) != 2:
             raise InputError(f"a count row must be (image, count), got {row!r}")
         name, value = row
         try:
-            value = float(value)
+            checked[str(name)] = float(value)
         except (TypeError, ValueError):
             raise InputError(f"the count of {name} is not a number: {value!r}") from None
-        checked.append((str(name), f"{value:.6g}" if not value.is_integer() else str(int(value))))
-    out = _out_path(path)
+    out = out_path(path)
+    if merge:
+        checked = dict(sorted({**_read_counts(out), **checked}.items()))
     buf = io.StringIO(newline="")
     writer = csv.writer(buf)
     writer.writerow(["image", "count"])
-    writer.writerows(checked)
+    writer.writerows((n, str(int(v)) if v.is_integer() else f"{v:.6g}") for n, v in checked.items())
     atomic_write(out, buf.getvalue())
     return out
+
+
+def _read_counts(path: Path) -> dict[str, float]:
+    """The rows of an existing ``counts.csv`` ({} when absent, damaged or not ours)."""
+    if not path.is_file():
+        return {}
+    try:
+        old = pd.read_csv(path, dtype={"image": str})
+        return dict(zip(old["image"].astype(str), old["count"].astype(float)))
+    except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
 
 
 def write_points(path, points) -> Path:
@@ -286,7 +234,7 @@ def write_points(path, points) -> Path:
     df = pd.DataFrame(points)
     if not {"x", "y"} <= set(df.columns):
         raise InputError(f"points need the columns x and y, got {list(df.columns)}")
-    out = _out_path(path)
+    out = out_path(path)
     cols = ["x", "y", "n"] if "n" in df.columns else ["x", "y"]
     df = df[cols].astype({"x": float, "y": float})
     if "n" in cols:
@@ -296,19 +244,6 @@ def write_points(path, points) -> Path:
 
 
 # --------------------------------------------------------------------------- one save layer
-def _upsert_count(path: Path, name: str, value: float) -> Path:
-    """Write ``counts.csv`` with ``name``'s row replaced (or added); other images' rows are kept."""
-    rows: dict[str, float] = {}
-    if path.is_file():
-        try:
-            old = pd.read_csv(path, dtype={"image": str})
-            rows = dict(zip(old["image"].astype(str), old["count"].astype(float)))
-        except (ValueError, KeyError, pd.errors.ParserError):
-            rows = {}  # not ours or damaged: rewritten
-    rows[name] = value
-    return write_counts(path, sorted(rows.items()))
-
-
 def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
     """Write every file of a result into ``out_dir``; the CLI and the app both call this.
 
@@ -355,15 +290,9 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
             raise InputError("saving a count needs a file name stem")
         return [write_density(out / f"{stem}_density.tif", result.density),
                 write_points(out / f"{stem}_points.csv", result.points),
-                _upsert_count(out / "counts.csv", stem, float(result.count))]
+                write_counts(out / "counts.csv", [(stem, float(result.count))], merge=True)]
     if hasattr(result, "masks") and hasattr(result, "tracks"):
-        prefix = f"{stem}_" if stem else ""
-        folder = write_ctc(out, result.masks, result.tracks)
-        ctc = sorted(p for p in folder.iterdir() if CTC_MASK_RE.match(p.name) or p.name == "res_track.txt")
-        from mm_core.export.geff import write_geff, write_geff_zip
+        from mm_core.export.tracks import save_tracks
 
-        return [*ctc, write_ctc_zip(out / f"{prefix}ctc.zip", result.masks, result.tracks),
-                write_tracks_csv(out / f"{prefix}tracks.csv", result.masks, result.tracks),
-                write_geff(out, result.masks, result.tracks, name=f"{prefix}tracks.zarr"),
-                write_geff_zip(out / f"{prefix}tracks_geff.zip", result.masks, result.tracks)]
+        return save_tracks(out, result.masks, result.tracks, stem)
     raise InputError(f"cannot save a {type(result).__name__}: expected a segmentation, count or tracking result")

@@ -12,44 +12,58 @@
   referenced from the graph's metadata as a related ``labels`` object whose
   ``seg_id`` node property identifies each node's pixels.
 
-:func:`write_geff_zip` writes the same as one zip (a zarr ``ZipStore``) for downloads;
+:func:`zip_geff` zips that folder and :func:`write_geff_zip` writes the same zip directly, for
+downloads; both are atomic (:mod:`mm_core.io.atomic`);
 :func:`read_geff` reads a graph back as node and edge tables.
 """
 
 from __future__ import annotations
 
-import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mm_core.errors import InputError
+from mm_core.export.files import label_dtype, out_path
+from mm_core.io.atomic import atomic_dir, atomic_path
+from mm_core.measure import checked_tracks, objects_per_frame
 
 GRAPH_GROUP = "tracks"
 SEG_GROUP = "segmentation"
+_AXES = [
+    {"name": "t", "type": "time", "unit": "frame"},
+    {"name": "y", "type": "space", "unit": "pixel"},
+    {"name": "x", "type": "space", "unit": "pixel"},
+]
 
 
-def _nodes(masks: np.ndarray) -> pd.DataFrame:
-    from scipy import ndimage as ndi
-
-    rows = []
-    for t, frame in enumerate(masks):
-        ids = np.unique(frame[frame > 0])
-        if not len(ids):
-            continue
-        area = ndi.sum_labels(np.ones_like(frame, np.int64), frame, ids)
-        cy, cx = np.asarray(ndi.center_of_mass(frame > 0, frame, ids), float).reshape(-1, 2).T
-        rows.append(pd.DataFrame({"t": t, "y": cy, "x": cx, "area": area.astype(np.int64), "seg_id": ids}))
-    nodes = (
-        pd.concat(rows, ignore_index=True)
-        if rows
-        else pd.DataFrame(columns=["t", "y", "x", "area", "seg_id"])
-    )
-    nodes["track_id"] = nodes["seg_id"]
-    nodes.index = np.arange(1, len(nodes) + 1)  # node ids
+def _nodes(objects: pd.DataFrame) -> pd.DataFrame:
+    """Graph nodes of :func:`mm_core.measure.objects_per_frame`: one per object per frame, ids from 1."""
+    nodes = objects.sort_values(["frame", "track_id"], ignore_index=True)
+    nodes = pd.DataFrame({"t": nodes["frame"], "y": nodes["y"], "x": nodes["x"], "area": nodes["area"],
+                          "seg_id": nodes["track_id"], "track_id": nodes["track_id"]})
+    nodes.index = np.arange(1, len(nodes) + 1)
     return nodes
+
+
+def _graph(objects: pd.DataFrame, table: pd.DataFrame):
+    import networkx as nx
+
+    nodes = _nodes(objects)
+    g = nx.DiGraph()
+    for nid, r in nodes.iterrows():
+        g.add_node(int(nid), t=int(r.t), y=float(r.y), x=float(r.x), area=int(r.area),
+                   seg_id=int(r.seg_id), track_id=int(r.track_id))
+    first, last = {}, {}
+    for lab, grp in nodes.groupby("seg_id"):
+        ids = grp.sort_values("t").index.to_list()
+        g.add_edges_from(zip(ids[:-1], ids[1:]))
+        first[int(lab)], last[int(lab)] = ids[0], ids[-1]
+    for p, c in zip(table["parent"], table["label"]):
+        if p > 0 and int(p) in last and int(c) in first:
+            g.add_edge(last[int(p)], first[int(c)])
+    return g
 
 
 def tracks_graph(masks, tracks=None):
@@ -66,83 +80,48 @@ def tracks_graph(masks, tracks=None):
     -------
     networkx.DiGraph
     """
-    import networkx as nx
-
-    from mm_core.measure import check_tracks, tracks_from_masks
-
-    m = np.asarray(masks)
-    if m.ndim != 3:
-        raise InputError(f"tracking masks must be (T, H, W), got shape {m.shape}")
-    tr = check_tracks(tracks) if tracks is not None else tracks_from_masks(m)
-    nodes = _nodes(m)
-    g = nx.DiGraph()
-    for nid, r in nodes.iterrows():
-        g.add_node(
-            int(nid),
-            t=int(r.t),
-            y=float(r.y),
-            x=float(r.x),
-            area=int(r.area),
-            seg_id=int(r.seg_id),
-            track_id=int(r.track_id),
-        )
-    first, last = {}, {}
-    for lab, grp in nodes.groupby("seg_id"):
-        ids = grp.sort_values("t").index.to_list()
-        g.add_edges_from(zip(ids[:-1], ids[1:]))
-        first[int(lab)], last[int(lab)] = ids[0], ids[-1]
-    for _, r in tr.iterrows():
-        p, c = int(r["parent"]), int(r["label"])
-        if p > 0 and p in last and c in first:
-            g.add_edge(last[p], first[c])
-    return g
+    arr, table = checked_tracks(masks, tracks)
+    return _graph(objects_per_frame(arr, table), table)
 
 
-def _write(store: str, masks, tracks) -> None:
+def _write(store: str, masks: np.ndarray, table: pd.DataFrame, objects: pd.DataFrame) -> None:
     import geff
     import zarr
 
-    m = np.asarray(masks)
-    g = tracks_graph(m, tracks)
     root = zarr.open_group(store, mode="w", zarr_format=2)
-    axes = [
-        {"name": "t", "type": "time", "unit": "frame"},
-        {"name": "y", "type": "space", "unit": "pixel"},
-        {"name": "x", "type": "space", "unit": "pixel"},
-    ]
     seg = root.create_group(SEG_GROUP)
-    seg.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": SEG_GROUP,
-            "axes": axes,
-            "datasets": [
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}
-            ],
-        }
-    ]
+    seg.attrs["multiscales"] = [{
+        "version": "0.4", "name": SEG_GROUP, "axes": _AXES,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}],
+    }]
     seg.attrs["image-label"] = {"version": "0.4"}
-    dtype = np.uint16 if m.max(initial=0) <= 65535 else np.uint32
-    arr = seg.create_array("0", shape=m.shape, chunks=(1, *m.shape[1:]), dtype=dtype, fill_value=0)
-    arr[:] = m.astype(dtype)
+    dtype = label_dtype(masks)
+    arr = seg.create_array("0", shape=masks.shape, chunks=(1, *masks.shape[1:]), dtype=dtype, fill_value=0)
+    arr[:] = masks.astype(dtype)
     target = f"{store}/{GRAPH_GROUP}"
-    geff.write(
-        g,
-        target,
-        axis_names=["t", "y", "x"],
-        axis_types=["time", "space", "space"],
-        axis_units=["frame", "pixel", "pixel"],
-        zarr_format=2,
-    )
+    geff.write(_graph(objects, table), target, axis_names=[a["name"] for a in _AXES],
+               axis_types=[a["type"] for a in _AXES], axis_units=[a["unit"] for a in _AXES], zarr_format=2)
     meta = geff.GeffMetadata.read(target)
-    meta = geff.GeffMetadata.model_validate(
-        {
-            **meta.model_dump(exclude_none=True),
-            "related_objects": [{"type": "labels", "path": f"../{SEG_GROUP}", "node_prop": "seg_id"}],
-            "track_node_props": {"tracklet": "track_id"},
-        }
-    )
+    meta = geff.GeffMetadata.model_validate({
+        **meta.model_dump(exclude_none=True),
+        "related_objects": [{"type": "labels", "path": f"../{SEG_GROUP}", "node_prop": "seg_id"}],
+        "track_node_props": {"tracklet": "track_id"},
+    })
     meta.write(target)
+
+
+def write_geff_checked(path, masks: np.ndarray, table: pd.DataFrame, objects: pd.DataFrame) -> Path:
+    """Write the GEFF zarr folder at ``path`` from inputs already checked and measured.
+
+    ``masks, table`` as returned by :func:`mm_core.measure.checked_tracks`, ``objects`` by
+    :func:`mm_core.measure.objects_per_frame` (what :func:`mm_core.export.save_tracks` shares
+    with the CSV). The folder is written under a temporary name and swapped in whole.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as tmp:
+        _write(str(tmp), masks, table, objects)
+    return out
 
 
 def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr") -> Path:
@@ -151,7 +130,8 @@ def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr") -> Path:
     Parameters
     ----------
     out_dir : str or Path
-        Folder to write into (created); only ``out_dir/name`` is written.
+        Folder to write into (created); only ``out_dir/name`` is written, atomically
+        (a folder, file or link there is replaced only once the new folder is complete).
     masks : ndarray, (T, H, W)
     tracks : DataFrame, optional
         CTC table ``label, begin, end, parent``.
@@ -163,27 +143,27 @@ def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr") -> Path:
     Path
         The zarr folder; the GEFF graph is its ``tracks`` group.
     """
-    out = Path(out_dir) / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    _write(str(out), masks, tracks)
+    arr, table = checked_tracks(masks, tracks)
+    return write_geff_checked(Path(out_dir) / name, arr, table, objects_per_frame(arr, table))
+
+
+def zip_geff(folder, zip_path) -> Path:
+    """Zip a GEFF folder written by :func:`write_geff` (paths relative to it), atomically."""
+    src, out = Path(folder), out_path(zip_path)
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(src).as_posix())
     return out
 
 
 def write_geff_zip(zip_path, masks, tracks=None) -> Path:
-    """Write what :func:`write_geff` writes as one zip file (a zarr ZipStore), for downloads."""
+    """Write what :func:`write_geff` writes as one zip file, for downloads."""
     import tempfile
 
-    zp = Path(zip_path)
-    zp.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=zp.parent) as tmp:
-        folder = write_geff(tmp, masks, tracks)
-        with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(folder.rglob("*")):
-                if f.is_file():
-                    zf.write(f, f.relative_to(folder).as_posix())
-    return zp
+    zp = out_path(zip_path)
+    with tempfile.TemporaryDirectory(dir=zp.parent, prefix=f".{zp.name[:80]}.") as tmp:
+        return zip_geff(write_geff(tmp, masks, tracks), zp)
 
 
 def read_geff(path) -> tuple[pd.DataFrame, pd.DataFrame]:

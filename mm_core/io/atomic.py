@@ -6,11 +6,14 @@ moved onto its name with :func:`os.replace`. ``os.replace`` replaces whatever
 is at the name, a symlink included, instead of writing through it, so a link
 planted in an output folder cannot redirect a write outside it; a reader never
 sees a half-written file; a failed write leaves no temporary file behind.
+:func:`atomic_dir` does the same for a folder (a zarr store): it is written under a
+temporary name and swapped in whole.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +28,8 @@ def _umask() -> int:
 
 #: Permissions of written files (what ``open(path, "w")`` would give under this umask).
 FILE_MODE = 0o666 & ~_umask()
+#: Permissions of written folders.
+DIR_MODE = 0o777 & ~_umask()
 
 
 @contextmanager
@@ -64,3 +69,43 @@ def atomic_write(path, data: bytes | str, mode: int | None = None) -> Path:
     with atomic_path(path, mode) as tmp:
         tmp.write_bytes(raw)
     return Path(path)
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    """Move the folder ``tmp`` onto ``target``: a link or file there is removed (never followed),
+    an old folder is moved aside first and deleted after."""
+    old = None
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    elif target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; it replaces ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder to write (its parent must exist). Whatever is there (a folder, a file, a
+        symlink) is replaced only when the block succeeds; a symlink is removed, never followed.
+
+    Yields
+    ------
+    Path
+        The folder to fill; removed with its content when the block fails.
+    """
+    target = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".part", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, DIR_MODE)
+        _replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

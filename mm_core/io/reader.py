@@ -273,6 +273,27 @@ def _check_count(n: int, source: str, limits: Limits) -> None:
         )
 
 
+def first_frame_name(path) -> str | None:
+    """The name :func:`read_sequence` gives a time-lapse's first frame, read from its listing only.
+
+    A folder's or zip's first image file (natural order), ``t000`` for a multi-frame file;
+    ``None`` when the path cannot be read (:func:`read_sequence` then says why).
+    """
+    path = Path(path)
+    try:
+        fmt = _zip_or_path(path)
+        if fmt == "DIR":
+            files = list_folder(path)
+            return files[0].name if files else None
+        if fmt == "ZIP":
+            zf, members = open_zip(path, Limits.resolve())
+            with zf:
+                return member_name(members[0]) if members else None
+    except (InputError, OSError):
+        return None
+    return "t000"
+
+
 def read_sequence(
     path, channels: Channels = None, max_frames: int | None = None, max_pixels: int | None = None
 ) -> SequenceData:

@@ -129,7 +129,8 @@ def _run_evaluate(args) -> int:
     from mm_core.evaluation import evaluate
 
     try:
-        print(json.dumps(evaluate(args.pred, args.gt, task=args.task)))
+        task = "segment" if args.task == "seg" else args.task
+        print(json.dumps(evaluate(args.pred, args.gt, task=task)))
     except InputError as exc:
         print(f"error: {_naming(Path(args.pred).name, exc)}", file=sys.stderr)
         return EXIT_REFUSED
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score predictions against ground truth; prints one JSON line")
     ev.add_argument("pred", help="predictions folder (as written by segment/count/track)")
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")
-    ev.add_argument("--task", choices=("seg", "count", "track"), default=None, help="default: from the layout")
+    ev.add_argument("--task", choices=("segment", "seg", "count", "track"), default=None,
+                    help="default: from the layout ('seg' is short for 'segment')")
     return parser
 
 

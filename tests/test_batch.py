@@ -174,3 +174,45 @@ def test_cli_exemplar_box_on_an_image_processed_in_tiles(tmp_path, capsys):
     row = pd.read_csv(out / "manifest.csv").iloc[0]
     labels = tifffile.imread(out / "big.tif")
     assert row["status"] == "done" and int(row["objects"]) == labels.max() == len(centres)
+
+
+def _movie(path, n_frames, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for t in range(n_frames):
+        img = np.full((80, 80), 100.0)
+        for c in ((20, 16 + 3 * t), (58, 60 - 2 * t)):
+            img[disk(c, 8, shape=img.shape)] = 1000.0
+        frames.append((img + rng.normal(0, 20, img.shape)).astype(np.uint16))
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, np.stack(frames))
+    else:  # a folder of frames
+        path.mkdir()
+        for t, f in enumerate(frames):
+            tifffile.imwrite(path / f"t{t}.tif", f)
+    return path
+
+
+def test_track_batch_of_two_time_lapses_resumes_the_unfinished_one(tmp_path):
+    from mm_core.io import read_ctc
+
+    seqs = [_movie(tmp_path / "a.tif", 5), _movie(tmp_path / "b", 3, seed=1)]
+    out = tmp_path / "o"
+
+    def stop(row):
+        raise KeyboardInterrupt  # Ctrl-C once the first time-lapse is done
+
+    with pytest.raises(KeyboardInterrupt):
+        mb.batch(seqs, "track", out, engine="classic", head="analytic", progress=False, on_result=stop)
+    first = pd.read_csv(out / "manifest.csv")
+    assert list(first["output"]) == ["a"] and list(first["status"]) == ["done"] and not (out / "b").exists()
+    stamp = (out / "a" / "tracks.csv").stat().st_mtime_ns
+    table = mb.batch(seqs, "track", out, resume=True, engine="classic", head="analytic", progress=False)
+    assert list(table.columns) == ["image", "output", "status", "tracks", "seconds", "message"]
+    rows = table.set_index("output")
+    assert rows.loc["a", "message"] == "resumed: outputs complete" and rows.loc["b", "status"] == "done"
+    assert (out / "a" / "tracks.csv").stat().st_mtime_ns == stamp  # not run again
+    for name, n in (("a", 5), ("b", 3)):
+        masks, tracks = read_ctc(out / name)
+        assert len(masks) == n and len(tracks) == int(rows.loc[name, "tracks"]) == 2
+        assert (out / name / "tracks.zarr" / "tracks").is_dir() and (out / name / "tracks_geff.zip").is_file()

@@ -108,6 +108,44 @@ def test_track_writes_valid_ctc(tmp_path):
     assert validate_sequence(str(out), threads=1)["Valid"] == 1
     tracks = pd.read_csv(out / "tracks.csv")
     assert len(tracks) == 10
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # one time-lapse: its files in --out itself
+        [f"mask{t:03d}.tif" for t in range(5)] + ["res_track.txt", "ctc.zip", "tracks.csv", "tracks.zarr",
+                                                 "tracks_geff.zip", "manifest.csv"])
+    row = pd.read_csv(out / "manifest.csv").iloc[0]
+    assert (row["output"], row["status"], row["tracks"]) == ("movie", "done", 2)
+
+
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])  # 2: ~40 s, a Dask cluster
+def test_track_several_time_lapses(tmp_path, capsys, workers):
+    import zipfile
+
+    frames = np.stack([_blobs(centres=((24, 20 + 3 * t), (70, 70 - 2 * t)), seed=t) for t in range(5)])
+    tifffile.imwrite(tmp_path / "A.tif", frames)
+    with zipfile.ZipFile(tmp_path / "B.zip", "w") as zf:
+        for t, f in enumerate(frames[:3]):
+            zf.writestr(f"frame{t}.tif", _tiff_bytes(f))
+    (tmp_path / "C.tif").write_bytes(b"II*\x00 not a tiff")
+    out = tmp_path / "res"
+    args = ["track", str(tmp_path / "A.tif"), str(tmp_path / "B.zip"), str(tmp_path / "C.tif"), "--out", str(out),
+            "--engine", "classic", "--workers", workers]
+    assert main(args) == 1  # C refused, named
+    assert "skipped C.tif" in capsys.readouterr().err
+    table = pd.read_csv(out / "manifest.csv", keep_default_na=False).set_index("output")
+    assert table.loc["A", "status"] == table.loc["B", "status"] == "done", table["message"].to_dict()
+    assert table.loc["C", "status"] == "failed"
+    for name, n in (("A", 5), ("B", 3)):
+        assert sorted(p.name for p in (out / name).glob("mask*.tif")) == [f"mask{t:03d}.tif" for t in range(n)]
+        assert {"res_track.txt", "ctc.zip", "tracks.csv", "tracks.zarr", "tracks_geff.zip"} <= {
+            p.name for p in (out / name).iterdir()}
+    assert not (out / "C").exists()
+
+
+def _tiff_bytes(arr):
+    import io
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr)
+    return buf.getvalue()
 
 
 def test_evaluate_prints_one_json_line(images, tmp_path):
@@ -122,6 +160,8 @@ def test_evaluate_prints_one_json_line(images, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["AP50"] == 1.0
+    assert json.loads(lines[0])["task"] == "segment"
+    assert main(["evaluate", str(gt / "masks"), str(gt), "--task", "seg"]) == 0  # 'seg' is short for 'segment'
 
 
 def test_missing_output_parent_is_created_and_bad_engine_refused(images, tmp_path):

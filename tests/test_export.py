@@ -217,6 +217,99 @@ def test_ctc_zip(tmp_path):
     assert back_tracks.values.tolist() == tracks.values.tolist()
 
 
+# --------------------------------------------------------------------------- every file of a tracking result
+def test_save_tracks_checks_encodes_and_measures_once(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import mm_core.measure
+    from mm_core.export import geff as eg
+    from mm_core.export import save
+    from mm_core.export import tracks as et
+
+    pytest.importorskip("geff")
+    masks, tracks = _division_sequence()
+    calls = {"encode": 0, "check": 0, "measure": 0, "geff": 0}
+
+    def spy(module, name, key):
+        real = getattr(module, name)
+
+        def wrapped(*a, **k):
+            calls[key] += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, wrapped)
+
+    spy(et, "encode_mask", "encode")
+    spy(mm_core.measure, "validate_track_table", "check")
+    spy(et, "objects_per_frame", "measure")
+    spy(eg, "_write", "geff")
+    out = tmp_path / "o"
+    files = save(SimpleNamespace(masks=masks, tracks=tracks), out, "mov")
+    assert calls == {"encode": len(masks), "check": 1, "measure": 1, "geff": 1}
+    assert [f.name for f in files] == [f"mask{t:03d}.tif" for t in range(6)] + [
+        "res_track.txt", "mov_ctc.zip", "mov_tracks.csv", "mov_tracks.zarr", "mov_tracks_geff.zip"]
+    with zipfile.ZipFile(out / "mov_ctc.zip") as zf:  # the zip holds the folder's very bytes
+        for name in [f"mask{t:03d}.tif" for t in range(6)] + ["res_track.txt"]:
+            assert zf.read(f"01_RES/{name}") == (out / name).read_bytes()
+    with zipfile.ZipFile(out / "mov_tracks_geff.zip") as zf:  # the GEFF folder, zipped as written
+        zarr_files = sorted(p for p in (out / "mov_tracks.zarr").rglob("*") if p.is_file())
+        assert sorted(zf.namelist()) == sorted(p.relative_to(out / "mov_tracks.zarr").as_posix() for p in zarr_files)
+        assert all(zf.read(p.relative_to(out / "mov_tracks.zarr").as_posix()) == p.read_bytes() for p in zarr_files)
+    back, back_tracks = read_ctc(out)
+    np.testing.assert_array_equal(back, masks)
+    assert back_tracks.values.tolist() == tracks.values.tolist()
+
+
+def test_interrupted_track_writers_leave_no_partial_file(tmp_path, monkeypatch):
+    geff = pytest.importorskip("geff")
+    from mm_core.export import save_tracks
+
+    masks, tracks = _division_sequence()
+    out = tmp_path / "o"
+    save_tracks(out, masks, tracks)  # an earlier complete result
+    before = {p.relative_to(out): p.read_bytes() for p in (out / "tracks.zarr").rglob("*") if p.is_file()}
+    names = sorted(p.name for p in out.iterdir())
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt  # killed half way through the GEFF folder (its segmentation is written)
+
+    monkeypatch.setattr(geff, "write", dies)
+    with pytest.raises(KeyboardInterrupt):
+        save_tracks(out, masks, tracks)
+    assert sorted(p.name for p in out.iterdir()) == names  # no temporary file or folder left
+    after = {p.relative_to(out): p.read_bytes() for p in (out / "tracks.zarr").rglob("*") if p.is_file()}
+    assert after == before  # the old folder is whole
+    monkeypatch.undo()
+    n, writestr = {"members": 0}, zipfile.ZipFile.writestr
+
+    def dies_on_third(self, *a, **k):  # killed while the zip is half written
+        n["members"] += 1
+        if n["members"] == 3:
+            raise MemoryError
+        return writestr(self, *a, **k)
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", dies_on_third)
+    (tmp_path / "new").mkdir()
+    with pytest.raises(MemoryError):
+        write_ctc_zip(tmp_path / "new" / "res.zip", masks, tracks)
+    assert n["members"] == 3 and list((tmp_path / "new").iterdir()) == []
+
+
+def test_geff_folder_replaces_a_planted_link_without_following_it(tmp_path):
+    pytest.importorskip("geff")
+    from mm_core.export.geff import write_geff
+
+    masks, tracks = _division_sequence()
+    outside, out = tmp_path / "outside", tmp_path / "o"
+    outside.mkdir()
+    out.mkdir()
+    (outside / "precious.txt").write_text("keep")
+    (out / "tracks.zarr").symlink_to(outside, target_is_directory=True)
+    path = write_geff(out, masks, tracks)
+    assert path.is_dir() and not path.is_symlink() and (path / "tracks").is_dir()
+    assert [p.name for p in outside.iterdir()] == ["precious.txt"]
+
+
 def test_read_ctc_real_ground_truth(shared_data):
     gt = shared_data / "track" / "Fluo-N2DH-SIM+" / "01_GT"
     if not gt.is_dir():
@@ -248,6 +341,10 @@ def test_density_counts_points(tmp_path):
     assert out.read_text().splitlines() == ["image,count", "a.png,12", "b.png,3.25"]
     with pytest.raises(InputError):
         write_counts(tmp_path / "bad.csv", [("a.png", "many")])
+    merged = write_counts(tmp_path / "counts.csv", [("0.png", 1), ("b.png", 4)], merge=True)  # save's way
+    assert merged.read_text().splitlines() == ["image,count", "0.png,1", "a.png,12", "b.png,4"]
+    (tmp_path / "junk.csv").write_text("not,a\ncounts,table\n")
+    assert write_counts(tmp_path / "junk.csv", [("c", 2)], merge=True).read_text() == "image,count\nc,2\n"
 
     pts = pd.DataFrame({"x": [1.5, 10.0], "y": [2.0, 3.0]})
     back_pts = pd.read_csv(write_points(tmp_path / "p.csv", pts))

@@ -86,3 +86,19 @@ def test_track_cli_writes_geff_beside_ctc(tmp_path):
     _check_against_ctc(out / "tracks.zarr", out)
     nodes, _ = read_geff(out / "tracks.zarr")
     assert nodes["seg_id"].nunique() == 2 and len(nodes) == 8
+
+
+def test_geff_zip_reads_back_with_geff(tmp_path):
+    import zipfile
+
+    masks, tracks = _division_movie()
+    zp = write_geff_zip(tmp_path / "o" / "tracks_geff.zip", masks, tracks)
+    assert sorted(p.name for p in zp.parent.iterdir()) == ["tracks_geff.zip"]  # its scratch folder is gone
+    with zipfile.ZipFile(zp) as zf:
+        zf.extractall(tmp_path / "x")
+    geff.validate_structure(str(tmp_path / "x" / "tracks"))
+    graph, meta = geff.read(str(tmp_path / "x" / "tracks"))
+    assert graph.number_of_nodes() == 9 and graph.number_of_edges() == 7
+    assert meta.related_objects[0].path == "../segmentation"
+    ctc = write_ctc(tmp_path / "ctc", masks, tracks)
+    _check_against_ctc(zp, ctc)

@@ -189,11 +189,11 @@ def test_evaluate_seg_ground_truth_as_prediction(shared_data, tmp_path, name):
     res = evaluate(tmp_path, root, max_images=3)
     json.dumps(res)
     n_missing = max(0, len(masks) - 2)
-    assert res["task"] == "seg" and res["n_images"] == len(masks) and res["n_missing"] == n_missing
+    assert res["task"] == "segment" and res["n_images"] == len(masks) and res["n_missing"] == n_missing
     expected = (len(masks) - n_missing) / len(masks)
     assert res["AP50"] == pytest.approx(expected) and res["AP"] == pytest.approx(expected)
     assert res["F1@0.5"] == pytest.approx(expected)
-    whole = evaluate(root, root / "masks", task="seg", max_images=3)  # GT folder itself as predictions
+    whole = evaluate(root, root / "masks", task="segment", max_images=3)  # GT folder itself as predictions
     assert (whole["AP50"], whole["AP"], whole["F1@0.5"], whole["n_missing"]) == (1.0, 1.0, 1.0, 0)
 
 

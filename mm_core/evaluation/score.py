@@ -2,7 +2,7 @@
 
 Ground truth is in the layout of the development data (``../shared/data``):
 
-* ``seg``: ``<dataset>/masks/<base>.tif`` instance labels. Predictions: ``<base>.tif``
+* ``segment``: ``<dataset>/masks/<base>.tif`` instance labels. Predictions: ``<base>.tif``
   label images in the predictions folder (what the CLI writes), or a folder with
   the same ``masks/`` layout.
 * ``count``: ``<dataset>/points/<base>.csv`` with header ``x,y``, one row per
@@ -32,7 +32,7 @@ from mm_core.export import write_ctc
 from mm_core.io import natural_key, read_ctc, read_labels
 from mm_core.evaluation.metrics import IOU_THRESHOLDS, average_precision, count_errors, ctc_scores
 
-TASKS = ("seg", "count", "track")
+TASKS = ("segment", "count", "track")
 _MAX_LISTED = 20  # missing names listed in the result
 
 
@@ -52,7 +52,7 @@ def detect_task(gt_dir) -> tuple[str, Path]:
     Returns
     -------
     task : str
-        ``"seg"``, ``"count"`` or ``"track"``.
+        ``"segment"``, ``"count"`` or ``"track"``.
     root : Path
         The dataset folder (holding ``masks/`` or ``points/``), or for tracking the
         ``<SEQ>_GT`` folder or the dataset folder holding several of them.
@@ -63,7 +63,7 @@ def detect_task(gt_dir) -> tuple[str, Path]:
     if gt.name in ("masks", "points", "TRA"):
         gt = gt.parent
     if (gt / "masks").is_dir():
-        return "seg", gt
+        return "segment", gt
     if (gt / "points").is_dir():
         return "count", gt
     if _is_ctc_gt(gt) or any(_is_ctc_gt(p) for p in gt.iterdir() if p.is_dir()):
@@ -114,7 +114,7 @@ def evaluate_segmentation(pred_dir, gt_root, max_images: int | None = None) -> d
         n_true += res["n_true"]
         n_pred += res["n_pred"]
     ap = np.mean(aps, axis=0)  # per threshold, mean over images
-    out = _summary("seg", gt_root, len(gt_files), missing)
+    out = _summary("segment", gt_root, len(gt_files), missing)
     out.update({"AP50": float(ap[0]), "AP75": float(ap[5]), "AP": float(ap.mean()),
                 "F1@0.5": float(np.mean(f1s)), "n_true": int(n_true), "n_pred": int(n_pred)})
     return out
@@ -262,10 +262,10 @@ def evaluate(pred_dir, gt_dir, task: str | None = None, *, max_images: int | Non
         Ground truth: a dataset folder of ``../shared/data`` (``seg/<name>``,
         ``count/<name>``, ``track/<name>``), its ``masks``/``points`` folder, or a
         ``<SEQ>_GT`` folder.
-    task : {"seg", "count", "track"}, optional
+    task : {"segment", "count", "track"}, optional
         Inferred from the ground-truth layout when ``None``.
     max_images : int, optional
-        Score only the first images (natural order) of a seg or count dataset.
+        Score only the first images (natural order) of a segmentation or counting dataset.
     sequence : str, optional
         Score only this tracking sequence (e.g. ``"01"``).
     threads : int
@@ -276,7 +276,7 @@ def evaluate(pred_dir, gt_dir, task: str | None = None, *, max_images: int | Non
     dict
         Plain Python numbers and strings (``json.dumps`` works): ``task``,
         ``dataset``, ``n_images`` (or ``n_sequences``), ``n_missing``,
-        ``missing`` and ``AP50``/``AP75``/``AP``/``F1@0.5`` (seg),
+        ``missing`` and ``AP50``/``AP75``/``AP``/``F1@0.5`` (segment),
         ``MAE``/``RMSE`` (count) or ``SEG``/``TRA``/``DET``/``LNK``/``valid`` (track).
     """
     if not Path(pred_dir).is_dir():
@@ -286,7 +286,7 @@ def evaluate(pred_dir, gt_dir, task: str | None = None, *, max_images: int | Non
         raise InputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if task is not None and task != found:
         raise InputError(f"{gt_dir} holds {found} ground truth, not {task}")
-    if found == "seg":
+    if found == "segment":
         return evaluate_segmentation(pred_dir, root, max_images)
     if found == "count":
         return evaluate_counting(pred_dir, root, max_images)

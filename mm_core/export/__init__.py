@@ -11,8 +11,6 @@ Every writer goes through :mod:`mm_core.io.atomic` (write, then rename).
 """
 
 from mm_core.export.files import (
-    UINT16_MAX,
-    label_dtype,
     object_contour,
     save,
     write_counts,
@@ -23,6 +21,7 @@ from mm_core.export.files import (
     write_points,
 )
 from mm_core.export.tracks import ctc_frame_name, save_tracks, write_ctc, write_ctc_zip, write_tracks_csv
+from mm_core.io.labels import UINT16_MAX, label_dtype
 from mm_core.measure import measurements_table, tracks_table
 
 __all__ = [

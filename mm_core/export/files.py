@@ -29,40 +29,11 @@ import pandas as pd
 import tifffile
 
 from mm_core.errors import InputError
-from mm_core.io.atomic import atomic_path, atomic_write
+from mm_core.io.atomic import atomic_path, atomic_write, out_path
+from mm_core.io.labels import UINT16_MAX, label_dtype
 from mm_core.measure import as_labels, measurements_table
 
-#: Largest label id that fits the uint16 TIFFs ImageJ and the CTC format expect.
-UINT16_MAX = 65535
-
-
 # --------------------------------------------------------------------------- helpers
-def out_path(path) -> Path:
-    """Return ``path`` as a Path, creating its missing parent folders (every writer's first step)."""
-    p = Path(path)
-    if p.exists() and p.is_dir():
-        raise InputError(f"cannot write the file {p}: a folder of that name exists")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def label_dtype(labels: np.ndarray | int) -> np.dtype:
-    """Storage dtype of a label image: uint16 if the largest id is <= 65,535, else uint32.
-
-    The one rule for every label file (TIFF, BigTIFF, the GEFF segmentation). It is on the
-    largest label id (not on the number of objects), so ids are never renumbered and stay
-    linked to the measurements table and ROI names. ``labels`` is the image, or its largest
-    id when the image is not in memory (a whole slide labelled ``1..n``).
-    """
-    arr = np.asarray(labels)
-    top = int(arr.max()) if arr.size else 0
-    if top <= UINT16_MAX:
-        return np.dtype(np.uint16)
-    if top <= np.iinfo(np.uint32).max:
-        return np.dtype(np.uint32)
-    raise InputError(f"label id {top} is too large to store (at most {np.iinfo(np.uint32).max})")
-
-
 def _tiff_bytes(arr: np.ndarray, imagej: bool) -> bytes:
     buf = io.BytesIO()
     tifffile.imwrite(buf, arr, imagej=imagej, compression="zlib",

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mm_core.export.files import label_dtype, out_path
-from mm_core.io.atomic import atomic_dir, atomic_path
+from mm_core.io.atomic import atomic_dir, atomic_path, out_path
+from mm_core.io.labels import label_dtype
 from mm_core.measure import checked_tracks, objects_per_frame
 
 GRAPH_GROUP = "tracks"

@@ -20,9 +20,8 @@ import pandas as pd
 import tifffile
 
 from mm_core.errors import InputError
-from mm_core.export.files import UINT16_MAX, out_path
-from mm_core.io.atomic import atomic_path, atomic_write
-from mm_core.io.labels import CTC_MASK_RE
+from mm_core.io.atomic import atomic_path, atomic_write, out_path
+from mm_core.io.labels import CTC_MASK_RE, UINT16_MAX
 from mm_core.measure import checked_tracks, objects_per_frame
 
 #: One CTC result in memory: ``(file name, bytes)`` of every ``maskTTT.tif``, then ``res_track.txt``.

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mm_core.errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -30,6 +32,15 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 #: Permissions of written folders.
 DIR_MODE = 0o777 & ~_umask()
+
+
+def out_path(path) -> Path:
+    """Return ``path`` as a Path, creating its missing parent folders (every writer's first step)."""
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise InputError(f"cannot write the file {p}: a folder of that name exists")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
 
 
 @contextmanager

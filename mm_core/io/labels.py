@@ -21,7 +21,27 @@ CTC_MASK_RE = re.compile(r"^(mask|man_track)(\d+)\.tif$")
 #: Columns of a CTC track table (``res_track.txt``/``man_track.txt``: ``L B E P``).
 TRACK_COLUMNS = ["label", "begin", "end", "parent"]
 
-__all__ = ["CTC_MASK_RE", "TRACK_COLUMNS", "read_ctc", "read_labels", "read_points"]
+#: Largest label id that fits the uint16 TIFFs ImageJ and the CTC format expect.
+UINT16_MAX = 65535
+
+__all__ = ["CTC_MASK_RE", "TRACK_COLUMNS", "UINT16_MAX", "label_dtype", "read_ctc", "read_labels", "read_points"]
+
+
+def label_dtype(labels: np.ndarray | int) -> np.dtype:
+    """Storage dtype of a label image: uint16 if the largest id is <= 65,535, else uint32.
+
+    The one rule for every label file (TIFF, BigTIFF, the GEFF segmentation). It is on the
+    largest label id (not on the number of objects), so ids are never renumbered and stay
+    linked to the measurements table and ROI names. ``labels`` is the image, or its largest
+    id when the image is not in memory (a whole slide labelled ``1..n``).
+    """
+    arr = np.asarray(labels)
+    top = int(arr.max()) if arr.size else 0
+    if top <= UINT16_MAX:
+        return np.dtype(np.uint16)
+    if top <= np.iinfo(np.uint32).max:
+        return np.dtype(np.uint32)
+    raise InputError(f"label id {top} is too large to store (at most {np.iinfo(np.uint32).max})")
 
 
 def read_labels(path, shape: tuple[int, ...] | None = None) -> np.ndarray:

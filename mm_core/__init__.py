@@ -26,13 +26,15 @@ __version__ = "0.1.0"
 
 
 def batch(paths, task: str = "segment", out="results", **options):
-    """Segment or count many images, in this process or on Dask; see :func:`mm_core.batching.run.batch`.
+    """Segment or count many images, or track many time-lapses, in this process or on Dask.
+
+    See :func:`mm_core.batching.run.batch`.
 
     Parameters
     ----------
     paths : iterable of str or Path
-        Image files and zarr folders.
-    task : {"segment", "count"}
+        Image files and zarr folders; for ``track``, time-lapses (one task each).
+    task : {"segment", "count", "track"}
     out : str or Path
         Output folder (results and ``manifest.csv``).
     **options

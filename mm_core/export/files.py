@@ -30,8 +30,9 @@ import tifffile
 
 from mm_core.errors import InputError
 from mm_core.io.atomic import atomic_path, atomic_write, out_path
-from mm_core.io.labels import UINT16_MAX, label_dtype
+from mm_core.io.labels import label_dtype
 from mm_core.measure import as_labels, measurements_table
+
 
 # --------------------------------------------------------------------------- helpers
 def _tiff_bytes(arr: np.ndarray, imagej: bool) -> bytes:

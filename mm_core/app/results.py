@@ -18,6 +18,7 @@ import numpy as np
 from mm_core import viz
 from mm_core.app.sessions import SessionStore
 from mm_core.errors import InputError
+from mm_core.io.labels import label_dtype
 
 
 def display8(raw: np.ndarray) -> np.ndarray:
@@ -37,8 +38,8 @@ def slim(result):
                                centers=np.zeros((1, 1), small))
     changes = {"maps": maps, "image": None}
     labels = getattr(result, "labels", None)
-    if labels is not None and (not labels.size or labels.max() <= np.iinfo(np.uint16).max):
-        changes["labels"] = labels.astype(np.uint16)
+    if labels is not None:
+        changes["labels"] = labels.astype(label_dtype(labels), copy=False)
     return dataclasses.replace(result, **changes)
 
 

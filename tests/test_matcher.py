@@ -118,9 +118,10 @@ def test_default_matcher_is_reused_and_replaced():
 def test_training_cache_key_covers_every_source_the_maps_depend_on():
     from mm_core.train.cache import engine_sources
 
-    names = {Path(p).name for p in engine_sources(ClassicEngine())}
-    assert {"engine.py", "bank.py", "centers.py", "transforms.py", "base.py"} <= names
-    assert "segmentation.py" not in names  # heads do not shape the engine's maps
+    files = {Path(p).relative_to(Path(mm_core.__file__).parent).as_posix() for p in engine_sources(ClassicEngine())}
+    assert {"engines/classic/engine.py", "engines/classic/bank.py", "engines/classic/centers.py",
+            "transforms/image.py", "engines/base.py"} <= files
+    assert not any(f.startswith("heads/") for f in files)  # heads do not shape the engine's maps
 
 
 def test_shipped_defaults_are_per_mode(tmp_path, monkeypatch, torch_one_thread):

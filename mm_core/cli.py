@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "other multi-channel images become a composite")
 
     def with_head(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--head", default="auto", help="learned head: a checkpoint folder, a registered name, "
+        p.add_argument("--head", default="auto", help="learned head: a checkpoint folder, a shipped name, "
                        "hub:owner/name, 'analytic', or 'auto' (a shipped learned head for this engine if any)")
         return p
 

@@ -18,7 +18,7 @@ PUBLIC_API = [
     "mm_core/__init__.py", "mm_core/models.py", "mm_core/pipelines.py", "mm_core/export/files.py",
     "mm_core/measure.py", "mm_core/io/__init__.py", "mm_core/io/reader.py", "mm_core/io/labels.py",
     "mm_core/io/archive.py", "mm_core/transforms/image.py", "mm_core/evaluation/metrics.py", "mm_core/viz/images.py",
-    "mm_core/engines/__init__.py", "mm_core/engines/base.py", "mm_core/heads/selection.py",
+    "mm_core/engines/__init__.py", "mm_core/engines/base.py", "mm_core/heads/registry.py",
     "mm_core/heads/segmentation.py", "mm_core/heads/counting.py", "mm_core/heads/tracking.py",
     "mm_core/transforms/tiles.py", "mm_core/errors.py", "mm_core/evaluation/score.py",
 ]

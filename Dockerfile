@@ -1,7 +1,7 @@
 # MicroscopyMatching web app (Gradio) on CPU.
 #   docker build -t microscopymatching .
 #   docker run --rm -p 7860:7860 microscopymatching        -> http://localhost:7860
-# With an NVIDIA GPU and the LDM engine, see README ("Run on a GPU / on a Space").
+# With an NVIDIA GPU and the LDM engine, see docs/gpu-and-spaces.md.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

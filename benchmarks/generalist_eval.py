@@ -1,4 +1,4 @@
-"""Analytic vs generalist head on the dev data: the tables of the README's "Learned heads" section.
+"""Analytic vs generalist head on the dev data: the tables in docs/quality.md and docs/performance.md.
 
 The generalist head is trained on ``../shared/data/train/`` only (see
 ``python -m mm_core.train generalist``); the dev sets (``seg/``, ``count/``) are only
@@ -13,7 +13,7 @@ Subcommands::
     python benchmarks/generalist_eval.py loo   --head-dir runs/loo [--out ...]
     python benchmarks/generalist_eval.py speed --head PATH                # seconds per 512^2 image
     python benchmarks/generalist_eval.py range --head PATH [--out ...]   # automatic-mode object counts
-    python benchmarks/generalist_eval.py tables --out runs/eval           # README tables from the JSON files
+    python benchmarks/generalist_eval.py tables --out runs/eval           # the docs tables from the JSON files
 
 ``dev``: AP50 / AP per segmentation set, automatic and exemplar mode; VGG MAE / RMSE
 (count = sum of the density; the generalist's centres carry shares of that sum).

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m mm_core {segment,count,track,evaluate}``.
+"""Command-line interface: ``python -m mm_core {segment,count,track,evaluate,settings}``.
 
 A thin shell over one :class:`mm_core.Matcher`, :mod:`mm_core.io`, :func:`mm_core.export.save`
 and :mod:`mm_core.evaluation`; it writes the same files as the app. One exit-code rule
@@ -137,6 +137,21 @@ def _run_evaluate(args) -> int:
     return EXIT_OK
 
 
+def _run_settings(args) -> int:
+    """Print the ``MM_*`` settings: their values now, or the README's table (``--markdown``)."""
+    from dataclasses import fields
+
+    from mm_core.settings import Settings, get_settings, settings_table
+
+    if args.markdown:
+        print(settings_table())
+        return EXIT_OK
+    now = get_settings()
+    for f in fields(Settings):
+        print(f"{Settings.env(f.name)}={getattr(now, f.name)}")
+    return EXIT_OK
+
+
 def _batch_arguments(p: argparse.ArgumentParser, tiles: bool = True) -> None:
     """Options of many-input runs (:func:`mm_core.batch`); ``tiles``: the tiling options too."""
     from mm_core.batching.tiled import DEFAULT_TILE
@@ -179,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "other multi-channel images become a composite")
 
     def with_head(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--head", default="auto", help="learned head: a checkpoint folder, a registered name, "
+        p.add_argument("--head", default="auto", help="learned head: a checkpoint folder, a shipped name, "
                        "hub:owner/name, 'analytic', or 'auto' (a shipped learned head for this engine if any)")
         return p
 
@@ -198,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("gt", help="ground-truth folder in the layout of ../shared/data")
     ev.add_argument("--task", choices=("segment", "seg", "count", "track"), default=None,
                     help="default: from the layout ('seg' is short for 'segment')")
+    st = sub.add_parser("settings", help="the MM_* environment variables and their values now")
+    st.add_argument("--markdown", action="store_true", help="print the README's settings table instead")
     return parser
 
 
@@ -207,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("segment", "count", "track"):
             return _run_batch(args, args.command)
+        if args.command == "settings":
+            return _run_settings(args)
         return _run_evaluate(args)
     except MMError as exc:
         print(f"error: {exc}", file=sys.stderr)

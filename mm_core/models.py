@@ -19,19 +19,11 @@ from collections.abc import Mapping
 
 from mm_core.engines import ENGINE_NAMES, Engine, choose_engine, create_engine
 from mm_core.errors import InputError
-from mm_core.heads import MODES, MULTI_TASK_HEADS, TASK_HEAD_TYPES
-from mm_core.heads.selection import TASKS, analytic_head, head_for, head_or_fallback
+from mm_core.heads.registry import TASKS, analytic_head, head_kind, resolve_head, setup
 from mm_core.pipelines import (CountResult, ProgressFn, SegmentationResult, TrackResult, run_count,
                                run_segment, run_track)
 
-#: Named set-ups for :meth:`Matcher.from_pretrained`: name -> engine and heads.
-PRETRAINED: dict[str, dict] = {
-    "auto": {"engine": "auto", "head": None},
-    "classic": {"engine": "classic", "head": None},
-    "ldm-sd14": {"engine": "ldm", "head": None},
-}
-
-__all__ = ["PRETRAINED", "Matcher", "count", "default_matcher", "mode_of", "segment", "track"]
+__all__ = ["Matcher", "count", "default_matcher", "mode_of", "segment", "track"]
 
 
 def mode_of(boxes) -> str:
@@ -60,9 +52,10 @@ class Matcher:
         ``None``/``"auto"``: each task's shipped learned head for this engine and
         mode (automatic without boxes, exemplar with them) when one ships, else the
         analytic head. ``"analytic"``: the analytic heads.
-        A registry name, checkpoint folder or ``hub:owner/name``: that learned
+        A shipped name, checkpoint folder or ``hub:owner/name``: that learned
         head (for the task it was trained for). A mapping ``{"segment": ...,
-        "count": ..., "track": ...}`` chooses per task.
+        "count": ..., "track": ...}`` chooses per task (a head object too); see
+        :mod:`mm_core.heads.registry`.
     device : str, optional
         Torch device of the LDM engine (default: CUDA when present).
 
@@ -90,12 +83,12 @@ class Matcher:
 
     @classmethod
     def from_pretrained(cls, name: str = "auto", device: str | None = None, **kwargs) -> Matcher:
-        """A :class:`Matcher` from a named set-up in :data:`PRETRAINED`.
+        """A :class:`Matcher` from a named set-up in :data:`mm_core.heads.registry.SETUPS`.
 
         Parameters
         ----------
         name : str
-            ``"auto"``, ``"classic"`` or ``"ldm-sd14"``.
+            ``"auto"``, ``"classic"``, ``"ldm-sd14"``, ... (the keys of ``SETUPS``).
         device : str, optional
             Torch device of the LDM engine.
         **kwargs
@@ -105,9 +98,8 @@ class Matcher:
         -------
         Matcher
         """
-        if name not in PRETRAINED:
-            raise InputError(f"unknown pretrained set-up {name!r}; choose one of {', '.join(PRETRAINED)}")
-        return cls(**{**PRETRAINED[name], **kwargs}, device=device)
+        chosen = setup(name)
+        return cls(**{"engine": chosen.engine, "head": chosen.heads, **kwargs}, device=device)
 
     # ------------------------------------------------------------------ heads
     @staticmethod
@@ -117,10 +109,11 @@ class Matcher:
             if unknown:
                 raise InputError(f"unknown task(s) {', '.join(map(str, sorted(unknown)))} in head=; "
                                  f"the tasks are {', '.join(TASKS)}")
+            for spec in head.values():
+                head_kind(spec)  # a bad value is refused here, not at first use
             return {t: head.get(t) for t in TASKS}
-        if head is not None and not isinstance(head, str) and not hasattr(head, "__fspath__"):
-            raise InputError(f"head must be a name, a checkpoint folder or a mapping of task to head, "
-                             f"got {type(head).__name__}")
+        if head_kind(head) == "object":
+            raise InputError("a head object serves one task: give it per task, e.g. head={'segment': ...}")
         return {t: head for t in TASKS}
 
     def head(self, task: str, mode: str = "automatic"):
@@ -135,28 +128,16 @@ class Matcher:
         Returns
         -------
         object
-            A head with the task's interface (see :mod:`mm_core.heads.selection`).
+            A head with the task's interface (see :mod:`mm_core.heads.registry`).
         """
-        if task not in TASKS:
-            raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        if mode not in MODES:
-            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         with self._lock:
             if (task, mode) not in self._heads:
                 self._heads[(task, mode)] = self._load_head(task, mode)
             return self._heads[(task, mode)][0]
 
     def _load_head(self, task: str, mode: str = "automatic") -> tuple[object, str]:
-        spec, engine = self._specs[task], getattr(self.engine, "name", "classic")
-        if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
-            return head_or_fallback(None, task, engine, mode)  # a broken shipped default must not stop a run
-        if not self._per_task and not (isinstance(spec, str) and spec.lower() in ("analytic", "none")):
-            from mm_core.heads.learned.checkpoints import read_config, resolve
-
-            kind = read_config(resolve(spec))["head_type"]
-            if kind != TASK_HEAD_TYPES[task] and task not in MULTI_TASK_HEADS.get(kind, ()):
-                return head_or_fallback(None, task, engine, mode)  # one checkpoint given: it serves its own task
-        return head_for(spec, task, engine, mode)
+        engine = getattr(self.engine, "name", "classic")
+        return resolve_head(self._specs.get(task), task, engine, mode, own_task=not self._per_task)
 
     def head_notes(self) -> dict[str, str]:
         """Which head runs for each task, in words (loads the heads).
@@ -241,10 +222,10 @@ class Matcher:
 
         The shipped segmentation defaults were measured on single images; tracking keeps
         the analytic per-frame head unless a head is asked for, because the automatic-mode
-        default tracked worse on Fluo-N2DH-SIM+ (README, "Learned heads").
+        default tracked worse on Fluo-N2DH-SIM+ (docs/quality.md).
         """
-        link, spec = self.head("track", mode), self._specs["segment"]
-        if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
+        link = self.head("track", mode)
+        if head_kind(self._specs["segment"]) == "default":
             seg = analytic_head("segment")
             seg_note = self._note("segment", mode)
             if not seg_note.startswith(seg.describe()):

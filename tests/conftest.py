@@ -25,6 +25,37 @@ def shared_path(*parts: str) -> Path:
     return SHARED_DATA.joinpath(*parts)
 
 
+@pytest.fixture(autouse=True)
+def _settings_from_env():
+    """Every test starts from, and leaves, settings read from its own environment.
+
+    A test that sets an ``MM_*`` variable uses :func:`mm_env`; the cache is cleared again
+    after monkeypatch restored the environment.
+    """
+    from mm_core.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture()
+def mm_env(monkeypatch):
+    """``mm_env(MM_X="1", MM_Y=None)``: set (or, with None, unset) variables; the settings are read
+    again on their next use (so a bad value is refused by the call that uses it)."""
+    from mm_core.settings import get_settings
+
+    def set_env(**values):
+        for name, value in values.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, str(value))
+        get_settings.cache_clear()
+
+    return set_env
+
+
 @pytest.fixture()
 def torch_one_thread():
     """Tiny torch models: one thread avoids oversubscribing a shared CI runner."""

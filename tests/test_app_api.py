@@ -29,11 +29,12 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     mp = pytest.MonkeyPatch()
     mp.setenv("MM_ENGINE", "classic")
+    mp.setenv("MM_APP_OUTPUT_ROOT", str(root / "requests"))
     mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio"))
-    from mm_core.app import helpers as au
     from mm_core.app import lifecycle, ui
+    from mm_core.settings import reload_settings
 
-    mp.setattr(au, "OUTPUT_ROOT", root / "requests")
+    reload_settings()  # each test reads the settings again, from this module's environment
     ui.load_engine()
     lifecycle.STORE.idle_s = 600.0
     demo = ui.build_app()
@@ -46,6 +47,7 @@ def server(tmp_path_factory):
            "store": lifecycle.STORE, "demo": demo}
     demo.close()
     mp.undo()
+    reload_settings()
 
 
 @pytest.fixture()

@@ -100,8 +100,8 @@ def test_load_upload_sequence_and_refusals(tmp_path):
     assert not (tmp_path.parent / "escape.tif").exists()
 
 
-def test_load_upload_pixel_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(au, "MAX_PIXELS", 100 * 100)
+def test_load_upload_pixel_limit(tmp_path, mm_env):
+    mm_env(MM_APP_MAX_PIXELS=100 * 100)
     path = tmp_path / "big.png"
     Image.fromarray(np.zeros((200, 200), np.uint8)).save(path)
     with pytest.raises(InputError, match="big.png"):
@@ -165,8 +165,8 @@ def test_run_without_upload_is_refused(app_module):
         app_module._inputs(None, None)
 
 
-def test_on_upload_returns_annotator_value(app_module, tmp_path, monkeypatch):
-    monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path)
+def test_on_upload_returns_annotator_value(app_module, tmp_path, mm_env):
+    mm_env(MM_APP_OUTPUT_ROOT=tmp_path)
     loaded, ann, summary, mode, _ = app_module.on_upload(str(EXAMPLES / "phase_cells.png"), sequence=False)
     assert ann == (loaded.preview, []) and Path(loaded.preview).is_relative_to(tmp_path)
     assert "phase_cells.png" in summary and "Automatic" in mode
@@ -250,8 +250,8 @@ def loaded_image(tmp_path):
     return au.load_upload(path, False, tmp_path)
 
 
-def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tmp_path, monkeypatch):
-    monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
+def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tmp_path, mm_env):
+    mm_env(MM_APP_OUTPUT_ROOT=tmp_path / "out")
     ann = (loaded_image.preview, [(12, 12, 28, 28, "exemplar")])
     key, overlay, html, files, _, note, legend = app_module.run_segment(
         loaded_image, ann, 0.5, False, progress=_no_progress
@@ -272,8 +272,8 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
     assert ("mm-warn" in html) == bool(cache["result"].warnings)
 
 
-def test_run_count_writes_downloads(app_module, loaded_image, tmp_path, monkeypatch):
-    monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
+def test_run_count_writes_downloads(app_module, loaded_image, tmp_path, mm_env):
+    mm_env(MM_APP_OUTPUT_ROOT=tmp_path / "out")
     key, overlay, html, files, _, _, legend = app_module.run_count(
         loaded_image, None, 0.6, False, progress=_no_progress
     )
@@ -288,8 +288,8 @@ def test_run_count_writes_downloads(app_module, loaded_image, tmp_path, monkeypa
     assert list(counts.columns) == ["image", "count"] and counts["image"][0] == "blobs"
 
 
-def test_run_track_animation_frames_and_downloads(app_module, tmp_path, monkeypatch):
-    monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
+def test_run_track_animation_frames_and_downloads(app_module, tmp_path, mm_env):
+    mm_env(MM_APP_OUTPUT_ROOT=tmp_path / "out")
     path = tmp_path / "movie.tif"
     frames = np.stack([_blobs(shift=(0, t)) for t in range(3)]).astype(np.uint16)
     tifffile.imwrite(path, frames, imagej=True, metadata={"axes": "TYX"})

@@ -18,7 +18,7 @@ PUBLIC_API = [
     "mm_core/__init__.py", "mm_core/models.py", "mm_core/pipelines.py", "mm_core/export/files.py",
     "mm_core/measure.py", "mm_core/io/__init__.py", "mm_core/io/reader.py", "mm_core/io/labels.py",
     "mm_core/io/archive.py", "mm_core/transforms/image.py", "mm_core/evaluation/metrics.py", "mm_core/viz/images.py",
-    "mm_core/engines/__init__.py", "mm_core/engines/base.py", "mm_core/heads/selection.py",
+    "mm_core/engines/__init__.py", "mm_core/engines/base.py", "mm_core/heads/registry.py",
     "mm_core/heads/segmentation.py", "mm_core/heads/counting.py", "mm_core/heads/tracking.py",
     "mm_core/transforms/tiles.py", "mm_core/errors.py", "mm_core/evaluation/score.py",
 ]
@@ -86,7 +86,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, torch_one_thread):
     assert (tmp_path / "out" / "movie" / "res_track.txt").is_file()
 
 
-def test_cli_and_app_write_the_same_files(tmp_path, monkeypatch):
+def test_cli_and_app_write_the_same_files(tmp_path, monkeypatch, mm_env):
     """For the same input, ``python -m mm_core segment|count|track`` and the app's Run write the same files."""
     pytest.importorskip("gradio")
     import tifffile
@@ -96,9 +96,8 @@ def test_cli_and_app_write_the_same_files(tmp_path, monkeypatch):
     from mm_core.cli import main
 
     examples = REPO / "examples"
-    monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "app")
+    mm_env(MM_APP_OUTPUT_ROOT=tmp_path / "app", MM_ENGINE="classic")
     monkeypatch.setitem(ui.MATCHER, "matcher", None)
-    monkeypatch.setenv("MM_ENGINE", "classic")
     cases = [("segment", "nuclei_fluorescence.tif", False, ui.run_segment),
              ("count", "crowded_cells.png", False, ui.run_count),
              ("track", "timelapse_division.tif", True, ui.run_track)]

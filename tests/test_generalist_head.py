@@ -11,7 +11,8 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from mm_core.engines.base import MatchMaps
-from mm_core.heads.learned import load_head, registry
+from mm_core.heads import registry
+from mm_core.heads.learned import load_head
 from mm_core.heads.learned.generalist import (
     DENSITY_SCALE,
     GeneralistHead,

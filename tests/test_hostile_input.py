@@ -53,7 +53,7 @@ def _image(shape=(64, 64), seed=0):
     return np.random.default_rng(seed).random(shape).astype(np.float32)
 
 
-def test_at_most_64_boxes_by_default(monkeypatch):
+def test_at_most_64_boxes_by_default(mm_env):
     from mm_core.transforms import prepare_boxes
 
     img = _image()
@@ -65,10 +65,10 @@ def test_at_most_64_boxes_by_default(monkeypatch):
     with pytest.raises(InputError, match="at most 64"):
         mm_core.track([img, img], boxes=boxes, engine="classic")
     assert len(prepare_boxes(boxes[:64], img.shape, max_boxes=64)) == 64
-    monkeypatch.setenv("MM_MAX_BOXES", "2")
+    mm_env(MM_MAX_BOXES="2")
     with pytest.raises(InputError, match="3 exemplar boxes.*at most 2"):
         mm_core.segment(img, boxes=boxes[:3], engine="classic")
-    monkeypatch.setenv("MM_MAX_BOXES", "many")
+    mm_env(MM_MAX_BOXES="many")
     with pytest.raises(InputError, match="MM_MAX_BOXES"):
         mm_core.segment(img, boxes=boxes[:3], engine="classic")
 

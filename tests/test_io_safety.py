@@ -122,12 +122,12 @@ def test_zip_bomb_by_ratio(tmp_path):
         read_image(zp)
 
 
-def test_zip_total_size_cap_from_env(tmp_path, monkeypatch):
+def test_zip_total_size_cap_from_env(mm_env, tmp_path):
     zp = make_zip(
         tmp_path / "big.zip", {f"t{t}.tif": tif_bytes(img((64, 64))) for t in range(3)}, zipfile.ZIP_STORED
     )
     assert len(read_sequence(zp)) == 3
-    monkeypatch.setenv("MM_MAX_ZIP_BYTES", "20000")
+    mm_env(MM_MAX_ZIP_BYTES="20000")
     with pytest.raises(InputError, match="big.zip was refused.*MiB.*MM_MAX_ZIP_BYTES"):
         read_sequence(zp)
 
@@ -146,12 +146,12 @@ def test_zip_header_that_lies_is_caught_while_reading(tmp_path):
         read_sequence(tmp_path / "liar.zip")
 
 
-def test_zip_too_many_members_encrypted_broken_and_mixed_folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("MM_MAX_ZIP_MEMBERS", "4")
+def test_zip_too_many_members_encrypted_broken_and_mixed_folders(mm_env, tmp_path):
+    mm_env(MM_MAX_ZIP_MEMBERS="4")
     zp = make_zip(tmp_path / "many.zip", {f"n{i}.txt": b"x" for i in range(5)})
     with pytest.raises(InputError, match="5 entries.*MM_MAX_ZIP_MEMBERS"):
         read_sequence(zp)
-    monkeypatch.delenv("MM_MAX_ZIP_MEMBERS")
+    mm_env(MM_MAX_ZIP_MEMBERS=None)
     raw = bytearray(make_zip(tmp_path / "plain.zip", {"t0.tif": tif_bytes(img())}).read_bytes())
     for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # set the 'encrypted' flag bit
         raw[raw.index(sig) + off] |= 0x1
@@ -175,13 +175,13 @@ def test_zip_too_many_members_encrypted_broken_and_mixed_folders(tmp_path, monke
 # --------------------------------------------------------------------------- sequence limits
 
 
-def test_too_many_frames_folder_zip_and_stack(tmp_path, monkeypatch):
+def test_too_many_frames_folder_zip_and_stack(mm_env, tmp_path):
     for t in range(5):
         tifffile.imwrite(tmp_path / f"t{t}.tif", img())
     with pytest.raises(InputError, match="holds 5 frames, more than the limit of 3"):
         read_sequence(tmp_path, max_frames=3)
     zp = make_zip(tmp_path.parent / "frames.zip", {f"t{t}.tif": tif_bytes(img()) for t in range(5)})
-    monkeypatch.setenv("MM_MAX_FRAMES", "4")
+    mm_env(MM_MAX_FRAMES="4")
     with pytest.raises(InputError, match="frames.zip holds 5 frames.*MM_MAX_FRAMES"):
         read_sequence(zp)
     assert len(read_sequence(zp, max_frames=5)) == 5  # the argument wins over the variable
@@ -212,8 +212,8 @@ def test_rgb_and_gray_frames_mixed(tmp_path):
         read_sequence(tmp_path)
 
 
-def test_total_pixels_cap(tmp_path, monkeypatch):
-    monkeypatch.setenv("MM_MAX_TOTAL_PIXELS", "1000")
+def test_total_pixels_cap(mm_env, tmp_path):
+    mm_env(MM_MAX_TOTAL_PIXELS="1000")
     tifffile.imwrite(tmp_path / "s.tif", img((4, 16, 16)), imagej=True, metadata={"axes": "TYX"})
     with pytest.raises(InputError, match="s.tif holds .* in all.*MM_MAX_TOTAL_PIXELS"):
         read_sequence(tmp_path / "s.tif")
@@ -246,7 +246,7 @@ def test_forged_50000_header(tmp_path, maker, ext):
         read_sequence(p)
 
 
-def test_pixel_cap_below_pillow_guard_and_configurable(tmp_path, monkeypatch):
+def test_pixel_cap_below_pillow_guard_and_configurable(mm_env, tmp_path):
     p = tmp_path / "big.png"
     p.write_bytes(forged_png(10_000, 10_000))  # 100 Mpx: Pillow only warns, our 64 Mpx cap refuses
     with pytest.raises(InputError, match=r"big.png is 10,000x10,000 pixels.*MM_MAX_PIXELS"):
@@ -258,18 +258,17 @@ def test_pixel_cap_below_pillow_guard_and_configurable(tmp_path, monkeypatch):
     tifffile.imwrite(small, img((100, 100)))
     with pytest.raises(InputError, match="small.tif is 100x100 pixels"):
         read_image(small, max_pixels=5000)
-    monkeypatch.setenv("MM_MAX_PIXELS", "5000")
+    mm_env(MM_MAX_PIXELS="5000")
     with pytest.raises(InputError, match="small.tif is 100x100"):
         read_image(small)
     assert read_image(small, max_pixels=10_000).data.shape == (100, 100)
-    monkeypatch.setenv("MM_MAX_PIXELS", "lots")
+    mm_env(MM_MAX_PIXELS="lots")
     with pytest.raises(InputError, match="MM_MAX_PIXELS must be a positive whole number"):
         read_image(small)
 
 
-def test_limits_resolve_defaults(monkeypatch):
-    for var in ("MM_MAX_PIXELS", "MM_MAX_FRAMES"):
-        monkeypatch.delenv(var, raising=False)
+def test_limits_resolve_defaults(mm_env):
+    mm_env(MM_MAX_PIXELS=None, MM_MAX_FRAMES=None)
     lim = Limits.resolve()
     assert lim.max_pixels == 8192 * 8192 and lim.max_frames == 2000
     with pytest.raises(InputError, match="max_frames must be a positive"):

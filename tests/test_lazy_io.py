@@ -65,10 +65,10 @@ def test_zarr_without_image_or_with_unknown_axes_is_refused(tmp_path):
         open_lazy(tmp_path / "cube.zarr")
 
 
-def test_lazy_pixel_limit_is_its_own(tmp_path, monkeypatch):
+def test_lazy_pixel_limit_is_its_own(mm_env, tmp_path):
     arr, _ = _nuclei()
     path = _ome_zarr(tmp_path / "s.zarr", arr)
-    monkeypatch.setenv("MM_MAX_LAZY_PIXELS", "1000")
+    mm_env(MM_MAX_LAZY_PIXELS="1000")
     with pytest.raises(InputError, match="MM_MAX_LAZY_PIXELS"):
         open_lazy(path)
 
@@ -98,11 +98,11 @@ def test_zarr_slide_segmented_in_tiles_to_ome_zarr_and_bigtiff(tmp_path):
     assert len(objects) == n and objects["area"].between(150, 400).all()
 
 
-def test_big_tiff_past_the_in_memory_limit_is_read_lazily(tmp_path, monkeypatch):
+def test_big_tiff_past_the_in_memory_limit_is_read_lazily(tmp_path, monkeypatch, mm_env):
     arr, n = _nuclei((300, 520), seed=3)
     path = tmp_path / "big.tif"
     tifffile.imwrite(path, arr, tile=(128, 128), compression="zlib")
-    monkeypatch.setenv("MM_MAX_PIXELS", "50000")  # the in-memory reader refuses it
+    mm_env(MM_MAX_PIXELS="50000")  # the in-memory reader refuses it
     monkeypatch.setattr(batch_tasks, "LAZY_FROM_PIXELS", 100_000)
     table = mb.batch([path], "count", tmp_path / "o", engine="classic", head="analytic", tile=256,
                      progress=False)

@@ -30,10 +30,10 @@ def no_hang(seconds: int = 120):
         signal.signal(signal.SIGALRM, old)
 
 
-def test_model_id_from_argument_env_or_default(monkeypatch):
-    monkeypatch.delenv(MODEL_ENV, raising=False)
+def test_model_id_from_argument_env_or_default(mm_env):
+    mm_env(**{MODEL_ENV: None})
     assert resolve_model_id() == DEFAULT_MODEL_ID == "CompVis/stable-diffusion-v1-4"
-    monkeypatch.setenv(MODEL_ENV, "/data/sd14")
+    mm_env(**{MODEL_ENV: "/data/sd14"})
     assert resolve_model_id() == "/data/sd14"
     assert resolve_model_id("other/model") == "other/model"
 
@@ -51,9 +51,9 @@ def test_missing_local_folder_raises_naming_it(monkeypatch, tmp_path):
         load_components(half)
 
 
-def test_uncached_hub_id_raises_without_downloading(monkeypatch):
+def test_uncached_hub_id_raises_without_downloading(monkeypatch, mm_env):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("MM_ALLOW_DOWNLOAD", "1")  # still no download: offline wins
+    mm_env(MM_ALLOW_DOWNLOAD="1")  # still no download: offline wins
     model = "mm-tests-nobody/stable-diffusion-never-cached"
     with no_hang(), pytest.raises(ModelUnavailableError) as err:
         load_components(model, device="cpu")
@@ -61,10 +61,10 @@ def test_uncached_hub_id_raises_without_downloading(monkeypatch):
     assert model in msg and MODEL_ENV in msg and "downloads are off" in msg
 
 
-def test_engine_from_env_var(monkeypatch):
+def test_engine_from_env_var(mm_env):
     from mm_core.engines.ldm import LDMEngine
 
-    monkeypatch.setenv(MODEL_ENV, str(tiny_pipeline_dir()))
+    mm_env(**{MODEL_ENV: str(tiny_pipeline_dir())})
     eng = LDMEngine.from_pretrained(device="cpu", dtype=torch.float32, size=128)
     assert eng.c.model_id == str(tiny_pipeline_dir())
 

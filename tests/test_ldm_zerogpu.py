@@ -40,13 +40,14 @@ def _engine():
     return LDMEngine.from_pretrained(tiny_pipeline_dir(), device="cpu", dtype=torch.float32, size=TINY_SIZE)
 
 
-def test_on_zerogpu_matches_run_inside_spaces_gpu(fake_spaces, monkeypatch, torch_one_thread):
+def test_on_zerogpu_matches_run_inside_spaces_gpu(fake_spaces, monkeypatch, mm_env, torch_one_thread):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    mm_env(MM_ZEROGPU_DURATION="90")
     eng = _engine()
     assert zerogpu.on_zerogpu() and eng.cuda_graphs is False
     img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     maps = eng.match(img)
-    assert fake_spaces == [zerogpu.GPU_DURATION] and maps.foreground.shape[0] > 0
+    assert fake_spaces == [zerogpu.gpu_duration()] == [90] and maps.foreground.shape[0] > 0
     eng.match(img, np.array([[10, 10, 30, 30]], np.float32))
     assert len(fake_spaces) == 2
 

@@ -22,7 +22,6 @@ from mm_core.heads.learned.inputs import gather_inputs, sample_inputs
 from mm_core.heads.learned.segmentation import seg_targets
 from mm_core.heads.learned.tracking import tracks_from_links
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
@@ -246,34 +245,45 @@ def test_exemplar_attention_loss_matches_the_formula():
         exemplar_attention_loss(attn[0], mask)
 
 
-def test_select_head_says_which_head_runs(tmp_path, monkeypatch):
-    from mm_core.heads.learned import checkpoints, registry
-    from mm_core.heads.learned.registry import select_head
+def test_resolve_head_says_which_head_runs(tmp_path, monkeypatch):
+    from mm_core.heads import registry
+    from mm_core.heads.counting import DensityHead
+    from mm_core.heads.learned import available_heads, checkpoints
+    from mm_core.heads.registry import resolve_head
+    from mm_core.heads.segmentation import WatershedHead
 
-    head, note = select_head("analytic", "segment", "classic")
-    assert head is None and "analytic" in note
+    head, note = resolve_head("analytic", "segment", "classic")
+    assert isinstance(head, WatershedHead) and note == "analytic watershed head, as requested"
+    assert isinstance(resolve_head("None", "count", "classic")[0], DensityHead)  # "none": analytic too
     monkeypatch.setattr(registry, "DEFAULTS", {})
-    head, note = select_head(None, "count", "classic")
-    assert head is None and "no learned count head ships" in note
+    head, note = resolve_head(None, "count", "classic")
+    assert isinstance(head, DensityHead) and "no learned count head ships" in note
     folder = SegmentationHead("classic", 0, **TINY).save_pretrained(tmp_path / "weights" / "seg-test")
-    head, note = select_head(folder, "segment", "classic")
+    head, note = resolve_head(folder, "segment", "classic")
     assert isinstance(head, SegmentationHead) and note.startswith("learned segmentation head 'seg-test'")
+    assert resolve_head(head, "segment", "ldm") == (head, head.describe())  # a head object, as it is
     with pytest.raises(InputError, match="needs a counting head"):
-        select_head(folder, "count", "classic")
+        resolve_head(folder, "count", "classic")
+    assert isinstance(resolve_head(folder, "count", "classic", own_task=True)[0], DensityHead)  # given for all
     with pytest.raises(InputError, match="trained on the classic engine"):
-        select_head(folder, "segment", "ldm")
+        resolve_head(folder, "segment", "ldm")
+    for bad in (3.5, ["seg-test"], " "):
+        with pytest.raises(InputError, match="head must be None, 'auto', 'analytic'"):
+            resolve_head(bad, "segment", "classic")
     # shipped folders are found by name, and a default is used when configured
     monkeypatch.setattr(checkpoints, "WEIGHTS_DIR", tmp_path / "weights")
     monkeypatch.setattr(registry, "DEFAULTS", {("segment", "classic", "automatic"): "seg-test"})
-    assert "seg-test" in registry.available_heads()
-    head, note = select_head("auto", "segment", "classic")
+    assert available_heads() == {"seg-test": folder}
+    head, note = resolve_head("auto", "segment", "classic")
     assert isinstance(head, SegmentationHead) and "seg-test" in note
-    assert select_head("auto", "segment", "ldm")[0] is None
+    assert isinstance(resolve_head("auto", "segment", "ldm")[0], WatershedHead)
     # defaults are per mode: this one is for automatic mode only
-    head, note = select_head("auto", "segment", "classic", "exemplar")
-    assert head is None and "for automatic mode only" in note
-    assert isinstance(select_head(folder, "segment", "classic", "exemplar")[0], SegmentationHead)  # asked for
+    head, note = resolve_head("auto", "segment", "classic", "exemplar")
+    assert isinstance(head, WatershedHead) and "for automatic mode only" in note
+    assert isinstance(resolve_head(folder, "segment", "classic", "exemplar")[0], SegmentationHead)  # asked for
     with pytest.raises(InputError, match="unknown mode"):
-        select_head("auto", "segment", "classic", "boxes")
+        resolve_head("auto", "segment", "classic", "boxes")
+    with pytest.raises(InputError, match="unknown task"):
+        resolve_head("auto", "segmentation", "classic")
     with pytest.raises(InputError, match="seg-test"):  # unknown names list the known ones
         load_head("no-such-head")

@@ -87,6 +87,24 @@ def test_from_pretrained_and_bad_arguments():
         mm_core.Matcher("classic", head={"segment": "no-such-head"}).segment(blobs())
 
 
+def test_a_setup_is_one_registry_entry(monkeypatch):
+    """``from_pretrained(name)`` builds what the one table says: engine and heads per task."""
+    from mm_core.heads import registry
+
+    assert set(registry.SETUPS) >= {"auto", "classic", "ldm-sd14"}
+    assert all(s.doc and s.engine in ("auto", "classic", "ldm") for s in registry.SETUPS.values())
+    monkeypatch.setitem(registry.SETUPS, "test-setup", registry.Setup("classic", {"segment": "analytic"}, "a test"))
+    m = mm_core.Matcher.from_pretrained("test-setup")
+    assert m.engine.name == "classic" and m.head_notes()["segment"] == "analytic watershed head, as requested"
+    assert m.head_notes()["count"] == mm_core.Matcher("classic").head_notes()["count"]  # left out: the default
+    over = mm_core.Matcher.from_pretrained("test-setup", head={"segment": WatershedHead(), "track": "analytic"})
+    assert over.head_notes()["segment"] == "analytic watershed head" and "as requested" in over.head_note
+    with pytest.raises(InputError, match="head object serves one task"):
+        mm_core.Matcher("classic", head=WatershedHead())
+    with pytest.raises(InputError, match="head must be"):
+        mm_core.Matcher("classic", head={"count": 7})
+
+
 def test_one_checkpoint_serves_its_own_task(tmp_path, torch_one_thread):
     """``head=<linking checkpoint>`` makes track use it; segment and count keep their defaults."""
     import torch
@@ -118,16 +136,18 @@ def test_default_matcher_is_reused_and_replaced():
 def test_training_cache_key_covers_every_source_the_maps_depend_on():
     from mm_core.train.cache import engine_sources
 
-    names = {Path(p).name for p in engine_sources(ClassicEngine())}
-    assert {"engine.py", "bank.py", "centers.py", "transforms.py", "base.py"} <= names
-    assert "segmentation.py" not in names  # heads do not shape the engine's maps
+    files = {Path(p).relative_to(Path(mm_core.__file__).parent).as_posix() for p in engine_sources(ClassicEngine())}
+    assert {"engines/classic/engine.py", "engines/classic/bank.py", "engines/classic/centers.py",
+            "transforms/image.py", "engines/base.py"} <= files
+    assert not any(f.startswith("heads/") for f in files)  # heads do not shape the engine's maps
 
 
 def test_shipped_defaults_are_per_mode(tmp_path, monkeypatch, torch_one_thread):
     """A default for one mode runs only without (or with) boxes; the note says which head ran."""
     import torch
 
-    from mm_core.heads.learned import checkpoints, registry
+    from mm_core.heads import registry
+    from mm_core.heads.learned import checkpoints
     from mm_core.heads.learned.generalist import GeneralistCounter, GeneralistHead
 
     torch.manual_seed(0)

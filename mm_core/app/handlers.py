@@ -9,7 +9,6 @@ The layout that wires them is :mod:`mm_core.app.ui`.
 from __future__ import annotations
 
 import logging
-import os
 
 import gradio as gr
 import numpy as np
@@ -22,9 +21,9 @@ from mm_core.app import results as ar
 from mm_core.app.lifecycle import STORE
 from mm_core.app.lifecycle import session_of as _session
 from mm_core.errors import InputError, MMError
+from mm_core.settings import get_settings
 
 log = logging.getLogger("mm_core.app")
-MAX_FILE_SIZE = os.environ.get("MM_APP_MAX_FILE_SIZE", "200mb")
 MATCHER = {"matcher": None, "reason": "engine not loaded yet"}
 
 
@@ -33,7 +32,7 @@ def load_engine() -> None:
     from mm_core.models import Matcher
 
     try:
-        MATCHER["matcher"] = Matcher(engine=os.environ.get("MM_ENGINE", "auto"))
+        MATCHER["matcher"] = Matcher(engine=get_settings().engine)
         MATCHER["reason"] = MATCHER["matcher"].engine_note
     except Exception as exc:
         log.exception("engine could not be loaded")
@@ -87,11 +86,14 @@ def _progress(progress):
 
 def _note(res) -> str:
     """The details section after a run: engine and head, in technical terms."""
-    return display.details_markdown(res.engine_note, getattr(res, "head_note", ""), LIMITS)
+    return display.details_markdown(res.engine_note, getattr(res, "head_note", ""), limits_line())
 
 
-LIMITS = (f"up to {au.MAX_PIXELS:,} pixels per image or frame (MM_APP_MAX_PIXELS), {au.MAX_FRAMES} frames "
-          f"(MM_APP_MAX_FRAMES), files up to {MAX_FILE_SIZE} (MM_APP_MAX_FILE_SIZE)")
+def limits_line() -> str:
+    """The app's input limits and their settings, one line for the details section."""
+    s = get_settings()
+    return (f"up to {s.app_max_pixels:,} pixels per image or frame (MM_APP_MAX_PIXELS), {s.app_max_frames} frames "
+            f"(MM_APP_MAX_FRAMES), files up to {s.app_max_file_size} (MM_APP_MAX_FILE_SIZE)")
 
 
 

@@ -21,27 +21,25 @@ from PIL import Image
 
 from mm_core import viz
 from mm_core.errors import InputError
+from mm_core.settings import get_settings
 from mm_core.transforms import scale_boxes
 
 log = logging.getLogger("mm_core.app")
 
-#: Root of the per-request output folders (one sub-folder per upload or run).
-OUTPUT_ROOT = Path(os.environ.get("MM_APP_OUTPUT_ROOT", Path(tempfile.gettempdir()) / "mm_app"))
-#: Output folders older than this many seconds are deleted.
-MAX_AGE_S = float(os.environ.get("MM_APP_MAX_AGE_S", "3600"))
-#: Pixel limit per image or frame for uploads to the app (smaller than the library's).
-MAX_PIXELS = int(os.environ.get("MM_APP_MAX_PIXELS", str(4096 * 4096)))
-#: Frame limit for time-lapse uploads to the app.
-MAX_FRAMES = int(os.environ.get("MM_APP_MAX_FRAMES", "300"))
 #: Longest side of the picture shown in the box annotator.
 PREVIEW_SIDE = 1024
+
+def output_root() -> Path:
+    """Root of the per-request output folders (``MM_APP_OUTPUT_ROOT``, default ``<temp>/mm_app``)."""
+    return Path(get_settings().app_output_root or Path(tempfile.gettempdir()) / "mm_app")
+
 
 def new_request_dir(root: Path | None = None) -> Path:
     """Create a fresh output folder under ``root``, readable by this user only (mode 700).
 
     Old folders are deleted by the app's clean-up timer (:func:`cleanup_old`), not here.
     """
-    root = Path(root or OUTPUT_ROOT)
+    root = Path(root or output_root())
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(root, 0o700)
     out = root / uuid.uuid4().hex
@@ -50,9 +48,13 @@ def new_request_dir(root: Path | None = None) -> Path:
     return out
 
 
-def cleanup_old(root: Path, max_age_s: float = MAX_AGE_S, now: float | None = None) -> int:
-    """Delete sub-folders of ``root`` last modified more than ``max_age_s`` ago; return how many."""
+def cleanup_old(root: Path, max_age_s: float | None = None, now: float | None = None) -> int:
+    """Delete sub-folders of ``root`` last modified more than ``max_age_s`` ago; return how many.
+
+    ``max_age_s`` defaults to ``MM_APP_MAX_AGE_S`` (an hour).
+    """
     now = time.time() if now is None else now
+    max_age_s = get_settings().app_max_age_s if max_age_s is None else max_age_s
     n = 0
     for sub in Path(root).iterdir() if Path(root).is_dir() else ():
         try:
@@ -88,7 +90,7 @@ class Loaded:
         except (OSError, ValueError):
             raise InputError(
                 f"{self.name} is no longer on the server (uploads are deleted after "
-                f"{MAX_AGE_S / 60:.0f} minutes or when the session ends); load the file again"
+                f"{get_settings().app_max_age_s / 60:.0f} minutes or when the session ends); load the file again"
             ) from None
 
 
@@ -121,9 +123,9 @@ def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -
     """
     from mm_core.io import read_image, read_sequence
 
-    path = Path(path)
+    path, settings = Path(path), get_settings()
     if sequence:
-        seq = read_sequence(path, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS)
+        seq = read_sequence(path, max_frames=settings.app_max_frames, max_pixels=settings.app_max_pixels)
         frames = list(seq.frames)
         if len(frames) < 2:
             raise InputError(
@@ -131,7 +133,7 @@ def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -
             )
         dtype, what = seq.dtype, f"{len(frames)} frames"
     else:
-        img = read_image(path, max_pixels=MAX_PIXELS)
+        img = read_image(path, max_pixels=settings.app_max_pixels)
         frames = [img.data]
         dtype = img.dtype
         what = f"{img.n_channels} channel{'s' if img.n_channels != 1 else ''}"

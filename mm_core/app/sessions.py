@@ -5,11 +5,11 @@ density, small maps), never engine features, and keep it here instead of in
 ``gr.State``: a state holds only the key. The store frees an entry
 
 - when the same session replaces it (a new upload or run in the same tab);
-- when the session ends (Gradio's unload, after :data:`CLOSED_GRACE_S` seconds in case
+- when the session ends (Gradio's unload, after ``MM_APP_CLOSED_GRACE_S`` seconds in case
   it reconnects; or the end of its state);
-- after :data:`IDLE_S` seconds without use, checked by a timer, so API clients
+- after ``MM_APP_IDLE_S`` seconds without use, checked by a timer, so API clients
   that never send a heartbeat are freed too;
-- when the whole store holds more than :data:`MAX_BYTES` (least recently used first).
+- when the whole store holds more than ``MM_APP_MAX_STATE_MB`` (least recently used first).
 
 Dropping an entry for good (replaced, session over, idle) also deletes its request
 folder; an entry evicted for memory keeps its folder (its downloads stay valid
@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import os
 import shutil
 import threading
 import time
@@ -33,14 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from mm_core.settings import get_settings
+
 log = logging.getLogger("mm_core.app")
 
-#: Seconds without use after which a session's results are freed (``MM_APP_IDLE_S``).
-IDLE_S = float(os.environ.get("MM_APP_IDLE_S", "600"))
-#: Seconds a closed session's results are kept in case it reconnects (``MM_APP_CLOSED_GRACE_S``).
-CLOSED_GRACE_S = float(os.environ.get("MM_APP_CLOSED_GRACE_S", "30"))
-#: Most bytes of results held by one server process (``MM_APP_MAX_STATE_MB``, default 1024 MB).
-MAX_BYTES = int(float(os.environ.get("MM_APP_MAX_STATE_MB", "1024")) * 2**20)
 
 
 def size_of(obj: Any, _depth: int = 0) -> int:
@@ -90,15 +85,19 @@ class SessionStore:
 
     Parameters
     ----------
-    max_bytes : int
-        Most bytes held in all; beyond, least recently used entries are evicted.
-    idle_s : float
-        Entries unused for this long are dropped by :meth:`sweep`.
+    max_bytes : int, optional
+        Most bytes held in all; beyond, least recently used entries are evicted
+        (default ``MM_APP_MAX_STATE_MB``).
+    idle_s : float, optional
+        Entries unused for this long are dropped by :meth:`sweep` (default ``MM_APP_IDLE_S``).
     clock : callable
         Time source (seconds), for tests.
     """
 
-    def __init__(self, max_bytes: int = MAX_BYTES, idle_s: float = IDLE_S, clock=time.monotonic):
+    def __init__(self, max_bytes: int | None = None, idle_s: float | None = None, clock=time.monotonic):
+        settings = get_settings()
+        max_bytes = settings.app_max_state_mb * 2**20 if max_bytes is None else max_bytes
+        idle_s = settings.app_idle_s if idle_s is None else idle_s
         self.max_bytes, self.idle_s, self.clock = int(max_bytes), float(idle_s), clock
         self._items: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.RLock()
@@ -152,10 +151,12 @@ class SessionStore:
             self.drop(k)
         return len(keys)
 
-    def close_session(self, session: str | None, grace_s: float = CLOSED_GRACE_S) -> int:
+    def close_session(self, session: str | None, grace_s: float | None = None) -> int:
         """A session's connection ended: free its entries ``grace_s`` seconds from now (by
         :meth:`sweep`) unless it comes back and uses them (Gradio's heartbeat also drops and
-        reconnects on a busy server or a flaky network). Returns how many entries."""
+        reconnects on a busy server or a flaky network). Returns how many entries.
+        ``grace_s`` defaults to ``MM_APP_CLOSED_GRACE_S``."""
+        grace_s = get_settings().app_closed_grace_s if grace_s is None else grace_s
         now = self.clock()
         with self._lock:
             entries = [e for e in self._items.values() if e.session == session]

@@ -28,11 +28,10 @@ from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
     MATCHER,
-    MAX_FILE_SIZE,
-    LIMITS,
     cleared_image_tab,
     cleared_track_tab,
     engine_line,
+    limits_line,
     load_engine,
     matcher,
     on_upload,
@@ -52,10 +51,10 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     _track_map,
 )
 from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
+from mm_core.errors import MMError
+from mm_core.settings import get_settings
 
 log = logging.getLogger("mm_core.app")
-#: Example files shown in the gallery (the repository's ``examples/`` unless ``MM_EXAMPLES`` is set).
-EXAMPLES = Path(os.environ.get("MM_EXAMPLES", Path(__file__).resolve().parents[2] / "examples"))
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"]
 SEQUENCE_TYPES = [".tif", ".tiff", ".zip"]
 THUMBS = Path(tempfile.gettempdir()) / "mm_app_thumbs"  # example thumbnails, made at start-up
@@ -66,6 +65,13 @@ EXAMPLE_FILES = {  # tab -> example files shipped in examples/ (see examples/REA
               "crowded_cells.png", "nuclei_fluorescence.tif"],
     "track": ["timelapse_division.tif"],
 }
+
+
+def examples_dir() -> Path:
+    """Example files shown in the gallery (the repository's ``examples/`` unless ``MM_EXAMPLES`` is set)."""
+    return Path(get_settings().app_examples or Path(__file__).resolve().parents[2] / "examples")
+
+
 CSS = """
 .mm-big {display:flex; align-items:baseline; gap:.6em; padding:.3em 0}
 .mm-big-num {font-size:3.2em; font-weight:700; line-height:1}
@@ -107,7 +113,8 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         height=130,
     )
     outs = [loaded, ann, summary, mode, upload]
-    examples = [str(EXAMPLES / n) for n in EXAMPLE_FILES[tab] if (EXAMPLES / n).exists()]
+    folder = examples_dir()
+    examples = [str(folder / n) for n in EXAMPLE_FILES[tab] if (folder / n).exists()]
     gallery = gr.Gallery(
         [(str(au.example_thumbnail(e, sequence, THUMBS)), Path(e).name) for e in examples],
         label="Examples: click one to load it (real images are public domain, CC0; see examples/README.md)",
@@ -201,8 +208,9 @@ def _image_tab(tab: str, spec: dict, eng_md) -> None:
 
 def _states():
     """The two states of a tab: the upload and the key of the kept result (both small)."""
-    return (gr.State(time_to_live=au.MAX_AGE_S, delete_callback=drop_loaded),
-            gr.State(time_to_live=au.MAX_AGE_S, delete_callback=STORE.drop))
+    ttl = get_settings().app_max_age_s
+    return (gr.State(time_to_live=ttl, delete_callback=drop_loaded),
+            gr.State(time_to_live=ttl, delete_callback=STORE.drop))
 
 
 def _track_tab(eng_md) -> None:
@@ -241,7 +249,7 @@ def build_app() -> gr.Blocks:
         font=[gr.themes.Font("ui-sans-serif"), gr.themes.Font("system-ui"), "sans-serif"],
         font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("Consolas"), "monospace"],
     )
-    gr.set_static_paths([str(au.OUTPUT_ROOT)])  # downloads are served from there, not copied
+    gr.set_static_paths([str(au.output_root())])  # downloads are served from there, not copied
     with gr.Blocks(title="MicroscopyMatching", theme=theme, css=CSS, delete_cache=(1800, 3600),
                    analytics_enabled=False, head=display.BOX_JS) as demo:
         gr.Markdown(
@@ -251,7 +259,7 @@ def build_app() -> gr.Blocks:
         )
         gr.Markdown(engine_line(), elem_id="engine-line")
         with gr.Accordion("Details (for the technically minded)", open=False, elem_id="details"):
-            details = gr.Markdown(display.details_markdown(MATCHER["reason"], "", LIMITS),
+            details = gr.Markdown(display.details_markdown(MATCHER["reason"], "", limits_line()),
                                   elem_id="details-text")
         for tab, spec in IMAGE_TABS.items():
             _image_tab(tab, spec, details)
@@ -272,7 +280,11 @@ def main(argv=None) -> None:
         help="simultaneous runs (default: 1 with the LDM engine on a GPU, else 2)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("MM_APP_DEBUG") else logging.INFO,
+    try:
+        settings = get_settings()
+    except MMError as exc:  # a bad MM_* variable: one line naming it, no traceback
+        parser.exit(2, f"error: {exc}\n")
+    logging.basicConfig(level=logging.DEBUG if settings.app_debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     load_engine()
     log.info("engine: %s", MATCHER["reason"])
@@ -284,8 +296,8 @@ def main(argv=None) -> None:
     demo.launch(
         server_name=args.host,
         server_port=args.port,
-        max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(EXAMPLES), str(au.OUTPUT_ROOT)],
+        max_file_size=settings.app_max_file_size,
+        allowed_paths=[str(examples_dir()), str(au.output_root())],
         show_api=False,
         share=False,
         app_kwargs={"middleware": offline.middleware()},  # no CDN script on the page (works offline)

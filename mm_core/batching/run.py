@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mm_core.batching.tasks import VALUE_COLUMNS, Item, Model, Settings, outputs, process
+from mm_core.batching.tasks import VALUE_COLUMNS, Item, Model, TaskOptions, outputs, process
 from mm_core.errors import InputError, MMError
 from mm_core.batching.tiled import DEFAULT_TILE
 
@@ -114,8 +114,8 @@ class ModelPlugin(_PluginBase):
 
     name = PLUGIN_NAME
 
-    def __init__(self, settings: Settings):
-        self.settings, self.model = settings, None
+    def __init__(self, options: TaskOptions):
+        self.options, self.model = options, None
 
     def setup(self, worker=None) -> None:  # noqa: D401 - dask hook
         """Limit native threads: one task at a time per single-threaded worker."""
@@ -133,11 +133,11 @@ class ModelPlugin(_PluginBase):
     def get(self) -> Model:
         """The worker's model, built on first use."""
         if self.model is None:
-            self.model = Model(self.settings)
+            self.model = Model(self.options)
         return self.model
 
 
-def _on_worker(item: Item, settings: Settings) -> dict:
+def _on_worker(item: Item, options: TaskOptions) -> dict:
     from distributed import get_worker
 
     plugin = get_worker().plugins[PLUGIN_NAME]
@@ -146,7 +146,7 @@ def _on_worker(item: Item, settings: Settings) -> dict:
     except MMError as exc:
         return {"image": item.path, "output": item.base, "status": "failed", "value": float("nan"),
                 "seconds": 0.0, "message": str(exc)}
-    return process(model, item, settings)
+    return process(model, item, options)
 
 
 #: Dask settings of the batch: an image whose worker dies is tried once more on another worker by
@@ -179,13 +179,13 @@ def _client(workers: int, scheduler: str | None):
     return Client(cluster), cluster
 
 
-def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: str | None):
+def _dask_rows(items: list[Item], options: TaskOptions, workers: int, scheduler: str | None):
     client, cluster = _client(workers, scheduler)
     try:
         from distributed import as_completed, wait
 
-        client.register_plugin(ModelPlugin(settings), name=PLUGIN_NAME)
-        futures = {client.submit(_on_worker, it, settings, key=f"mm-{i}-{it.base}", pure=False): it
+        client.register_plugin(ModelPlugin(options), name=PLUGIN_NAME)
+        futures = {client.submit(_on_worker, it, options, key=f"mm-{i}-{it.base}", pure=False): it
                    for i, it in enumerate(items)}
         suspects = []
         for fut in as_completed(futures):
@@ -199,7 +199,7 @@ def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: s
                 yield row
             fut.release()
         for it in suspects:  # once more, one at a time: an image that kills its worker takes no other down
-            fut = client.submit(_on_worker, it, settings, key=f"mm-again-{it.base}", pure=False)
+            fut = client.submit(_on_worker, it, options, key=f"mm-again-{it.base}", pure=False)
             wait([fut])
             yield _row_of(fut, it) or _failed(it, "the worker holding its result died twice")
             fut.release()
@@ -225,14 +225,14 @@ def _row_of(fut, it: Item) -> dict | None:
         return None
 
 
-def _local_rows(items: list[Item], settings: Settings, verbose: bool = False):
+def _local_rows(items: list[Item], options: TaskOptions, verbose: bool = False):
     model = None
     for it in items:
         if model is None:
-            model = Model(settings)
+            model = Model(options)
             if verbose:
                 print(f"engine: {model.engine_note}\nhead: {model.head_note}", file=sys.stderr)
-        yield process(model, it, settings)
+        yield process(model, it, options)
 
 
 def unique_bases(paths: list) -> list[str]:
@@ -321,8 +321,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     several = task == "track" and len(paths) > 1  # time-lapses: one subfolder each
     items = [Item(p, b, boxes_of(p), b if several else "") for p, b in zip(paths, unique_bases(paths))]
     ch = None if channels is None else (tuple(channels) if not np.isscalar(channels) else (int(channels),))
-    settings = Settings(task, str(out), engine, head, ch, int(tile), overlap,
-                        show_tiles=bool(progress and workers == 1 and not scheduler))
+    options = TaskOptions(task, str(out), engine, head, ch, int(tile), overlap,
+                          show_tiles=bool(progress and workers == 1 and not scheduler))
     done = _already_done(out, task, items) if resume else {}
     todo = [it for it in items if it.path not in done]
     manifest = Manifest(out, task, keep=done.values())
@@ -332,8 +332,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
                file=sys.stderr,
                disable=not progress)
     try:
-        rows = (_local_rows(todo, settings, progress) if workers == 1 and not scheduler
-                else _dask_rows(todo, settings, int(workers), scheduler))
+        rows = (_local_rows(todo, options, progress) if workers == 1 and not scheduler
+                else _dask_rows(todo, options, int(workers), scheduler))
         for row in rows:
             manifest.add(row)
             bar.update(1)

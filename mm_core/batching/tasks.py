@@ -42,7 +42,7 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Settings:
+class TaskOptions:
     """What every task of a batch shares."""
 
     task: str
@@ -58,13 +58,13 @@ class Settings:
 class Model:
     """The :class:`mm_core.Matcher` of one process, built once and reused for every image."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, options: TaskOptions):
         from mm_core.models import Matcher
 
-        track = settings.task == "track"  # one checkpoint serves its own task: segmentation or linking
-        self.matcher = Matcher(engine=settings.engine, head=settings.head if track else {settings.task: settings.head})
+        track = options.task == "track"  # one checkpoint serves its own task: segmentation or linking
+        self.matcher = Matcher(engine=options.engine, head=options.head if track else {options.task: options.head})
         self.engine_note = self.matcher.engine_note
-        self.head_note = self.matcher.track_heads()[2] if track else self.matcher.head_notes()[settings.task]
+        self.head_note = self.matcher.track_heads()[2] if track else self.matcher.head_notes()[options.task]
 
     def tile_fn(self, task: str, boxes=None):
         """The per-tile runner of :mod:`mm_core.batching.tiled` for ``task`` (the mode's head: ``boxes`` or not)."""
@@ -114,7 +114,7 @@ def is_lazy(path: str) -> bool:
     return n is not None and n > LAZY_FROM_PIXELS
 
 
-def _bar(s: Settings, item: Item):
+def _bar(s: TaskOptions, item: Item):
     """``progress(fraction, description)`` drawing a tile progress bar, or None."""
     if not s.show_tiles:
         return None
@@ -162,7 +162,7 @@ def _save(result, out: Path, base: str, intensity) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
+def _lazy_segment(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
     from mm_core.export import label_dtype
     from mm_core.export.large import create_ome_zarr, object_table, write_bigtiff
     from mm_core.io.lazy import open_lazy
@@ -181,7 +181,7 @@ def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
     return float(summary.n_objects)
 
 
-def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
+def _lazy_count(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
     from mm_core import export
     from mm_core.export.large import create_zarr_array, write_bigtiff
     from mm_core.io.lazy import open_lazy
@@ -204,7 +204,7 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
     return float(summary.count)
 
 
-def _run_image(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, list[str]]:
+def _run_image(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, list[str]]:
     """Segment or count one image, write its files; return the objects or the count, and the warnings."""
     from mm_core.io import read_image
     from mm_core.io.lazy import LazyImage
@@ -239,7 +239,7 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> tuple[float,
     return value, list(getattr(res, "warnings", []) or [])
 
 
-def _run_sequence(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, list[str]]:
+def _run_sequence(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, list[str]]:
     """Track one time-lapse and write its files into :meth:`Item.out_dir`; the tracks and the warnings."""
     from mm_core import export
     from mm_core.io import read_sequence
@@ -250,7 +250,7 @@ def _run_sequence(model: Model, item: Item, s: Settings, out: Path) -> tuple[flo
     return float(res.n_tracks), list(res.warnings)
 
 
-def process(model: Model, item: Item, settings: Settings) -> dict:
+def process(model: Model, item: Item, options: TaskOptions) -> dict:
     """Run one image and write its outputs; never raises (failures become the record).
 
     Returns
@@ -260,11 +260,11 @@ def process(model: Model, item: Item, settings: Settings) -> dict:
         (for a done image, its self-check warnings, ``warning: ...`` joined by `` | ``).
     """
     t0 = time.perf_counter()
-    out = Path(settings.out)
+    out = Path(options.out)
     try:
         with warnings.catch_warnings(record=True) as caught:  # the boxes' warnings (swapped corners, ...)
             warnings.simplefilter("always", InputWarning)
-            value, checks = _run_image(model, item, settings, out)
+            value, checks = _run_image(model, item, options, out)
         told = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
         status, msg = "done", " | ".join(f"warning: {w}" for w in told + checks)
     except MMError as exc:

@@ -293,7 +293,7 @@ def tile_fn(engine: Engine, head, task: str) -> TileRunner:
     engine : Engine
         Any engine (weight-free or LDM): each tile is one ``engine.match`` call.
     head : object
-        The task's head (``predict(maps, image)``, see :mod:`mm_core.heads.selection`).
+        The task's head (``predict(maps, image)``, see :mod:`mm_core.heads.registry`).
     task : {"segment", "count"}
 
     Returns

@@ -1,7 +1,8 @@
 """Task heads: turn match maps into instance labels, densities and tracks.
 
 Analytic heads (no training): :mod:`.segmentation`, :mod:`.counting`, :mod:`.tracking`;
-learned heads: :mod:`.learned`; :mod:`.selection` picks the head of a task.
+learned heads: :mod:`.learned`; :mod:`.registry` says which head serves a task (shipped defaults,
+named set-ups) and resolves a ``head=`` argument.
 """
 
 #: Task -> the ``head_type`` a learned checkpoint for that task has.

@@ -18,7 +18,6 @@ apply to them because they are never decoded whole.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +25,12 @@ import numpy as np
 
 from mm_core.errors import InputError
 from mm_core.io.limits import MIN_SIDE, megapixels
+from mm_core.settings import Settings, get_settings
 
 #: Default cap on pixels per plane of a lazily read image (65,536 x 65,536).
-MAX_LAZY_PIXELS = 65536 * 65536
+MAX_LAZY_PIXELS = Settings().max_lazy_pixels
 #: Environment variable that overrides :data:`MAX_LAZY_PIXELS`.
-LAZY_PIXELS_ENV = "MM_MAX_LAZY_PIXELS"
+LAZY_PIXELS_ENV = Settings.env("max_lazy_pixels")
 #: Pixels sampled (on a regular grid) to estimate the normalisation percentiles.
 SAMPLE_PIXELS = 4_000_000
 _ZARR_MARKERS = (".zarray", ".zgroup", "zarr.json")
@@ -127,18 +127,7 @@ def is_zarr(path) -> bool:
 
 def max_lazy_pixels() -> int:
     """The lazy pixel cap: ``MM_MAX_LAZY_PIXELS`` if set, else :data:`MAX_LAZY_PIXELS`."""
-    raw = os.environ.get(LAZY_PIXELS_ENV, "").strip()
-    if not raw:
-        return MAX_LAZY_PIXELS
-    try:
-        val = int(float(raw))
-    except ValueError:
-        val = 0
-    if val <= 0:
-        raise InputError(
-            f"environment variable {LAZY_PIXELS_ENV} must be a positive whole number, got {raw!r}"
-        )
-    return val
+    return get_settings().max_lazy_pixels
 
 
 def tiff_plane_pixels(path) -> int | None:

@@ -17,6 +17,7 @@ members in a zip           ``MM_MAX_ZIP_MEMBERS``  10,000
 exemplar boxes per image   ``MM_MAX_BOXES``        64
 =========================  ======================  ==============================
 
+The variables are read once, with every other setting, by :func:`mm_core.settings.get_settings`.
 Images smaller than :data:`MIN_SIDE` pixels on a side are refused. For PNG, JPEG
 and BMP, Pillow's own decompression-bomb guard (about 179 megapixels) stays in force
 even when ``MM_MAX_PIXELS`` is set higher; TIFF follows ``MM_MAX_PIXELS`` alone.
@@ -25,43 +26,35 @@ Invalid values (not a positive whole number) raise :class:`~mm_core.errors.Input
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from mm_core.errors import InputError
+from mm_core.settings import Settings, get_settings
+
+_DEFAULTS = Settings()
 
 #: Smallest accepted image width and height, in pixels.
 MIN_SIDE = 8
 #: Default cap on pixels per image plane (64 Mpx: an 8192 x 8192 image fits).
-MAX_PIXELS = 64 * 1024 * 1024
+MAX_PIXELS = _DEFAULTS.max_pixels
 #: Default cap on frames per sequence.
-MAX_FRAMES = 2000
+MAX_FRAMES = _DEFAULTS.max_frames
 #: Default cap on pixels in one file or sequence, all planes together (2 GiB as float32).
-MAX_TOTAL_PIXELS = 512 * 1024 * 1024
+MAX_TOTAL_PIXELS = _DEFAULTS.max_total_pixels
 #: Default cap on the uncompressed size of the image members of a zip.
-MAX_ZIP_BYTES = 2 * 1024**3
+MAX_ZIP_BYTES = _DEFAULTS.max_zip_bytes
 #: Default cap on the compression ratio of a zip member (checked above :data:`RATIO_FLOOR`).
-MAX_ZIP_RATIO = 200
+MAX_ZIP_RATIO = _DEFAULTS.max_zip_ratio
 #: Default cap on the number of entries in a zip.
-MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_MEMBERS = _DEFAULTS.max_zip_members
 #: Default cap on exemplar boxes per image (each box costs a matching pass).
-MAX_BOXES = 64
+MAX_BOXES = _DEFAULTS.max_boxes
 #: Members smaller than this (uncompressed) are not checked for their compression ratio.
 RATIO_FLOOR = 1024 * 1024
 
 #: File extensions read as images (members with other extensions are skipped in zips/folders).
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-
-ENV_VARS = {
-    "max_pixels": ("MM_MAX_PIXELS", MAX_PIXELS),
-    "max_frames": ("MM_MAX_FRAMES", MAX_FRAMES),
-    "max_total_pixels": ("MM_MAX_TOTAL_PIXELS", MAX_TOTAL_PIXELS),
-    "max_zip_bytes": ("MM_MAX_ZIP_BYTES", MAX_ZIP_BYTES),
-    "max_zip_ratio": ("MM_MAX_ZIP_RATIO", MAX_ZIP_RATIO),
-    "max_zip_members": ("MM_MAX_ZIP_MEMBERS", MAX_ZIP_MEMBERS),
-    "max_boxes": ("MM_MAX_BOXES", MAX_BOXES),
-}
 
 
 def _positive_int(value, what: str) -> int:
@@ -88,16 +81,18 @@ class Limits:
 
     @classmethod
     def resolve(cls, **overrides) -> Limits:
-        """Limits from ``overrides`` (``None`` = not given), else the environment, else defaults."""
+        """Limits from ``overrides`` (``None`` = not given), else the settings (environment), else defaults.
+
+        Raises
+        ------
+        InputError
+            An override, or a variable, that is not a positive whole number.
+        """
+        settings = get_settings()
         values = {}
-        for key, (env, default) in ENV_VARS.items():
-            given = overrides.get(key)
-            if given is not None:
-                values[key] = _positive_int(given, key)
-            elif os.environ.get(env, "").strip():
-                values[key] = _positive_int(os.environ[env], f"environment variable {env}")
-            else:
-                values[key] = default
+        for f in fields(cls):
+            given = overrides.get(f.name)
+            values[f.name] = getattr(settings, f.name) if given is None else _positive_int(given, f.name)
         return cls(**values)
 
 

@@ -28,7 +28,6 @@ Maps (latent resolution, 64x64 for SD v1.4):
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -45,9 +44,8 @@ from mm_core.engines.ldm.maps import center_map, estimate_scale, normalise01, rg
 from mm_core.engines.ldm.projector import ExemplarProjector, load_backbone
 from mm_core.engines.ldm.tiled_maps import tiled_maps
 from mm_core.engines.ldm.zerogpu import gpu_runner, on_zerogpu
+from mm_core.settings import get_settings
 from mm_core.transforms import prepare_boxes
-
-HEADS_ENV = "MM_LDM_HEADS"
 
 
 class LDMEngine:
@@ -120,7 +118,7 @@ class LDMEngine:
         """
         comps = load_components(model_id, device, dtype, allow_download=allow_download)
         engine = cls(comps, **kwargs)
-        heads = heads or os.environ.get(HEADS_ENV)
+        heads = heads or get_settings().ldm_heads
         if heads:
             engine.load_heads(heads, allow_download=bool(allow_download))
         return engine

@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from mm_core.errors import ModelUnavailableError
+from mm_core.settings import Settings, get_settings
 
-DEFAULT_MODEL_ID = "CompVis/stable-diffusion-v1-4"
-MODEL_ENV = "MM_SD_MODEL"
-DOWNLOAD_ENV = "MM_ALLOW_DOWNLOAD"
+DEFAULT_MODEL_ID = Settings().sd_model
+MODEL_ENV = Settings.env("sd_model")
+DOWNLOAD_ENV = Settings.env("allow_download")
 #: Sub-folders of a diffusers pipeline folder that the engine needs.
 SUBFOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
@@ -57,7 +58,7 @@ class SDComponents:
 
 def resolve_model_id(model_id: str | os.PathLike | None = None) -> str:
     """Return the model id or folder to load: argument, then ``MM_SD_MODEL``, then the default."""
-    return str(model_id or os.environ.get(MODEL_ENV) or DEFAULT_MODEL_ID)
+    return str(model_id or get_settings().sd_model)
 
 
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
@@ -65,9 +66,9 @@ def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
-        env = os.environ.get("MM_LDM_DTYPE")
-        if env:
-            dtype = getattr(torch, env)
+        name = get_settings().ldm_dtype
+        if name:
+            dtype = getattr(torch, name)
         else:
             dtype = torch.float16 if dev.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
@@ -85,7 +86,7 @@ def _download_allowed(allow_download: bool | None) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
     if allow_download is None:
-        return os.environ.get(DOWNLOAD_ENV, "").lower() in ("1", "true", "yes", "on")
+        return get_settings().allow_download
     return bool(allow_download)
 
 

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_core.errors import ModelUnavailableError
+from mm_core.settings import Settings, get_settings
 
-DEFAULT_BACKBONE = "microsoft/resnet-50"
-BACKBONE_ENV = "MM_RESNET_MODEL"
+DEFAULT_BACKBONE = Settings().resnet_model
+BACKBONE_ENV = Settings.env("resnet_model")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -140,7 +141,7 @@ def load_backbone(model_id: str | None = None, allow_download: bool = False) -> 
     """Load the ResNet backbone (``MM_RESNET_MODEL`` or ``microsoft/resnet-50``), cache first."""
     from transformers import ResNetModel
 
-    source = str(model_id or os.environ.get(BACKBONE_ENV) or DEFAULT_BACKBONE)
+    source = str(model_id or get_settings().resnet_model)
     tries = [True] + ([False] if allow_download and not Path(source).exists() else [])
     err = None
     for local_only in tries:

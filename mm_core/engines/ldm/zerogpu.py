@@ -16,14 +16,19 @@ import importlib.util
 import os
 from collections.abc import Callable
 
+from mm_core.settings import get_settings
+
 #: Environment variable that Hugging Face sets on ZeroGPU Spaces.
 ZERO_GPU_ENV = "SPACES_ZERO_GPU"
-#: Longest GPU time one match may take, in seconds (``spaces.GPU(duration=...)``);
-#: ``MM_ZEROGPU_DURATION`` overrides it. A tiled 4096² image is the slow case.
-GPU_DURATION = int(os.environ.get("MM_ZEROGPU_DURATION", "60"))
 
 _ENGINES: dict[int, object] = {}
 _GPU_MATCH: Callable | None = None
+
+
+def gpu_duration() -> int:
+    """Longest GPU time one match may take, in seconds (``spaces.GPU(duration=...)``):
+    ``MM_ZEROGPU_DURATION``, default 60. A tiled 4096² image is the slow case."""
+    return get_settings().zerogpu_duration
 
 
 def spaces_installed() -> bool:
@@ -49,6 +54,6 @@ def gpu_runner(engine) -> Callable:
     import spaces
 
     if _GPU_MATCH is None:
-        _GPU_MATCH = spaces.GPU(duration=GPU_DURATION)(_match)
+        _GPU_MATCH = spaces.GPU(duration=gpu_duration())(_match)
     _ENGINES[id(engine)] = engine
     return functools.partial(_GPU_MATCH, id(engine))

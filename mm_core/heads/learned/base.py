@@ -112,7 +112,7 @@ class LearnedHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, engine: str | None = None) -> LearnedHead:
-        """Load a head from a checkpoint folder, a registry name or a hub id."""
+        """Load a head from a checkpoint folder, a shipped name or a hub id."""
         head = load_head(path, engine=engine)
         if not isinstance(head, cls):
             raise InputError(f"{path} holds a {head.head_type} head, not a {cls.head_type} head")
@@ -189,7 +189,7 @@ def load_head(path_or_name, engine: str | None = None) -> LearnedHead:
     Parameters
     ----------
     path_or_name : str or Path
-        Checkpoint folder, registry name or hub id.
+        Checkpoint folder, shipped name or hub id.
     engine : str, optional
         Engine whose maps the head will read; a head trained on another engine is
         refused with :class:`~mm_core.errors.InputError`.

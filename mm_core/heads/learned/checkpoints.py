@@ -2,9 +2,10 @@
 
 A checkpoint is a folder with ``model.safetensors`` (the weights) and ``config.json``
 (``head_type``, ``engine``, ``format_version``, architecture and how it was
-trained). It is named by a folder, a registered name (a folder shipped inside the
+trained). It is named by a folder, a shipped name (a folder shipped inside the
 package, ``mm_core/heads/learned/weights/<name>``) or a Hugging Face hub id
-(``hub:owner/name``).
+(``hub:owner/name``). Which head serves a task by default is said in
+:mod:`mm_core.heads.registry`, not here.
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ from mm_core.errors import InputError, ModelUnavailableError
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+#: The shipped checkpoints: one folder per name.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: name -> folder (relative to ``WEIGHTS_DIR``) or ``hub:<repo id>``.
-REGISTRY: dict[str, str] = {}
 
 
-def available_heads() -> dict[str, str]:
-    """Registered names (and shipped folders found in ``WEIGHTS_DIR``) -> location."""
-    out = dict(REGISTRY)
-    if WEIGHTS_DIR.is_dir():
-        for d in sorted(WEIGHTS_DIR.iterdir()):
-            if (d / CONFIG_NAME).is_file():
-                out.setdefault(d.name, d.name)
-    return out
+def available_heads() -> dict[str, Path]:
+    """Shipped names -> their folders in :data:`WEIGHTS_DIR`."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {d.name: d for d in sorted(WEIGHTS_DIR.iterdir()) if (d / CONFIG_NAME).is_file()}
 
 
 def resolve(path_or_name) -> Path:
-    """Local folder of a checkpoint given as a folder, a registry name or ``hub:<owner>/<name>``."""
+    """Local folder of a checkpoint given as a folder, a shipped name or ``hub:<owner>/<name>``."""
     p = Path(str(path_or_name)).expanduser()
     if p.is_dir():
         return p
@@ -43,15 +40,12 @@ def resolve(path_or_name) -> Path:
     name = str(path_or_name)
     known = available_heads()
     if name in known:
-        loc = known[name]
-        if not loc.startswith("hub:"):
-            return WEIGHTS_DIR / loc
-        name = loc
+        return known[name]
     if name.startswith("hub:"):
         return _from_hub(name.removeprefix("hub:"))
     choices = ", ".join(sorted(known)) or "none shipped"
     raise InputError(f"no head checkpoint at {path_or_name!r}: give a folder with {CONFIG_NAME} and "
-                     f"{WEIGHTS_NAME}, a hub id (hub:owner/name) or a registered name ({choices})")
+                     f"{WEIGHTS_NAME}, a hub id (hub:owner/name) or a shipped name ({choices})")
 
 
 def _from_hub(repo_id: str) -> Path:

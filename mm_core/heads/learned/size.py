@@ -158,7 +158,7 @@ class SizeModel(LearnedHead):
 
 
 def load_size_model(name: str) -> SizeModel | None:
-    """The size model ``name`` (folder or registered name); ``None`` for ``""``.
+    """The size model ``name`` (folder or shipped name); ``None`` for ``""``.
 
     A missing or unreadable checkpoint, or one that is not a size model, warns and
     gives ``None`` (the caller falls back to the engine's scale).

@@ -50,6 +50,8 @@ class AttentionStore:
     sdpa_output: bool | None = None
     #: largest score block (elements) computed at once; heads are chunked to fit.
     max_elements: int = 2 ** 26
+    #: average only the second half of each layer's heads (what the authors' heads were trained on)
+    last_half_heads: bool = False
     self_sum: torch.Tensor | None = None
     self_count: int = 0
     cross_sum: dict = field(default_factory=dict)
@@ -174,14 +176,17 @@ class CaptureAttnProcessor(AttnProcessor2_0):
         chunk = max(1, min(heads, self.store.max_elements // max(per_head, 1)))
         use_sdpa = self.store.sdpa_output if self.store.sdpa_output is not None else query.is_cuda
         outs, prob_sum = [], None
+        first = heads // 2 if self.store.last_half_heads else 0  # heads averaged: first..heads-1
         for h0 in range(0, heads, chunk):  # at most `chunk` (B, N, L) score blocks alive
             q, k = query[:, h0:h0 + chunk] * scale, key[:, h0:h0 + chunk]
             probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1, dtype=torch.float32)
-            prob_sum = probs.sum(1) if prob_sum is None else prob_sum + probs.sum(1)
+            if h0 + probs.shape[1] > first:
+                part = probs[:, max(0, first - h0):].sum(1)
+                prob_sum = part if prob_sum is None else prob_sum + part
             if not use_sdpa:
                 outs.append(torch.matmul(probs.to(value.dtype), value[:, h0:h0 + chunk]))
             del probs
-        self.store.add(prob_sum / heads, frac, is_cross)
+        self.store.add(prob_sum / (heads - first), frac, is_cross)
         if use_sdpa:
             return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         return torch.cat(outs, dim=1)

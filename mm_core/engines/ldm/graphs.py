@@ -31,7 +31,8 @@ class GraphedUNet:
     def _key(self, latents, hidden, timestep) -> tuple:
         s = self.store
         return (tuple(latents.shape), tuple(hidden.shape), latents.dtype, int(timestep),
-                tuple(s.self_fractions), tuple(s.cross_fractions), s.enabled, s.latent_hw)
+                tuple(s.self_fractions), tuple(s.cross_fractions), s.enabled, s.latent_hw,
+                getattr(s, "last_half_heads", False))
 
     def _record(self, latents, hidden, t) -> dict:
         entry = {"lat": latents.clone(), "hid": hidden.clone(), "t": t.clone()}

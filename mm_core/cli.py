@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m mm_core {segment,count,track,evaluate,settings}``.
+"""Command-line interface: ``python -m mm_core {segment,count,track,evaluate,settings,check-heads}``.
 
 A thin shell over one :class:`mm_core.Matcher`, :mod:`mm_core.io`, :func:`mm_core.export.save`
 and :mod:`mm_core.evaluation`; it writes the same files as the app. One exit-code rule
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: from the layout ('seg' is short for 'segment')")
     st = sub.add_parser("settings", help="the MM_* environment variables and their values now")
     st.add_argument("--markdown", action="store_true", help="print the README's settings table instead")
+    sub.add_parser("check-heads", help="load the authors' released head checkpoints in FOLDER strictly; "
+                   "one line per file, non-zero exit on any mismatch").add_argument("folder", metavar="FOLDER")
     return parser
 
 
@@ -226,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_batch(args, args.command)
         if args.command == "settings":
             return _run_settings(args)
+        if args.command == "check-heads":
+            from mm_core.heads.authors.check import main as check_heads
+
+            return check_heads(args.folder)
         return _run_evaluate(args)
     except MMError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,10 +17,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mm_core.cli import main as cli_main  # noqa: E402
-from mm_core.errors import ModelUnavailableError  # noqa: E402
-from mm_core.heads.authors import layout  # noqa: E402
-from mm_core.heads.authors.check import TASK_EMBED, check_folder  # noqa: E402
+from mm_core.cli import main as cli_main
+from mm_core.errors import ModelUnavailableError
+from mm_core.heads.authors import layout
+from mm_core.heads.authors.check import TASK_EMBED, check_folder
 
 KEYS = Path(__file__).parent / "data" / "authors_heads_keys"
 FILES = {"seg": "microscopy_matching_seg.pth", "cnt": "microscopy_matching_cnt.pth",

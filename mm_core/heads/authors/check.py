@@ -52,7 +52,7 @@ def _read_any(path: Path):
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip errors, unpickling errors, OSError
+    except Exception as exc:  # noqa: BLE001 - zip errors, unpickling errors, OSError: one message
         raise ModelUnavailableError(f"cannot be read as a PyTorch file (corrupt or truncated?): "
                                     f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}") from None
 

@@ -24,7 +24,7 @@ from torch import nn
 from mm_core.heads.authors.resnet import LocaBackbone
 from mm_core.heads.authors.roi_align import roi_align
 
-__all__ = ["LOCA", "DensityRegressor", "OPE", "sine_positions"]
+__all__ = ["LOCA", "OPE", "DensityRegressor", "sine_positions"]
 
 
 def sine_positions(batch: int, h: int, w: int, dim: int, device=None, temperature: float = 1e4) -> torch.Tensor:

@@ -106,6 +106,7 @@ def vit_rows() -> None:
     except Exception as exc:  # noqa: BLE001
         print(f"ViT vs cellpose 4.0.6: skipped (cellpose.vit_sam not importable: {exc})")
         return
+    torch.manual_seed(10)  # each row reproducible on its own
     ours = CellposeViT().eval()
     randomize(ours, 1)
     ref = Transformer().eval()
@@ -145,6 +146,7 @@ def tracker_rows() -> None:
     except Exception as exc:  # noqa: BLE001
         print(f"tracker vs trackastra 0.5.6: skipped (not importable: {exc})")
         return
+    torch.manual_seed(11)  # each row reproducible on its own
     ours = TrackingTransformer().eval()
     randomize(ours, 3)
     ref = ref_cls(**AUTHORS_CONFIG, dropout=0.0, attn_positional_bias="rope", attn_positional_bias_n_spatial=16,
@@ -206,6 +208,7 @@ def loca_rows(loca_dir: str | None) -> None:
     sys.path.insert(0, str(Path(loca_dir)))
     from models.loca import LOCA as RefLOCA
 
+    torch.manual_seed(12)  # each row reproducible on its own
     ours = LOCA().eval()
     randomize(ours, 5)
     ref = RefLOCA(image_size=512, num_encoder_layers=3, num_ope_iterative_steps=3, num_objects=3, emb_dim=256,

@@ -167,11 +167,13 @@ def test_loca_responses_shape_and_box_order(loca):
         maps = loca.forward_before_reg(x, boxes)
         swapped = loca.forward_before_reg(x, boxes[:, [2, 0, 1]])
         one = loca.forward_before_reg(x, boxes[:, :1])
+        again = loca.responses(loca.encode(x), boxes[:, :1])  # the encoded image reused for another box set
     assert [tuple(m.shape) for m in maps] == [(1, 256, 16, 16)] * 3
     assert len(one) == 3
     for a, b in zip(maps, swapped):  # the max over boxes does not depend on their order
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(maps[-1], one[-1])
+    torch.testing.assert_close(again[-1], one[-1])
 
 
 def test_loca_forward_reg_shapes(loca):

@@ -148,6 +148,7 @@ class OPE(nn.Module):
         appearance = roi_align(f_e, rois, self.kernel, 1.0 / self.reduction, aligned=True)
         appearance = appearance.permute(0, 2, 3, 1).reshape(b, k * kk, self.dim).transpose(0, 1)
         query_pos = sine_positions(b, self.kernel, self.kernel, self.dim, f_e.device).flatten(2).permute(2, 0, 1)
+        query_pos = query_pos.to(f_e.dtype)
         memory = f_e.flatten(2).permute(2, 0, 1)
         return self.iterative_adaptation(shape, appearance, memory, pos, query_pos.repeat(k, 1, 1))
 
@@ -207,15 +208,19 @@ class LOCA(nn.Module):
         self.attn_norm = nn.LayerNorm((attn_size, attn_size))
         self.fuse = nn.Sequential(nn.Conv2d(320 + 4, dim, 1), nn.LeakyReLU(), nn.LayerNorm((attn_size, attn_size)))
 
-    def image_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoded image ``f_e [B, C, h, w]`` and the positions ``[h*w, B, C]`` it was encoded with."""
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded image ``f_e [B, C, H / 8, W / 8]`` (backbone, projection, encoder); reusable across box sets."""
         src = self.input_proj(self.backbone(x))
         b, _, h, w = src.shape
-        pos = sine_positions(b, h, w, self.dim, src.device).flatten(2).permute(2, 0, 1)
-        enc = self.encoder(src.flatten(2).permute(2, 0, 1), pos)
-        return enc.permute(1, 2, 0).reshape(b, self.dim, h, w), pos
+        enc = self.encoder(src.flatten(2).permute(2, 0, 1), self._positions(src))
+        return enc.permute(1, 2, 0).reshape(b, self.dim, h, w)
 
-    def responses(self, f_e: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    def _positions(self, f: torch.Tensor) -> torch.Tensor:
+        """Sine positions ``[h*w, B, C]`` of a ``[B, C, h, w]`` map."""
+        b, _, h, w = f.shape
+        return sine_positions(b, h, w, self.dim, f.device).flatten(2).permute(2, 0, 1).to(f.dtype)
+
+    def correlate(self, f_e: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         """Max over boxes of the depthwise correlation of ``f_e`` with each box's prototype kernels.
 
         ``prototypes [K*k*k, B, C]`` -> ``[B, C, h, w]``.
@@ -230,8 +235,13 @@ class LOCA(nn.Module):
             maps.append(out.view(k, c, h, w).amax(dim=0))
         return torch.stack(maps)
 
+    def responses(self, f_e: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
+        """Response maps of every adaptation step for ``boxes [B, K, 4]`` on an encoded image (:meth:`encode`)."""
+        prototypes = self.ope(f_e, self._positions(f_e), boxes.to(f_e.dtype))
+        return [self.correlate(f_e, p) for p in prototypes]
+
     def forward_before_reg(self, x: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
-        """Response maps of every adaptation step (the last one is final).
+        """Response maps of every adaptation step (the last one is final): ``responses(encode(x), boxes)``.
 
         Parameters
         ----------
@@ -245,9 +255,7 @@ class LOCA(nn.Module):
         list of Tensor
             ``steps`` maps ``[B, C, H / 8, W / 8]``.
         """
-        f_e, pos = self.image_features(x)
-        prototypes = self.ope(f_e, pos, boxes.to(f_e.dtype))
-        return [self.responses(f_e, p) for p in prototypes]
+        return self.responses(self.encode(x), boxes)
 
     def fused(self, attn_stack: torch.Tensor, unet_feat: torch.Tensor) -> torch.Tensor:
         """``fuse(cat([unet_feat, n]) * mean_c(n))`` with ``n = attn_norm(attn_stack)``: ``[B, C, 64, 64]``."""

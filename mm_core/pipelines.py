@@ -136,12 +136,17 @@ def as_image(image, name: str = "the image", allow_constant: bool = False) -> np
     return normalize(arr)
 
 
-def _match(engine: Engine, image, boxes, progress: ProgressFn | None):
-    """The steps segment and count share: read/normalise, check boxes, match."""
+def _match(engine: Engine, image, boxes, progress: ProgressFn | None, head=None):
+    """The steps segment and count share: read/normalise, check boxes, match.
+
+    A head with its own ``match(engine, image, boxes)`` (the paper's heads, which condition
+    the UNet pass themselves) makes the maps instead of ``engine.match``.
+    """
     img = as_image(image)
     bx = prepare_boxes(boxes, img.shape[:2], max_boxes=Limits.resolve().max_boxes)
     tick(progress, 0.2, "matching")
-    maps = engine.match(img, bx)
+    own = getattr(head, "match", None)
+    maps = own(engine, img, bx) if callable(own) else engine.match(img, bx)
     tick(progress, 0.7, "post-processing")
     return img, maps, 0 if bx is None else len(bx)
 
@@ -249,7 +254,7 @@ def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | 
     -------
     SegmentationResult
     """
-    img, maps, n_boxes = _match(engine, image, boxes, progress)
+    img, maps, n_boxes = _match(engine, image, boxes, progress, head)
     shown, kw = with_head_scale(head, maps, img)
     labels = np.asarray(head.predict(maps, img, **kw))
     maps = shown
@@ -269,7 +274,7 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
         :func:`count_from_density`); ``density`` is the head's density map scaled
         to integrate to it (a change of at most half an object).
     """
-    img, maps, n_boxes = _match(engine, image, boxes, progress)
+    img, maps, n_boxes = _match(engine, image, boxes, progress, head)
     shown, kw = with_head_scale(head, maps, img)
     density, centres = head.predict(maps, img, **kw)
     maps = shown
@@ -340,6 +345,14 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     """
     frames = as_frames(frames)
     seed = prepare_boxes(boxes, frames[0].shape[:2], max_boxes=Limits.resolve().max_boxes)
+    whole = getattr(linker, "track_sequence", None)
+    if callable(whole):  # a tracker that runs its own sequence (the paper's head)
+        masks, tracks, maps = whole(engine, frames, seed, progress)
+        tick(progress, 1.0, "done")
+        warnings = checks.check_tracks(masks, tracks, maps[0].mode if maps else "automatic",
+                                       0 if seed is None else len(seed))
+        return TrackResult(masks=masks, tracks=tracks, engine_note=notes[0], head_note=notes[1],
+                           maps=maps if keep_maps else None, warnings=warnings)
     labels, summaries, kept = [], [], []
     keep = keep_maps or bool(getattr(linker, "needs_maps", False))
     exemplars, T = seed, len(frames)

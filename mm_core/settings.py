@@ -104,6 +104,12 @@ class Settings:
                                       "Most megabytes of results the app server holds.", positive=True)
     app_examples: str = setting("MM_EXAMPLES", "", "Folder of the app's example files (unset: `examples/`).")
     app_debug: bool = setting("MM_APP_DEBUG", False, "Log the app at DEBUG level.")
+    # -- the paper's released heads (mm_core.heads.authors; issue 22)
+    authors_heads: str = setting(
+        "MM_AUTHORS_HEADS", "", "Folder with the authors' head checkpoints (`microscopy_matching_*.pth`).")
+    pretrained: str = setting(
+        "MM_PRETRAINED", "", "Named set-up the app loads (`microscopymatching`: the paper's system on the LDM "
+        "engine); empty: `MM_ENGINE` and the default heads.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

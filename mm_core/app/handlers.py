@@ -31,12 +31,40 @@ def load_engine() -> None:
     """Make the app's one :class:`mm_core.Matcher`, at start-up (the LDM engine stays resident)."""
     from mm_core.models import Matcher
 
+    paper = _paper_matcher()
+    if paper is not None:
+        return
     try:
         MATCHER["matcher"] = Matcher(engine=get_settings().engine)
         MATCHER["reason"] = MATCHER["matcher"].engine_note
     except Exception as exc:
         log.exception("engine could not be loaded")
         MATCHER["matcher"], MATCHER["reason"] = None, f"no engine could be loaded ({exc})"
+
+
+def _paper_matcher():
+    """``MM_PRETRAINED=microscopymatching``: the paper's heads on the LDM engine, loaded now.
+
+    When they cannot be had (no GPU weights, no head weights and downloads off, a corrupt
+    file, another layout) the app runs the weight-free engine and says why.
+    """
+    from mm_core.models import Matcher
+    from mm_core.settings import get_settings
+
+    name = get_settings().pretrained.strip()
+    if not name:
+        return None
+    try:
+        m = Matcher.from_pretrained(name)
+        notes = m.head_notes()  # loads every head: a bad file shows up now, not at the first click
+        MATCHER["matcher"], MATCHER["reason"] = m, f"{m.engine_note}; heads: {notes['segment']}"
+        return m
+    except Exception as exc:  # noqa: BLE001 - any failure falls back to the weight-free engine, with the reason
+        log.warning("the %s set-up could not be loaded: %s", name, exc)
+        MATCHER["matcher"] = Matcher(engine="classic")
+        MATCHER["reason"] = (f"weight-free engine: the {name} set-up could not be loaded "
+                             f"({(str(exc).splitlines() or [''])[0]})")
+        return MATCHER["matcher"]
 
 
 def matcher():

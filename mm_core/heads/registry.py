@@ -80,6 +80,9 @@ SETUPS: dict[str, Setup] = {
     "auto": Setup("auto", None, "the LDM engine with a CUDA GPU and its weights, else classic; shipped heads"),
     "classic": Setup("classic", None, "the weight-free classic engine with its shipped heads"),
     "ldm-sd14": Setup("ldm", None, "the LDM engine (Stable Diffusion v1.4) with its shipped heads"),
+    # issue 22: the authors' released heads (mm_core.heads.authors)
+    "microscopymatching": Setup("ldm", "microscopymatching",
+                                "the paper's system: the authors' released heads on the LDM engine"),
 }
 
 _ANALYTIC = {"segment": WatershedHead, "count": DensityHead, "track": AnalyticLinker}
@@ -169,6 +172,9 @@ def resolve_head(spec, task: str, engine: str, mode: str = "automatic", *, own_t
     """
     _check(task, mode)
     kind = head_kind(spec)
+    authors = _authors_head(spec, kind, task, engine)  # issue 22
+    if authors is not None:
+        return authors
     if kind == "object":
         return spec, spec.describe()
     if kind == "analytic":
@@ -179,6 +185,43 @@ def resolve_head(spec, task: str, engine: str, mode: str = "automatic", *, own_t
     if kind == "default":
         return _default(task, engine, mode)
     return _learned(spec, task, engine)
+
+
+# ---------------------------------------------------------------------- issue 22: the paper's heads
+def _authors_head(spec, kind: str, task: str, engine: str):
+    """The paper's head and its note, or ``None`` (see :mod:`mm_core.heads.authors`).
+
+    It runs when ``spec`` names it (``"microscopymatching"``), or as the default on the LDM
+    engine when its weights are on this machine; a default that cannot be loaded falls back to
+    the analytic head with the reason.
+    """
+    from mm_core.heads.authors import AUTHORS_SPEC, is_authors_spec
+
+    named = is_authors_spec(spec)
+    if not named:
+        if kind != "default" or engine != "ldm":
+            return None
+        from mm_core.heads.authors.weights import TASK_KIND, present
+
+        if present(TASK_KIND[task]) is None:
+            return None
+    if engine != "ldm":
+        raise ModelUnavailableError(f"the paper's heads ({AUTHORS_SPEC}) run on the LDM engine, not the "
+                                    f"{engine} engine")
+    import torch
+
+    from mm_core.heads.authors import authors_head
+
+    try:
+        head = authors_head(task)
+    except ModelUnavailableError as exc:
+        if named:
+            raise
+        fallback = analytic_head(task)
+        return fallback, f"{fallback.describe()} (the paper's head could not be used: {exc})"
+    slow = "" if torch.cuda.is_available() else " (no GPU here: it runs on the CPU, expect minutes per image)"
+    return head, head.describe() + slow
+# ---------------------------------------------------------------------- end issue 22
 
 
 def _check(task: str, mode: str = "automatic") -> None:

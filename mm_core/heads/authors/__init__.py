@@ -50,6 +50,9 @@ def authors_head(task: str, folder=None, allow_download: bool | None = None, **o
     """
     from mm_core.errors import InputError
 
+    key = (task, None if folder is None else str(folder), allow_download, tuple(sorted(options.items())))
+    if key in _LOADED:  # both modes (and the tracking path) share one loaded head
+        return _LOADED[key]
     if task == "segment":
         from mm_core.heads.authors.segment import AuthorsSegmentHead as cls
     elif task == "count":
@@ -58,4 +61,11 @@ def authors_head(task: str, folder=None, allow_download: bool | None = None, **o
         from mm_core.heads.authors.track import AuthorsTrackHead as cls
     else:
         raise InputError(f"unknown task {task!r}; choose one of segment, count, track")
-    return cls.load(folder=folder, allow_download=allow_download, **options)
+    head = cls.load(folder=folder, allow_download=allow_download, **options)
+    for old in [k for k in _LOADED if k[0] == task]:  # one loaded head per task: a new set-up replaces it
+        del _LOADED[old]
+    _LOADED[key] = head
+    return head
+
+
+_LOADED: dict = {}

@@ -47,7 +47,9 @@ __all__ = ["DOWNLOAD_ENV", "ELEMENTS", "FILES", "HEADS_ENV", "REPO_ID", "TASK_KI
 
 def heads_folder(folder: str | os.PathLike | None = None) -> Path | None:
     """The folder given, else ``MM_AUTHORS_HEADS``, else ``None``."""
-    value = folder if folder is not None else os.environ.get(HEADS_ENV, "").strip()
+    from mm_core.settings import get_settings
+
+    value = folder if folder is not None else get_settings().authors_heads.strip()
     return Path(value).expanduser() if value else None
 
 

@@ -103,9 +103,16 @@ class AuthorsHead:
                 self._placed = where
             return sd
 
-    def exemplar(self, sd: AuthorsSD, x01: torch.Tensor, boxes512: torch.Tensor | None,
-                 per_box: bool = False):
+    def encode(self, sd: AuthorsSD, x01: torch.Tensor) -> torch.Tensor:
+        """LOCA's encoded image (backbone + encoder), reusable for several box sets."""
+        with torch.no_grad():
+            return self.module.loca_model.encode(sd.imagenet(x01).to(sd.dtype))
+
+    def exemplar(self, sd: AuthorsSD, x01: torch.Tensor | None, boxes512: torch.Tensor | None,
+                 per_box: bool = False, encoded: torch.Tensor | None = None):
         """LOCA response maps and the adapter's exemplar embedding(s) for ``boxes512``.
+
+        ``encoded``: :meth:`encode`'s output for this image (then ``x01`` is not read).
 
         Returns
         -------
@@ -116,9 +123,9 @@ class AuthorsHead:
         """
         loca, adapter = self.module.loca_model, self.module.counting_adapter.adapter
         b = boxes512 if boxes512 is not None else torch.tensor(DUMMY_BOXES, device=sd.device)
-        enc = sd.imagenet(x01).to(sd.dtype)
+        f_e = encoded if encoded is not None else self.encode(sd, x01)
         with torch.no_grad():
-            responses = loca.forward_before_reg(enc, b[None].to(sd.dtype))
+            responses = loca.responses(f_e, b[None].to(sd.dtype))
             if boxes512 is None:
                 return responses, None
             fn = adapter.forward_boxes if per_box else adapter.forward

@@ -80,7 +80,7 @@ class AuthorsTrackHead(AuthorsHead):
     needs_maps = False
 
     # ------------------------------------------------------------------ step 1
-    def _segment_frame(self, sd: AuthorsSD, frame, x01, lat, emb, shape):
+    def _segment_frame(self, sd: AuthorsSD, frame, lat, emb, shape):
         hidden = self.overwrite(sd.text("track"), 5, emb)
         p = sd.run(lat, hidden)
         tokens = (2, 3, 4, 5) if emb is not None else (2, 3, 4)
@@ -91,19 +91,19 @@ class AuthorsTrackHead(AuthorsHead):
         lab, lab512 = segment_labels(reg.vit, frame, feat, shape, replicate_grey=True)
         return p, stack, lab, lab512
 
-    def _next_embedding(self, sd: AuthorsSD, x01, lab512: np.ndarray):
+    def _next_embedding(self, sd: AuthorsSD, f_e, lab512: np.ndarray):
         ids, b = boxes_of(lab512)
         if not len(ids):
             return None
-        return self.exemplar(sd, x01, torch.from_numpy(b).to(sd.device))[1]
+        return self.exemplar(sd, None, torch.from_numpy(b).to(sd.device), encoded=f_e)[1]
 
     # ------------------------------------------------------------------ step 3
-    def _object_embeddings(self, sd: AuthorsSD, x01, lab: np.ndarray) -> torch.Tensor | None:
+    def _object_embeddings(self, sd: AuthorsSD, f_e, lab: np.ndarray) -> torch.Tensor | None:
         """``(n, D)``: one embedding per object of ``lab`` (input size; boxes scaled to the 512 frame)."""
         ids, b = boxes_of(lab)
         if not len(ids):
             return None
-        return self.exemplar(sd, x01, sd.boxes512(b, lab.shape), per_box=True)[1]
+        return self.exemplar(sd, None, sd.boxes512(b, lab.shape), per_box=True, encoded=f_e)[1]
 
     def _maps_on(self, sd: AuthorsSD, emb: torch.Tensor, lat) -> torch.Tensor:
         """``(n, 64, 64)`` maps of ``n`` object embeddings on one frame's latents (chunks of 74)."""
@@ -141,18 +141,19 @@ class AuthorsTrackHead(AuthorsHead):
         sd = self.sd(engine)
         T, shape = len(frames), tuple(frames[0].shape[:2])
         tick = progress or (lambda f, d: None)
-        x01s, lats, labs, maps = [], [], [], []
+        encs, lats, labs, maps = [], [], [], []
         b512 = sd.boxes512(boxes, shape)
         emb = None
         for t, frame in enumerate(frames):
             tick(0.05 + 0.5 * t / T, f"segmenting frame {t + 1}/{T}")
             x01 = sd.prepare(frame)
             lat = sd.latents(x01)
+            f_e = self.encode(sd, x01)  # LOCA's backbone once per frame, for every box set
             if t == 0 and b512 is not None:
-                emb = self.exemplar(sd, x01, b512)[1]
-            p, stack, lab, lab512 = self._segment_frame(sd, frame, x01, lat, emb, shape)
-            emb = self._next_embedding(sd, x01, lab512)
-            x01s.append(x01.cpu())
+                emb = self.exemplar(sd, None, b512, encoded=f_e)[1]
+            p, stack, lab, lab512 = self._segment_frame(sd, frame, lat, emb, shape)
+            emb = self._next_embedding(sd, f_e, lab512)
+            encs.append(f_e)
             lats.append(lat)
             labs.append(lab)
             maps.append(self.maps(p, stack[0, 3], shape, "exemplar" if b512 is not None else "automatic",
@@ -160,7 +161,7 @@ class AuthorsTrackHead(AuthorsHead):
         from mm_core.transforms import to_gray
 
         cents, feats = zip(*[region_features(lab, to_gray(f)) for lab, f in zip(labs, frames)])
-        obj_emb = [self._object_embeddings(sd, x.to(sd.device), lab) for x, lab in zip(x01s, labs)]
+        obj_emb = [self._object_embeddings(sd, f_e, lab) for f_e, lab in zip(encs, labs)]
         cache: dict = {}
 
         def object_maps(i: int, j: int):

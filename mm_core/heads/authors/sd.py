@@ -107,10 +107,12 @@ class AuthorsSD:
 
     @property
     def device(self) -> torch.device:
+        """The engine's device."""
         return self.engine.c.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The engine's dtype (the heads run in it too)."""
         return self.engine.c.dtype
 
     # ------------------------------------------------------------------ inputs

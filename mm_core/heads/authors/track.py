@@ -209,13 +209,16 @@ class AuthorsTrackHead(AuthorsHead):
         return A[0].float().cpu().numpy()
 
     def sd_device_dtype(self):
+        """Device and dtype of this head's module."""
         p = next(self.module.parameters())
         return p.device, p.dtype
 
     # accepted for the linker interface; the pipeline uses track_sequence
     def frame_summary(self, labels, maps, frame):  # pragma: no cover - interface only
+        """Nothing: the pipeline runs :meth:`track_sequence` for this head."""
         return None
 
     def link_sequence(self, labels, summaries, maps=None, frames=None):  # pragma: no cover - interface only
+        """Not used: the pipeline runs :meth:`track_sequence` for this head."""
         raise NotImplementedError("the paper's tracking head runs through track_sequence")
 

@@ -136,12 +136,16 @@ class AuthorsSegmentHead(AuthorsHead):
         return self.maps(p, stack[0, 3], shape, mode, cond, {"feature": feat})
 
     def predict(self, maps: MatchMaps, image: np.ndarray) -> np.ndarray:
-        """Instance labels ``(H, W)`` int32 (flows of the ViT regressor -> masks)."""
+        """Instance labels ``(H, W)`` int32 (flows of the ViT regressor -> masks).
+
+        The regressor feature travels in ``maps.info["authors"]`` and is dropped once read.
+        """
         payload = maps.info.get("authors")
         if not payload or "feature" not in payload:
             raise InputError("the paper's segmentation head reads maps made by its own match "
                              "(Matcher.segment does this); these maps come from another path")
-        return segment_labels(self.module.counting_adapter.regressor.vit, image, payload["feature"],
+        feature = payload.pop("feature")  # read once: results that keep their maps hold no GPU tensor
+        return segment_labels(self.module.counting_adapter.regressor.vit, image, feature,
                               maps.image_shape, self.replicate_grey)[0]
 
 

@@ -152,3 +152,24 @@ def test_app_falls_back_to_weight_free_engine_and_says_why(monkeypatch, tmp_path
     assert m is not None and m.engine.name == "classic"
     reason = handlers.MATCHER["reason"]
     assert "microscopymatching" in reason and "no-sd-here" in reason
+
+
+def test_app_with_sd_but_a_broken_head_file_falls_back_and_names_the_file(monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
+    pytest.importorskip("diffusers")
+    from mm_core.app import handlers
+    from mm_core.heads.authors.testing import save_authors_tiny_pipeline
+
+    sd = save_authors_tiny_pipeline(tmp_path / "sd")
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    (heads / "microscopy_matching_seg.pth").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    monkeypatch.setenv("MM_PRETRAINED", "microscopymatching")
+    monkeypatch.setenv("MM_SD_MODEL", str(sd))
+    monkeypatch.setenv("MM_AUTHORS_HEADS", str(heads))
+    reload_settings()
+    monkeypatch.setitem(handlers.MATCHER, "matcher", None)
+    handlers.load_engine()
+    assert handlers.MATCHER["matcher"].engine.name == "classic"
+    reason = handlers.MATCHER["reason"]
+    assert "weight-free engine" in reason and "microscopy_matching_seg.pth" in reason and "truncated" in reason

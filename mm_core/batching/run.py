@@ -33,6 +33,7 @@ import pandas as pd
 
 from mm_core.batching.tasks import Item, Model, Settings, outputs, process
 from mm_core.errors import InputError, MMError
+from mm_core.io.atomic import open_replacing
 from mm_core.batching.tiled import DEFAULT_TILE
 
 try:  # the distributed extra; without it batches run in this process only
@@ -58,7 +59,7 @@ class Manifest:
         self.value_col = "objects" if task == "segment" else "count"
         self.cols = ["image", "output", "status", self.value_col, "seconds", "message"]
         self.rows: list[dict] = []
-        self._fh = open(self.path, "w", newline="")
+        self._fh = open_replacing(self.path)  # a link planted at the name is replaced
         self._w = csv.writer(self._fh)
         self._w.writerow(self.cols)
         for row in keep:

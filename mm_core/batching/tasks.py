@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mm_core.errors import InputWarning, MMError
+from mm_core.io.atomic import clear_name
 from mm_core.batching.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
@@ -75,14 +77,15 @@ def outputs(task: str, base: str, lazy: bool = False) -> list[str]:
 
 
 def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+    """The name ``path`` is written under until complete (whatever was there, a link too, removed)."""
+    return clear_name(path.with_name(path.name + ".partial"))
 
 
 def _commit(path: Path) -> None:
     """Move ``<path>.partial`` to ``path`` (replacing a file or folder there)."""
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    os.replace(_partial(path), path)
+    os.replace(path.with_name(path.name + ".partial"), path)
 
 
 def is_lazy(path: str) -> bool:
@@ -131,14 +134,13 @@ def _save(result, out: Path, base: str, intensity) -> None:
     """
     from mm_core import export
 
-    scratch = out / f".{base}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=out))  # fresh: no planted link
     try:
         files = [f for f in export.save(result, scratch, base, intensity=intensity) if f.name != "counts.csv"]
         files.sort(key=lambda f: f.suffix == ".csv")
         for f in files:
             target = out / f.name
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(f, target)
     finally:
@@ -170,7 +172,7 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
     from mm_core.batching.tiled import count_tiled
 
     dens_p, pts_p = out / f"{item.base}_density.tif", out / f"{item.base}_points.csv"
-    scratch = out / f".{item.base}_density.zarr.partial"
+    scratch = Path(tempfile.mkdtemp(prefix=f".{item.base}_density.", suffix=".zarr.partial", dir=out))
     try:
         with open_lazy(item.path, s.channels) as img:
             boxes = _tiled_boxes(item, img.shape)

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mm_core.errors import InputError
+from mm_core.io.atomic import atomic_path, clear_name
 
 GRAPH_GROUP = "tracks"
 SEG_GROUP = "segmentation"
@@ -165,8 +165,7 @@ def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr") -> Path:
     """
     out = Path(out_dir) / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
+    clear_name(out)  # a folder or a planted link: removed, never written through
     _write(str(out), masks, tracks)
     return out
 
@@ -179,7 +178,7 @@ def write_geff_zip(zip_path, masks, tracks=None) -> Path:
     zp.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=zp.parent) as tmp:
         folder = write_geff(tmp, masks, tracks)
-        with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as zf:
+        with atomic_path(zp) as part, zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(folder.rglob("*")):
                 if f.is_file():
                     zf.write(f, f.relative_to(folder).as_posix())

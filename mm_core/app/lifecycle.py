@@ -86,4 +86,4 @@ def drop_loaded(loaded) -> None:
 def start_cleanup() -> None:
     """Start the timer that frees idle results and deletes request folders past their age."""
     STORE.start_timer(min(60.0, max(2.0, STORE.idle_s / 4)),
-                      also=lambda: au.cleanup_old(au.OUTPUT_ROOT, au.MAX_AGE_S))
+                      also=lambda: au.cleanup_old(au.OUTPUT_ROOT, au.MAX_AGE_S))  # marked folders only

@@ -35,6 +35,7 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     engine_line,
     load_engine,
     matcher,
+    load_file,
     on_upload,
     play,
     rerender,
@@ -100,6 +101,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     )
     mode = gr.Markdown(au.mode_line(None), elem_id=f"{tab}-mode", render=False)
     load = guarded("reading the file")(functools.partial(on_upload, sequence=sequence))
+    load_example = guarded("loading the example")(functools.partial(load_file, sequence=sequence))
     upload = gr.File(
         label=f"Drop a file here or click to choose one ({kinds})",
         file_types=SEQUENCE_TYPES if sequence else IMAGE_TYPES,
@@ -127,7 +129,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         data = getattr(evt, "_data", None)
         index = ar.as_index(data.get("index") if isinstance(data, dict) else None, len(examples),
                             "the example number")
-        return load(examples[index])
+        return load_example(examples[index])
 
     for comp in (summary, ann, mode):
         comp.render()
@@ -241,7 +243,7 @@ def build_app() -> gr.Blocks:
         font=[gr.themes.Font("ui-sans-serif"), gr.themes.Font("system-ui"), "sans-serif"],
         font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("Consolas"), "monospace"],
     )
-    gr.set_static_paths([str(au.OUTPUT_ROOT)])  # downloads are served from there, not copied
+    gr.set_static_paths([str(au.served_root())])  # downloads are served from there (only), not copied
     with gr.Blocks(title="MicroscopyMatching", theme=theme, css=CSS, delete_cache=(1800, 3600),
                    analytics_enabled=False, head=display.BOX_JS) as demo:
         gr.Markdown(
@@ -285,7 +287,7 @@ def main(argv=None) -> None:
         server_name=args.host,
         server_port=args.port,
         max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(EXAMPLES), str(au.OUTPUT_ROOT)],
+        allowed_paths=[str(EXAMPLES), str(au.served_root())],
         show_api=False,
         share=False,
         app_kwargs={"middleware": offline.middleware()},  # no CDN script on the page (works offline)

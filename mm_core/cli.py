@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mm_core.engines import ENGINE_NAMES
-from mm_core.errors import InputError, MMError
+from mm_core.errors import InputError, MMError, printable
 from mm_core.io import expand_inputs
 from mm_core.io.boxes import read_boxes_csv
 
@@ -46,6 +47,10 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 class _UsageError(MMError):
     """A problem with the command line itself (exit code 2)."""
+
+
+class _WriteError(_UsageError):
+    """The output folder cannot take the results (read-only, full): exit code 2."""
 
 
 def _boxes_for(name: str, cli_boxes: list | None, csv_boxes: dict, aliases: tuple[str, ...] = (),
@@ -113,7 +118,30 @@ def _out_dir(path: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _UsageError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise _UsageError(f"the output folder {out} is not writable (read-only); choose another --out")
     return out
+
+
+def _save_whole(result, out: Path) -> None:
+    """:func:`mm_core.export.save` into a fresh folder inside ``out``, then each file moved
+    into ``out``: a write that fails (a full disk) leaves no partial result, and says so."""
+    import shutil
+    import tempfile
+
+    from mm_core import export
+    from mm_core.io.atomic import clear_name
+
+    scratch = Path(tempfile.mkdtemp(prefix=".track.", suffix=".partial", dir=out))
+    try:
+        written = export.save(result, scratch)
+        for f in sorted(written, key=lambda f: f.suffix == ".txt"):  # res_track.txt last: a complete set
+            os.replace(f, clear_name(out / f.name))
+    except OSError as exc:
+        raise _WriteError(f"cannot write the result into {out} ({exc.strerror or exc}); the incomplete "
+                          "files were removed, nothing there is a partial result") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _matcher(args, task: str):
@@ -160,7 +188,6 @@ def _run_batch(args, task: str) -> int:
 
 
 def _run_track(args) -> int:
-    from mm_core import export
     from mm_core.io import read_sequence
 
     out = _out_dir(args.out)
@@ -191,7 +218,7 @@ def _run_track(args) -> int:
         print(f"error: {_naming(name, exc)}", file=sys.stderr)
         return EXIT_REFUSED
     bar.close()
-    export.save(res, out)
+    _save_whole(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
           f"CTC results and GEFF tracks.zarr in {out}", file=sys.stderr)
     _print_warnings(name, res.warnings)
@@ -277,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run_track(args)
         return _run_evaluate(args)
     except MMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the output folder refused a write (read-only, full disk, ...)
+        where = f" {printable(exc.filename)}" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror or exc}; check that --out is writable and has "
+              "space (files already written there are complete; manifest.csv says which)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -27,3 +27,9 @@ class InputWarning(UserWarning):
 
 class ModelUnavailableError(MMError, RuntimeError):
     """Model weights or hardware needed by an engine or head cannot be had."""
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print or write as UTF-8: characters a file name from another system
+    smuggled in (undecodable bytes) are written as ``\\udcff`` escapes instead of raising."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")

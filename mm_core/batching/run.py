@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mm_core.batching.tasks import Item, Model, Settings, outputs, process
-from mm_core.errors import InputError, MMError
+from mm_core.errors import InputError, MMError, printable
 from mm_core.io.atomic import open_replacing
 from mm_core.batching.tiled import DEFAULT_TILE
 
@@ -333,12 +333,13 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
             bar.update(1)
             if progress:
                 what = "objects" if task == "segment" else "count"
-                name = Path(row["image"]).name
+                name = printable(Path(row["image"]).name)
                 tqdm.write(f"{name}: {row['value']:g} {what}" if row["status"] == "done"
-                           else f"skipped {name}: {row['message']}", file=sys.stderr)
+                           else f"skipped {name}: {printable(row['message'])}", file=sys.stderr)
                 if row["status"] == "done" and row["message"]:
                     for w in row["message"].split(" | "):
-                        tqdm.write(f"warning: {name}: {w.removeprefix('warning: ')}", file=sys.stderr)
+                        tqdm.write(f"warning: {name}: {printable(w.removeprefix('warning: '))}",
+                                   file=sys.stderr)
             if on_result is not None:
                 on_result(row)
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_core.errors import InputWarning, MMError
+from mm_core.errors import InputWarning, MMError, printable
 from mm_core.io.atomic import clear_name
 from mm_core.batching.tiled import DEFAULT_TILE
 
@@ -106,7 +106,7 @@ def _bar(s: Settings, item: Item):
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc=Path(item.path).name, unit="%", file=sys.stderr, leave=False,
+    bar = tqdm(total=100, desc=printable(Path(item.path).name), unit="%", file=sys.stderr, leave=False,
                bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
 
     def progress(frac: float, desc: str) -> None:

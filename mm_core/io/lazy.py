@@ -158,15 +158,26 @@ def tiff_plane_pixels(path) -> int | None:
         return None
 
 
-def _ome_axes(attrs: dict) -> tuple[str, str] | None:
-    """``(dataset path, axes)`` of the first multiscale of OME-Zarr attributes, or None."""
+def _ome_axes(attrs: dict, source: str = "the zarr") -> tuple[str, str] | None:
+    """``(dataset path, axes)`` of the first multiscale of OME-Zarr attributes, or None.
+
+    Raises
+    ------
+    InputError
+        Metadata that says OME-Zarr but lacks what it needs (axes names, a dataset path).
+    """
     ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
     if not ms:
         return None
-    m = ms[0]
-    axes = m.get("axes") or ["t", "c", "z", "y", "x"][-len(m.get("datasets", [{}])) :]
-    names = "".join((a["name"] if isinstance(a, dict) else str(a))[:1] for a in axes)
-    return m["datasets"][0]["path"], names.upper()
+    try:
+        m = ms[0]
+        datasets = m.get("datasets") or []
+        axes = m.get("axes") or ["t", "c", "z", "y", "x"][-len(datasets or [{}]):]
+        names = "".join(str(a["name"] if isinstance(a, dict) else a)[:1] for a in axes)
+        return str(datasets[0]["path"]), names.upper()
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise InputError(f"{source}: its OME-Zarr metadata (multiscales) is malformed: it needs "
+                         "axes with names and at least one dataset with a path") from None
 
 
 def _guess_axes(shape: tuple, source: str) -> str:
@@ -192,7 +203,7 @@ def _open_zarr(path: Path):
     if isinstance(node, zarr.Array):
         return node, _guess_axes(node.shape, path.name), {"format": "zarr"}
     attrs = dict(node.attrs)
-    ome = _ome_axes(attrs)
+    ome = _ome_axes(attrs, path.name)
     if ome is not None:
         key, axes = ome
         try:

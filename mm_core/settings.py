@@ -35,6 +35,16 @@ class Settings:
     engine: str = setting("MM_ENGINE", "auto", "Engine the app and `Matcher()` use: `auto`, `classic` or `ldm`.")
     allow_download: bool = setting(
         "MM_ALLOW_DOWNLOAD", False, "Allow fetching model weights from the Hugging Face hub on first use.")
+    app_max_total_pixels: int = setting(
+        "MM_APP_MAX_TOTAL_PIXELS", 100_000_000,
+        "App: most pixels of a time-lapse upload, frames x pixels, checked after its first frame.")
+    max_declared_ratio: int = setting(
+        "MM_MAX_DECLARED_RATIO", 500,
+        "Most bytes a large TIFF/zarr may declare per byte it really stores (a forged or empty file).")
+    read_time_budget_s: float = setting(
+        "MM_READ_TIME_BUDGET_S", 1800.0, "Seconds one large (lazily read) image may take to read in all.")
+    dask_scratch: str = setting(
+        "MM_DASK_SCRATCH", "", "Scratch folder of local Dask workers (default: `.dask-scratch` in `--out`).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

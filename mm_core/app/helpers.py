@@ -23,6 +23,7 @@ from PIL import Image
 
 from mm_core import viz
 from mm_core.errors import InputError
+from mm_core.settings import get_settings
 from mm_core.transforms import scale_boxes
 
 log = logging.getLogger("mm_core.app")
@@ -194,7 +195,8 @@ def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -
 
     path = Path(path)
     if sequence:
-        seq = read_sequence(path, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS)
+        seq = read_sequence(path, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS,
+                            max_total_pixels=get_settings().app_max_total_pixels)
         frames = list(seq.frames)
         if len(frames) < 2:
             raise InputError(

@@ -153,3 +153,34 @@ def test_reading_stops_when_the_time_budget_is_spent(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("MM_READ_TIME_BUDGET_S")
         reload_settings()
+
+
+def test_an_upload_over_the_size_limit_is_refused_on_its_content_length_unread():
+    import asyncio
+
+    from mm_core.app.uploads import middleware
+
+    mw = middleware("1mb")[0]
+    seen, sent = [], []
+
+    async def inner(scope, receive, send):
+        seen.append(scope["path"])
+
+    async def receive():
+        raise AssertionError("the body was read")
+
+    async def send(message):
+        sent.append(message)
+
+    app = mw.cls(inner, **mw.kwargs)
+
+    def call(path, length):
+        scope = {"type": "http", "method": "POST", "path": path,
+                 "headers": [(b"content-length", str(length).encode())]}
+        asyncio.run(app(scope, receive, send))
+
+    call("/gradio_api/upload", 300 * 2**20)
+    assert not seen and sent[0]["status"] == 413 and b"MM_APP_MAX_FILE_SIZE" in sent[1]["body"]
+    call("/gradio_api/upload", 2**19)
+    call("/gradio_api/queue/join", 300 * 2**20)
+    assert seen == ["/gradio_api/upload", "/gradio_api/queue/join"]

@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core.app import display, offline
+from mm_core.app import display, offline, uploads
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
@@ -290,6 +290,7 @@ def main(argv=None) -> None:
         allowed_paths=[str(EXAMPLES), str(au.served_root())],
         show_api=False,
         share=False,
-        app_kwargs={"middleware": offline.middleware()},  # no CDN script on the page (works offline)
+        # no CDN script on the page (works offline); uploads over the size limit refused unread
+        app_kwargs={"middleware": offline.middleware() + uploads.middleware(MAX_FILE_SIZE)},
     )
 

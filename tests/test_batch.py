@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,3 +176,27 @@ def test_cli_exemplar_box_on_an_image_processed_in_tiles(tmp_path, capsys):
     row = pd.read_csv(out / "manifest.csv").iloc[0]
     labels = tifffile.imread(out / "big.tif")
     assert row["status"] == "done" and int(row["objects"]) == labels.max() == len(centres)
+
+
+@pytest.mark.slow  # starts 2 worker processes (about 30 s on the 2-core CI machine)
+def test_local_workers_keep_their_scratch_under_out_and_listen_on_loopback_with_tls(folder, tmp_path,
+                                                                                     monkeypatch):
+    """Issue 20: no /tmp/dask-scratch-space, and no other local process can use the cluster."""
+    import distributed
+
+    seen = {}
+
+    class Spy(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.update(kwargs, address=self.scheduler_address)
+            seen["dirs"] = [p for p in (tmp_path / "o").rglob("worker-*")]
+
+    monkeypatch.setattr(distributed, "LocalCluster", Spy)
+    d, counts = folder
+    table = mb.batch(sorted(d.glob("img*.tif")), "segment", tmp_path / "o", workers=2, engine="classic",
+                     head="analytic", progress=False)
+    assert (table["status"] == "done").all()
+    assert seen["address"].startswith("tls://127.0.0.1:")  # loopback only, and TLS with a temporary key
+    assert Path(seen["local_directory"]).is_relative_to(tmp_path / "o") and seen["dirs"]
+    assert not (tmp_path / "o" / ".dask-scratch").exists()  # cleaned up after the batch

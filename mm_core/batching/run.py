@@ -156,7 +156,26 @@ def _on_worker(item: Item, settings: Settings) -> dict:
 CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False}
 
 
-def _client(workers: int, scheduler: str | None):
+def scratch_dir(out) -> Path:
+    """Where local Dask workers keep their files: ``MM_DASK_SCRATCH``, else ``<out>/.dask-scratch``."""
+    from mm_core.settings import get_settings
+
+    return Path(get_settings().dask_scratch or Path(out) / ".dask-scratch")
+
+
+def _security():
+    """A temporary TLS context (self-signed, in memory): only this process and the workers it
+    starts hold the key, so other local processes cannot use the cluster; None without
+    the ``cryptography`` package (then the cluster is reachable from this machine only)."""
+    try:
+        from distributed.security import Security
+
+        return Security.temporary()
+    except ImportError:  # pragma: no cover - cryptography comes with distributed's usual installs
+        return None
+
+
+def _client(workers: int, scheduler: str | None, out: Path | None = None):
     import dask
     from distributed import Client, LocalCluster
 
@@ -169,9 +188,13 @@ def _client(workers: int, scheduler: str | None):
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({reason}); check the address "
                              "and that the scheduler is running") from None
     one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    scratch = scratch_dir(out if out is not None else ".")
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, env=one, silence_logs=40)
+        scratch.mkdir(parents=True, exist_ok=True)
+        dask.config.set({"temporary-directory": str(scratch)})
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, env=one, silence_logs=40, local_directory=str(scratch),
+                               security=_security())
     except Exception as exc:  # noqa: BLE001
         raise MMError(f"could not start {workers} local Dask worker processes "
                       f"({type(exc).__name__}: {exc})") from None
@@ -179,7 +202,7 @@ def _client(workers: int, scheduler: str | None):
 
 
 def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: str | None):
-    client, cluster = _client(workers, scheduler)
+    client, cluster = _client(workers, scheduler, Path(settings.out))
     try:
         from distributed import as_completed, wait
 
@@ -206,6 +229,13 @@ def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: s
         client.close()
         if cluster is not None:
             cluster.close()
+            import shutil
+
+            shutil.rmtree(scratch_dir(settings.out) / "dask-scratch-space", ignore_errors=True)
+            try:
+                scratch_dir(settings.out).rmdir()  # the default one, when left empty
+            except OSError:
+                pass
 
 
 def _failed(it: Item, msg: str) -> dict:

@@ -38,6 +38,9 @@ class Settings:
     app_max_total_pixels: int = setting(
         "MM_APP_MAX_TOTAL_PIXELS", 100_000_000,
         "App: most pixels of a time-lapse upload, frames x pixels, checked after its first frame.")
+    app_max_rss_mb: float = setting(
+        "MM_APP_MAX_RSS_MB", 3072.0,
+        "App: process memory (RSS, MB) above which the oldest kept results are evicted.")
     max_declared_ratio: int = setting(
         "MM_MAX_DECLARED_RATIO", 500,
         "Most bytes a large TIFF/zarr may declare per byte it really stores (a forged or empty file).")

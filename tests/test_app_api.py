@@ -218,3 +218,12 @@ def test_pre_existing_content_of_the_output_root_is_kept_and_not_served(server, 
 
     assert status(old / "secret.png") == 403  # only live results are served
     assert status(out[2][0]["path"]) == 200
+
+
+def test_runs_of_every_tab_share_one_queue(server):
+    fns = server["demo"].fns.values()
+    runs = [fn for fn in fns if str(fn.api_name).endswith("_run")]
+    loads = [fn for fn in fns if str(fn.api_name).endswith(("_upload", "_example"))]
+    assert len(runs) == 3 and {fn.concurrency_id for fn in runs} == {"run"}
+    assert len(loads) == 6 and {fn.concurrency_id for fn in loads} == {"load"}
+    assert {fn.concurrency_limit for fn in loads} == {2}

@@ -134,9 +134,10 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     for comp in (summary, ann, mode):
         comp.render()
     reader = guarded("reading the file")(lambda v: load(v[0] if v else None))
-    loads = [gallery.select(pick, None, outs, concurrency_limit=4, api_name=f"{tab}_example"),
-             upload.upload(load, [upload], outs, concurrency_limit=4, api_name=f"{tab}_upload"),
-             ann.upload(reader, [ann], outs, concurrency_limit=4, api_name=False)]
+    queue = {"concurrency_limit": LOADS_AT_ONCE, "concurrency_id": "load"}  # one limit for every tab's loads
+    loads = [gallery.select(pick, None, outs, api_name=f"{tab}_example", **queue),
+             upload.upload(load, [upload], outs, api_name=f"{tab}_upload", **queue),
+             ann.upload(reader, [ann], outs, api_name=False, **queue)]
     for ev in loads:
         ev.failure(_empty_input, None, outs, queue=False, api_name=False).then(
             _show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
@@ -150,6 +151,14 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
     return ann, triggers
 
+
+#: Runs of every tab share one queue: at most ``--concurrency`` at once (the queue's default
+#: limit), the others wait with their place in the queue shown, so the page itself stays served.
+RUN_QUEUE = {"concurrency_limit": "default", "concurrency_id": "run"}
+#: Uploads (reading and previewing a file) of every tab at once, at most.
+LOADS_AT_ONCE = 2
+#: Requests waiting in the queue, at most; beyond, a new one is refused with "the queue is full".
+QUEUE_MAX = 64
 
 #: The two single-image tabs differ only in these words and functions.
 IMAGE_TABS = {
@@ -192,7 +201,7 @@ def _image_tab(tab: str, spec: dict, eng_md) -> None:
                 show_map, mapimg, files = _outputs(tab, spec["files"])
         results = [cache, picture, big, files, mapimg, eng_md, legend]
         run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map], results,
-                  api_name=f"{tab}_run")
+                  api_name=f"{tab}_run", **RUN_QUEUE)
         gr.on(triggers, cleared_image_tab, None, [cache, picture, big, files, mapimg, legend], queue=False,
               show_progress="hidden")
         opacity.change(guarded("redrawing")(functools.partial(rerender, spec["view"])), [cache, opacity],
@@ -226,7 +235,7 @@ def _track_tab(eng_md) -> None:
                     again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
                 show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip")
         run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
-                  [cache, anim, frame, stats, files, mapimg, eng_md, again], api_name="track_run")
+                  [cache, anim, frame, stats, files, mapimg, eng_md, again], api_name="track_run", **RUN_QUEUE)
         frame.input(guarded("showing the frame")(show_frame), [cache, frame, show_map], [anim, mapimg],
                     show_progress="hidden", concurrency_limit=None, api_name="track_frame")
         again.click(guarded("playing the animation")(play), [cache], [anim], show_progress="hidden",
@@ -263,6 +272,17 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+def _few_heaps() -> None:
+    """At most 2 malloc arenas (glibc): the many threads of a server otherwise each keep
+    their own heap of freed run memory, and the process grows by GBs under load."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="MicroscopyMatching web app")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -276,13 +296,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if os.environ.get("MM_APP_DEBUG") else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _few_heaps()
     load_engine()
     log.info("engine: %s", MATCHER["reason"])
     gpu = getattr(getattr(MATCHER["matcher"], "engine", None), "name", "") == "ldm"
     limit = args.concurrency or (1 if gpu else 2)
     demo = build_app()
     start_cleanup()
-    demo.queue(default_concurrency_limit=limit, max_size=64)
+    demo.queue(default_concurrency_limit=limit, max_size=QUEUE_MAX)
     demo.launch(
         server_name=args.host,
         server_port=args.port,

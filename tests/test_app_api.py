@@ -227,3 +227,14 @@ def test_runs_of_every_tab_share_one_queue(server):
     assert len(runs) == 3 and {fn.concurrency_id for fn in runs} == {"run"}
     assert len(loads) == 6 and {fn.concurrency_id for fn in loads} == {"load"}
     assert {fn.concurrency_limit for fn in loads} == {2}
+
+
+def test_malformed_boxes_sent_through_the_api_get_one_message(server, image_file):
+    client = _client(server)
+    ann = client.predict(handle_file(str(image_file)), api_name="/seg_upload")[0]
+    image = handle_file(ann["image"]["path"])
+    box = {"left": 1, "top": 1, "right": 9, "bottom": 9, "label": "exemplar"}
+    for bad in ([dict(box, left="abc")], [{"left": 1}], "nonsense", [[1, 2, 3, 4]], [dict(box, left=1.5)], [None]):
+        with pytest.raises(Exception, match="the boxes cannot be used"):
+            client.predict({"image": image, "annotations": bad}, 0.5, False, api_name="/seg_run")
+    assert "objects" in client.predict({"image": image, "annotations": [box]}, 0.5, False, api_name="/seg_run")[1]

@@ -21,9 +21,9 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
-from gradio_bbox_annotator import BBoxAnnotator
 
 from mm_core.app import display, offline, uploads
+from mm_core.app.annotator import CheckedAnnotator
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
@@ -90,7 +90,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
              else "PNG, JPEG or TIFF (16-bit, multi-channel)")
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
-    ann = BBoxAnnotator(
+    ann = CheckedAnnotator(
         label=f"Optional: drag a box {where}around one typical object; Delete removes a selected box",
         categories=["exemplar"],
         interactive=True,

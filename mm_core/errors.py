@@ -30,6 +30,9 @@ class ModelUnavailableError(MMError, RuntimeError):
 
 
 def printable(text: str) -> str:
-    """``text`` safe to print or write as UTF-8: characters a file name from another system
-    smuggled in (undecodable bytes) are written as ``\\udcff`` escapes instead of raising."""
+    r"""``text`` safe to print or write as UTF-8.
+
+    Undecodable bytes of a file name from another system are written as ``\udcff``
+    escapes instead of raising.
+    """
     return str(text).encode("utf-8", "backslashreplace").decode("utf-8")

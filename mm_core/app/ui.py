@@ -21,9 +21,9 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
+from gradio_bbox_annotator import BBoxAnnotator
 
 from mm_core.app import display, offline, uploads
-from mm_core.app.annotator import CheckedAnnotator
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
@@ -52,6 +52,7 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     _show_annotator,
     _track_map,
 )
+from mm_core.app.annotator import checked_boxes
 from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
 
 log = logging.getLogger("mm_core.app")
@@ -90,7 +91,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
              else "PNG, JPEG or TIFF (16-bit, multi-channel)")
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
-    ann = CheckedAnnotator(
+    ann = checked_boxes(BBoxAnnotator(
         label=f"Optional: drag a box {where}around one typical object; Delete removes a selected box",
         categories=["exemplar"],
         interactive=True,
@@ -98,7 +99,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         show_download_button=False,
         visible=False,
         render=False,
-    )
+    ))
     mode = gr.Markdown(au.mode_line(None), elem_id=f"{tab}-mode", render=False)
     load = guarded("reading the file")(functools.partial(on_upload, sequence=sequence))
     load_example = guarded("loading the example")(functools.partial(load_file, sequence=sequence))

@@ -8,6 +8,7 @@ mean a finished image.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
@@ -134,6 +135,9 @@ def _save(result, out: Path, base: str, intensity) -> None:
     """
     from mm_core import export
 
+    stem = f".{glob.escape(base)}."
+    for left in [*out.glob(stem + "partial"), *out.glob(stem + "[a-z0-9_]" * 8 + ".partial")]:
+        clear_name(left)  # a killed run's scratch (mkdtemp's 8 characters), or a link planted there
     scratch = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=out))  # fresh: no planted link
     try:
         files = [f for f in export.save(result, scratch, base, intensity=intensity) if f.name != "counts.csv"]

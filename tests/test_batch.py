@@ -193,7 +193,7 @@ def test_local_workers_keep_their_scratch_under_out_and_listen_on_loopback_with_
             seen["dirs"] = [p for p in (tmp_path / "o").rglob("worker-*")]
 
     monkeypatch.setattr(distributed, "LocalCluster", Spy)
-    d, counts = folder
+    d, _ = folder
     table = mb.batch(sorted(d.glob("img*.tif")), "segment", tmp_path / "o", workers=2, engine="classic",
                      head="analytic", progress=False)
     assert (table["status"] == "done").all()

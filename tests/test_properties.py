@@ -247,7 +247,7 @@ def test_the_app_reads_only_regular_files_inside_its_upload_folder(start, parts)
 def test_received_file_refuses_the_obvious_cases(tmp_path):
     from mm_core.app.helpers import received_file
 
-    up, inside = _upload_tree(tmp_path)
+    up, _ = _upload_tree(tmp_path)
     assert received_file(up / "link_in", [up]) == (up / "a.png").resolve()
     for bad, why in ((up / "link_out", "not uploaded"), (up / "sub" / "link_out" / "out.png", "not uploaded"),
                      (up / ".." / "outside" / "out.png", "not uploaded"), ("/etc/hostname", "not uploaded"),

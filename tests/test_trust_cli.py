@@ -155,7 +155,7 @@ def test_a_full_disk_during_track_leaves_no_partial_result(tmp_path, monkeypatch
         return real(path, data, mode)
 
     monkeypatch.setattr(atomic, "atomic_write", full)
-    import mm_core.export.files as files
+    from mm_core.export import files
 
     monkeypatch.setattr(files, "atomic_write", full)
     out = tmp_path / "out"

@@ -147,9 +147,8 @@ def test_reading_stops_when_the_time_budget_is_spent(tmp_path, monkeypatch):
     monkeypatch.setenv("MM_READ_TIME_BUDGET_S", "0")
     reload_settings()
     try:
-        with open_lazy(path) as img:
-            with pytest.raises(InputError, match="MM_READ_TIME_BUDGET_S"):
-                img.read(0, 256, 0, 256)
+        with open_lazy(path) as img, pytest.raises(InputError, match="MM_READ_TIME_BUDGET_S"):
+            img.read(0, 256, 0, 256)
     finally:
         monkeypatch.delenv("MM_READ_TIME_BUDGET_S")
         reload_settings()

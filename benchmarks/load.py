@@ -13,12 +13,22 @@ anything else as an error). After each round it prints the run latencies
 past the app's idle time (``MM_APP_IDLE_S``, set by ``--idle``) and prints the RSS
 again.
 
-Target (issue 13): 10 rounds x 8 sessions, zero errors, RSS after the last round
-within 1.5 GB of the RSS after the first, and back near it after the idle time.
+Then ``--track-rounds`` rounds of ``--track-sessions`` tracking sessions (a time-lapse of
+``--track-frames`` frames). A sampler reads the server's RSS every half second (the peak
+is printed), and the RSS is read again 10 s after the last session ended.
+
+Targets. Issue 13: 10 rounds x 8 sessions, zero errors, RSS after the last round within
+1.5 GB of the RSS after the first, and back near it after the idle time. Issue 20 (with
+the clients' default timeouts)::
+
+    python benchmarks/load.py --rounds 6 --sessions 6 --sizes 2048 --track-rounds 2 --track-sessions 3
+
+zero errors, peak RSS <= 4 GB, and within 1 GB of the start 10 s after the sessions end.
 
 Usage::
 
     python benchmarks/load.py [--sessions 8] [--rounds 10] [--idle 30] [--sizes 512 2048 4096]
+                              [--track-rounds 2 --track-sessions 3 --track-frames 10] [--patient]
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import zipfile
@@ -73,6 +84,9 @@ def make_inputs(folder: Path, sizes: list[int]) -> tuple[dict, dict]:
         zf.writestr("t000.tif", b"\0" * (300 * 2**20))  # 300 MB of zeros: a zip bomb
     hostile["bomb.zip"] = buf.getvalue()
     hostile["empty.tif"] = b""
+    good["movie"] = folder / "movie.tif"
+    tifffile.imwrite(good["movie"], np.stack([np.roll(blobs(512, seed=7), 3 * t, axis=1) for t in range(10)]),
+                     imagej=True, metadata={"axes": "TYX"})
     paths = {}
     for name, raw in hostile.items():
         (folder / name).write_bytes(raw)
@@ -128,22 +142,52 @@ def start_server(work: Path, port: int, idle: float, log_path: Path) -> subproce
 
 
 # ---- one session -----------------------------------------------------------------------------------
-def session(url: str, i: int, rnd: int, good: dict, hostile: dict, sizes: list[int]) -> dict:
-    """One new client: maybe a hostile upload, then load, run and re-render; returns timings/errors."""
-    from gradio_client import Client, handle_file
+PATIENT = {"on": False}  # --patient: long client timeouts (a script on a loaded box); else the defaults
 
-    out = {"latency": None, "errors": [], "refused": 0, "size": None, "retries": 0}
+
+def connect(url: str, out: dict):
+    """A new gradio_client session (retried on a late answer), or None after the last try."""
+    from gradio_client import Client
+
     for attempt in range(6):  # a busy server may answer the first connection late; clients retry
         try:
-            # a loaded 2-core box answers slowly: a patient client, as a script would be
-            client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 600})
-            break
+            extra = {"httpx_kwargs": {"timeout": 600}} if PATIENT["on"] else {}
+            return Client(url, verbose=False, download_files=False, **extra)
         except Exception as exc:  # noqa: BLE001 - counted, and an error after the last try
             out["retries"] += 1
             if attempt == 5:
                 out["errors"].append(f"could not connect: {type(exc).__name__}: {exc}")
-                return out
+                return None
             time.sleep(5 * (attempt + 1))
+
+
+def track_session(url: str, movie: Path) -> dict:
+    """One new client that uploads a time-lapse and tracks it."""
+    from gradio_client import handle_file
+
+    out = {"latency": None, "errors": [], "refused": 0, "size": "track", "retries": 0}
+    client = connect(url, out)
+    if client is None:
+        return out
+    try:
+        ann = client.predict(handle_file(str(movie)), api_name="/track_upload")[0]
+        t0 = time.perf_counter()
+        client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, False,
+                       api_name="/track_run")
+        out["latency"] = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - every failure of a good request is an error
+        out["errors"].append(f"track: {type(exc).__name__}: {str(exc)[:300]}")
+    return out
+
+
+def session(url: str, i: int, rnd: int, good: dict, hostile: dict, sizes: list[int]) -> dict:
+    """One new client: maybe a hostile upload, then load, run and re-render; returns timings/errors."""
+    from gradio_client import handle_file
+
+    out = {"latency": None, "errors": [], "refused": 0, "size": None, "retries": 0}
+    client = connect(url, out)
+    if client is None:
+        return out
     tab = "seg" if (i + rnd) % 2 == 0 else "count"
     if i % 3 == 0:
         name = sorted(hostile)[(i // 3 + rnd) % len(hostile)]
@@ -185,7 +229,11 @@ def main(argv=None) -> int:
     parser.add_argument("--idle", type=float, default=30.0, help="MM_APP_IDLE_S of the server, seconds")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 4096, 512, 512, 2048, 512, 512],
                         help="image sizes, cycled over the sessions (shifted by one each round)")
+    parser.add_argument("--track-rounds", type=int, default=0, help="rounds of tracking sessions after the others")
+    parser.add_argument("--track-sessions", type=int, default=3)
+    parser.add_argument("--patient", action="store_true", help="clients wait up to 600 s (default: their defaults)")
     args = parser.parse_args(argv)
+    PATIENT["on"] = args.patient
     work = Path(tempfile.mkdtemp(prefix="mm_load_"))
     good, hostile = make_inputs(work, sorted(set(args.sizes)))
     port = free_port()
@@ -196,27 +244,43 @@ def main(argv=None) -> int:
     print(f"{'round':>5} {'p50 s':>7} {'p95 s':>7} {'errors':>6} {'refused':>7} {'retries':>7} {'RSS MB':>7}",
           flush=True)
     rows, all_lat, errors = [], [], []
+    start_rss, peak, sampling = rss_mb(proc.pid), [0.0], threading.Event()
+
+    def sample():
+        while not sampling.wait(0.5):
+            peak[0] = max(peak[0], rss_mb(proc.pid))
+
+    threading.Thread(target=sample, daemon=True).start()
+    plan = [("image", r) for r in range(args.rounds)] + [("track", r) for r in range(args.track_rounds)]
     try:
-        for rnd in range(args.rounds):
-            with ThreadPoolExecutor(args.sessions) as pool:
-                results = list(pool.map(lambda i, r=rnd: session(url, i, r, good, hostile, args.sizes),
-                                        range(args.sessions)))
+        for kind, rnd in plan:
+            n = args.sessions if kind == "image" else args.track_sessions
+            with ThreadPoolExecutor(n) as pool:
+                if kind == "image":
+                    results = list(pool.map(lambda i, r=rnd: session(url, i, r, good, hostile, args.sizes),
+                                            range(n)))
+                else:
+                    results = list(pool.map(lambda i: track_session(url, good["movie"]), range(n)))
             lat = [r["latency"] for r in results if r["latency"] is not None]
             errs = [e for r in results for e in r["errors"]]
             all_lat += lat
             errors += errs
             rss = rss_mb(proc.pid)
             rows.append(rss)
-            print(f"{rnd + 1:>5} {percentile(lat, 50):>7.1f} {percentile(lat, 95):>7.1f} {len(errs):>6} "
+            print(f"{kind[0]}{rnd + 1:>4} {percentile(lat, 50):>7.1f} {percentile(lat, 95):>7.1f} {len(errs):>6} "
                   f"{sum(r['refused'] for r in results):>7} {sum(r['retries'] for r in results):>7} {rss:>7.0f}",
                   flush=True)
             for e in errs:
                 print(f"      error: {e}", flush=True)
+        time.sleep(10)
+        after_rss = rss_mb(proc.pid)
+        print(f"10 s after the last session: RSS {after_rss:.0f} MB", flush=True)
         wait = args.idle + max(5.0, min(60.0, args.idle / 4)) + 5
         print(f"waiting {wait:.0f} s (idle time {args.idle:.0f} s + clean-up interval) ...", flush=True)
         time.sleep(wait)
         idle_rss = rss_mb(proc.pid)
     finally:
+        sampling.set()
         proc.terminate()
         try:
             proc.wait(20)
@@ -227,7 +291,9 @@ def main(argv=None) -> int:
           f"{len(all_lat)} runs, {len(errors)} errors")
     print(f"RSS after round 1: {rows[0]:.0f} MB; after round {len(rows)}: {rows[-1]:.0f} MB "
           f"(growth {growth:+.0f} MB, target <= 1536); after idle: {idle_rss:.0f} MB")
-    ok = not errors and growth <= 1536
+    print(f"RSS at start {start_rss:.0f} MB, peak {peak[0]:.0f} MB (target <= 4096), 10 s after the sessions "
+          f"{after_rss:.0f} MB (target <= start + 1024)")
+    ok = not errors and growth <= 1536 and peak[0] <= 4096 and after_rss <= start_rss + 1024
     print("target met" if ok else "target NOT met")
     return 0 if ok else 1
 

@@ -14,7 +14,8 @@ often each fires on them is measured by ``benchmarks/warnings.py``):
 - objects with ragged outlines (low solidity: pieces of texture, not whole objects);
 - objects lying where the match map is weak (the output does not follow the match);
 - a count that rests mostly on clump areas rather than on centres found;
-- most tracks lasting one frame, far more tracks than objects per frame, many divisions.
+- most tracks lasting one frame, far more tracks than objects per frame, many divisions;
+- new tracks or divisions where the frames do not change (:func:`frame_change`).
 
 Each warning ends with a suggestion that depends on the mode: in automatic mode "draw
 a box around one typical object"; with one box "draw it tightly around one whole
@@ -57,6 +58,12 @@ MIN_TRACKS = 5
 MAX_TRACKS_PER_OBJECT = 3.0
 #: Divisions over the median objects per frame, above which fragments are taken for divisions.
 MAX_DIVISIONS_PER_OBJECT = 0.5
+#: A frame whose mean absolute difference from the previous one is below this fraction of
+#: the previous frame's intensity range (1st to 99th percentile) "does not change": new
+#: tracks or divisions starting there are signs of unstable segmentation, not of biology.
+STILL_CHANGE = 0.01
+#: Below this (a copy, or only rounding noise), tracking reuses the previous frame's objects.
+SAME_CHANGE = 1e-3
 
 
 def suggestion(mode: str, n_boxes: int = 0) -> str:
@@ -208,8 +215,27 @@ def check_count(count: int, n_centres_found: int, maps, n_boxes: int | None = No
     return out
 
 
+def frame_change(previous: np.ndarray, frame: np.ndarray) -> float:
+    """How much ``frame`` differs from ``previous``: mean absolute difference over the
+    previous frame's intensity range (1st to 99th percentile); 0 for a copy."""
+    a = np.asarray(previous, np.float32)
+    b = np.asarray(frame, np.float32)
+    if a.shape != b.shape:
+        return float("inf")
+    lo, hi = np.percentile(a, [1, 99])
+    return float(np.mean(np.abs(b - a)) / max(float(hi - lo), 1e-6))
+
+
+def _still_births(tracks: pd.DataFrame, still: list[bool]) -> tuple[int, int]:
+    """New tracks and divisions that begin at a frame that hardly differs from the one before."""
+    frames = [t for t, s in enumerate(still) if s and t > 0]
+    born = tracks[tracks["begin"].isin(frames)]
+    parents = born.loc[born["parent"] > 0, "parent"]
+    return int((born["parent"] == 0).sum()), int((parents.value_counts() >= 2).sum())
+
+
 def check_tracks(masks: np.ndarray, tracks: pd.DataFrame, seed_mode: str = "automatic",
-                 n_boxes: int = 0) -> list[str]:
+                 n_boxes: int = 0, still: list[bool] | None = None) -> list[str]:
     """Warnings for a tracking result.
 
     Parameters
@@ -221,6 +247,8 @@ def check_tracks(masks: np.ndarray, tracks: pd.DataFrame, seed_mode: str = "auto
         Mode of the first frame (``automatic`` or ``exemplar``).
     n_boxes : int
         Exemplar boxes on the first frame.
+    still : list of bool, optional
+        Per frame: it hardly differs from the previous one (``frame_change < STILL_CHANGE``).
 
     Returns
     -------
@@ -245,8 +273,13 @@ def check_tracks(masks: np.ndarray, tracks: pd.DataFrame, seed_mode: str = "auto
     if med > 0 and n_div > MAX_DIVISIONS_PER_OBJECT * med and n_div >= 3:
         out.append(f"{n_div:,} divisions for about {med:.0f} objects per frame: pieces of objects are "
                    f"probably taken for daughters. {try_}")
+    new, divided = _still_births(tracks, list(still or []))
+    if new + divided:
+        out.append(f"{new:,} new tracks and {divided:,} divisions begin at frames that hardly differ from "
+                   f"the frame before: the objects are found differently in the same picture, so tracks "
+                   f"break. {try_}")
     return out
 
 
-__all__ = ["SegmentationStats", "check_count", "check_segmentation", "check_tracks", "segmentation_stats",
-           "suggestion"]
+__all__ = ["SegmentationStats", "check_count", "check_segmentation", "check_tracks", "frame_change",
+           "segmentation_stats", "suggestion"]

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from mm_core.engines import ENGINE_NAMES
-from mm_core.errors import InputError, MMError
+from mm_core.errors import InputError, MMError, printable
 from mm_core.io import expand_inputs
 from mm_core.io.boxes import read_boxes_csv
 from mm_core.io.reader import first_frame_name
@@ -45,6 +46,10 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 class _UsageError(MMError):
     """A problem with the command line itself (exit code 2)."""
+
+
+class _WriteError(_UsageError):
+    """The output folder cannot take the results (read-only, full): exit code 2."""
 
 
 def _boxes_for(name: str, cli_boxes: list | None, csv_boxes: dict, aliases: tuple[str, ...] = (),
@@ -89,6 +94,8 @@ def _out_dir(path: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _UsageError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise _UsageError(f"the output folder {out} is not writable (read-only); choose another --out")
     return out
 
 
@@ -234,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             return check_heads(args.folder)
         return _run_evaluate(args)
     except MMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the output folder refused a write (read-only, full disk, ...)
+        where = f" {printable(exc.filename)}" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror or exc}; check that --out is writable and has "
+              "space (files already written there are complete; manifest.csv says which)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -27,3 +27,12 @@ class InputWarning(UserWarning):
 
 class ModelUnavailableError(MMError, RuntimeError):
     """Model weights or hardware needed by an engine or head cannot be had."""
+
+
+def printable(text: str) -> str:
+    r"""``text`` safe to print or write as UTF-8.
+
+    Undecodable bytes of a file name from another system are written as ``\udcff``
+    escapes instead of raising.
+    """
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")

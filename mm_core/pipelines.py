@@ -357,8 +357,15 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     keep = keep_maps or bool(getattr(linker, "needs_maps", False))
     exemplars, T = seed, len(frames)
     n_seed = 0 if seed is None else len(seed)
+    change = [float("inf")] + [checks.frame_change(frames[t - 1], frames[t]) for t in range(1, T)]
     for t, frame in enumerate(frames):
         tick(progress, 0.05 + 0.85 * t / T, f"frame {t + 1}/{T}")
+        if t and change[t] < checks.SAME_CHANGE:  # the same picture again: the same objects
+            labels.append(labels[-1])
+            summaries.append(summaries[-1])
+            if keep:
+                kept.append(kept[-1])
+            continue
         maps = engine.match(frame, exemplars)
         if t == 0:
             scale0, seed_mode = maps.scale, maps.mode
@@ -376,6 +383,7 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     tick(progress, 0.92, "linking")
     masks, tracks = linker.link_sequence(labels, summaries, kept if keep else None, frames)
     tick(progress, 1.0, "done")
-    warnings = first + checks.check_tracks(masks, tracks, seed_mode, n_seed)
+    still = [c < checks.STILL_CHANGE for c in change]
+    warnings = first + checks.check_tracks(masks, tracks, seed_mode, n_seed, still=still)
     return TrackResult(masks=masks, tracks=tracks, engine_note=notes[0], head_note=notes[1],
                        maps=kept if keep_maps else None, warnings=warnings)

@@ -110,6 +110,20 @@ class Settings:
     pretrained: str = setting(
         "MM_PRETRAINED", "", "Named set-up the app loads (`microscopymatching`: the paper's system on the LDM "
         "engine); empty: `MM_ENGINE` and the default heads.")
+    # -- trust boundaries (issue 20)
+    app_max_total_pixels: int = setting(
+        "MM_APP_MAX_TOTAL_PIXELS", 100_000_000,
+        "App: most pixels of a time-lapse upload, frames x pixels, checked after its first frame.")
+    app_max_rss_mb: float = setting(
+        "MM_APP_MAX_RSS_MB", 3072.0,
+        "App: process memory (RSS, MB) above which the oldest kept results are evicted.")
+    max_declared_ratio: int = setting(
+        "MM_MAX_DECLARED_RATIO", 500,
+        "Most bytes a large TIFF/zarr may declare per byte it really stores (a forged or empty file).")
+    read_time_budget_s: float = setting(
+        "MM_READ_TIME_BUDGET_S", 1800.0, "Seconds one large (lazily read) image may take to read in all.")
+    dask_scratch: str = setting(
+        "MM_DASK_SCRATCH", "", "Scratch folder of local Dask workers (default: `.dask-scratch` in `--out`).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -31,6 +31,7 @@ def server(tmp_path_factory):
     mp.setenv("MM_ENGINE", "classic")
     mp.setenv("MM_APP_OUTPUT_ROOT", str(root / "requests"))
     mp.setenv("GRADIO_TEMP_DIR", str(root / "gradio"))
+    from mm_core.app import helpers as au
     from mm_core.app import lifecycle, ui
     from mm_core.settings import reload_settings
 
@@ -41,7 +42,7 @@ def server(tmp_path_factory):
     demo.queue(default_concurrency_limit=2)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_api=False,
-                allowed_paths=[str(root / "requests")], quiet=True)
+                allowed_paths=[str(au.served_root())], quiet=True)
     lifecycle.STORE.start_timer(0.1)
     yield {"url": f"http://127.0.0.1:{port}/", "root": root, "requests": root / "requests",
            "store": lifecycle.STORE, "demo": demo}
@@ -69,11 +70,13 @@ def _client(server):
 def test_refused_upload_is_an_error_for_api_clients_and_leaves_no_folder(server, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image at all\n" * 5)
-    before = set(server["requests"].iterdir()) if server["requests"].exists() else set()
+    from mm_core.app import helpers as au
+
+    before = set(au.served_root().iterdir())
     client = _client(server)
     with pytest.raises(Exception, match="notes.png is a text file"):
         client.predict(handle_file(str(bad)), api_name="/seg_upload")
-    after = set(server["requests"].iterdir()) if server["requests"].exists() else set()
+    after = set(au.served_root().iterdir())
     assert after == before
 
 
@@ -123,8 +126,10 @@ def test_run_keeps_a_small_result_and_guards_every_handler(server, image_file):
     assert client.predict(0.2, api_name="/seg_opacity")["path"]  # still works after the refusals
     # downloads are stored once: in the private request folder, not copied to Gradio's cache
     files = [Path(f["path"]) for f in out[2]]
-    assert files and all(f.parent.parent == server["requests"] for f in files)
-    folders = [p for p in server["requests"].iterdir() if p.is_dir()]
+    from mm_core.app import helpers as au
+
+    assert files and all(f.parent.parent == au.served_root() for f in files)
+    folders = [p for p in au.served_root().iterdir() if p.is_dir()]
     assert folders and all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in folders)
     cached = {p.read_bytes() for p in (server["root"] / "gradio").rglob("*") if p.is_file()}
     assert not {f.read_bytes() for f in files} & cached
@@ -152,3 +157,89 @@ def test_idle_results_are_freed_for_api_clients(server, image_file):
     assert key not in store and not folder.exists()
     with pytest.raises(Exception, match="this result was cleared from the server"):
         client.predict(0.3, api_name="/count_opacity")
+
+
+# ---- issue 20: the app reads only what it was sent, deletes and serves only what it made -------
+
+
+def _hostile_client(server):
+    """A client that sends file paths as they are (gradio_client would upload a local file first)."""
+    client = _client(server)
+    for ep in client.endpoints.values():
+        ep._upload_file = lambda f, data_index: {"path": f["path"], "meta": {"_type": "gradio.FileData"}}
+    return client
+
+
+def _png(path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(path)
+    return path
+
+
+def test_a_server_path_sent_as_an_upload_is_refused(server, tmp_path):
+    from mm_core.app import helpers as au
+
+    served = au.served_root()  # what Gradio itself lets through
+    client = _hostile_client(server)
+    for secret in (_png(served / "another_session" / "secret.png"), _png(tmp_path / "elsewhere.png")):
+        for api in ("/seg_upload", "/track_upload"):
+            with pytest.raises(Exception) as info:
+                client.predict({"path": str(secret), "meta": {"_type": "gradio.FileData"}}, api_name=api)
+            assert "Loaded" not in str(info.value)
+    with pytest.raises(Exception, match="was not uploaded to this server"):
+        client.predict({"path": str(served / "another_session" / "secret.png"),
+                        "meta": {"_type": "gradio.FileData"}}, api_name="/seg_upload")
+
+
+def test_pre_existing_content_of_the_output_root_is_kept_and_not_served(server, image_file):
+    import os
+    import time
+
+    from mm_core.app import helpers as au
+
+    from mm_core.settings import get_settings
+
+    root, max_age = au.output_root(), get_settings().app_max_age_s
+    old = _png(root / "old" / "secret.png").parent
+    past = time.time() - 10 * max_age
+    os.utime(old, (past, past))
+    os.chmod(root, 0o755)
+    client = _client(server)
+    ann, *_ = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False,
+                         api_name="/seg_run")
+    au.cleanup_old(root, max_age)  # what the app's timer runs
+    assert (old / "secret.png").is_file()  # not made by the app: not deleted
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755  # the root's mode is left as it is
+
+    def status(path) -> int:
+        try:
+            with urllib.request.urlopen(server["url"] + "gradio_api/file=" + str(path), timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status(old / "secret.png") == 403  # only live results are served
+    assert status(out[2][0]["path"]) == 200
+
+
+def test_runs_of_every_tab_share_one_queue(server):
+    fns = server["demo"].fns.values()
+    runs = [fn for fn in fns if str(fn.api_name).endswith("_run")]
+    loads = [fn for fn in fns if str(fn.api_name).endswith(("_upload", "_example"))]
+    assert len(runs) == 3 and {fn.concurrency_id for fn in runs} == {"run"}
+    assert len(loads) == 6 and {fn.concurrency_id for fn in loads} == {"load"}
+    assert {fn.concurrency_limit for fn in loads} == {2}
+
+
+def test_malformed_boxes_sent_through_the_api_get_one_message(server, image_file):
+    client = _client(server)
+    ann = client.predict(handle_file(str(image_file)), api_name="/seg_upload")[0]
+    image = handle_file(ann["image"]["path"])
+    box = {"left": 1, "top": 1, "right": 9, "bottom": 9, "label": "exemplar"}
+    for bad in ([dict(box, left="abc")], [{"left": 1}], "nonsense", [[1, 2, 3, 4]], [dict(box, left=1.5)], [None]):
+        with pytest.raises(Exception, match="the boxes cannot be used"):
+            client.predict({"image": image, "annotations": bad}, 0.5, False, api_name="/seg_run")
+    assert "objects" in client.predict({"image": image, "annotations": [box]}, 0.5, False, api_name="/seg_run")[1]

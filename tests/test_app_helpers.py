@@ -165,13 +165,20 @@ def test_run_without_upload_is_refused(app_module):
         app_module._inputs(None, None)
 
 
-def test_on_upload_returns_annotator_value(app_module, tmp_path, mm_env):
+def test_on_upload_returns_annotator_value(app_module, tmp_path, monkeypatch, mm_env):
     mm_env(MM_APP_OUTPUT_ROOT=tmp_path)
-    loaded, ann, summary, mode, _ = app_module.on_upload(str(EXAMPLES / "phase_cells.png"), sequence=False)
+    uploads = tmp_path / "uploads"  # this server's upload folder: the only place on_upload reads from
+    uploads.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    (uploads / "phase_cells.png").write_bytes((EXAMPLES / "phase_cells.png").read_bytes())
+    loaded, ann, summary, mode, _ = app_module.on_upload(str(uploads / "phase_cells.png"), sequence=False)
     assert ann == (loaded.preview, []) and Path(loaded.preview).is_relative_to(tmp_path)
     assert "phase_cells.png" in summary and "Automatic" in mode
     assert app_module.on_upload(None, sequence=False)[0] is None
-    bad = tmp_path / "bad.tif"
+    with pytest.raises(InputError, match="was not uploaded to this server"):
+        app_module.on_upload(str(EXAMPLES / "phase_cells.png"), sequence=False)
+    assert app_module.load_file(str(EXAMPLES / "phase_cells.png"), sequence=False)[0] is not None  # examples
+    bad = uploads / "bad.tif"
     bad.write_bytes(b"II*\x00nonsense")
     before = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     with pytest.raises(InputError, match="bad.tif"):  # an error (for API clients too), not a warning
@@ -309,7 +316,8 @@ def test_run_track_animation_frames_and_downloads(app_module, tmp_path, mm_env):
         app_module.show_frame(key, 99, False)
     names = {Path(f).name for f in files}
     assert names == {"movie_ctc.zip", "movie_tracks.csv", "movie_tracks_geff.zip"}
-    table = pd.read_csv(tmp_path / "out" / Path(files[0]).parent.name / "movie_tracks.csv")
+    assert Path(files[0]).parent.parent == au.served_root() and au.served_root().parent == tmp_path / "out"
+    table = pd.read_csv(Path(files[0]).parent / "movie_tracks.csv")
     assert set(table["frame"]) <= {0, 1, 2} and len(table) >= 3
 
 

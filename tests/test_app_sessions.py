@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from mm_core.app import sessions
 from mm_core.app.sessions import SessionStore, size_of
 
 
@@ -89,3 +90,24 @@ def test_closed_session_is_freed_after_a_grace_period_unless_it_comes_back(tmp_p
     assert store.get("back:seg") is not None  # the heartbeat reconnected and the session went on
     clock.t = 31
     assert store.sweep() == 1 and "gone:seg" not in store and "back:seg" in store
+
+
+# ---- issue 20: a memory budget that counts what is really held ---------------------------------
+def test_files_a_result_maps_into_memory_are_counted(tmp_path):
+    big = tmp_path / "rendered.npy"
+    np.save(big, np.zeros((20, 256, 256, 3), np.uint8))
+    kept = {"rendered": big, "maps": None, "n": 20, "gif": str(tmp_path / "x.gif")}
+    assert sessions.size_of(kept) >= big.stat().st_size
+
+
+def test_the_oldest_results_are_evicted_when_the_process_holds_more_than_its_budget(monkeypatch):
+    held = {"rss": 0}
+    monkeypatch.setattr(sessions, "process_rss", lambda: held["rss"], raising=False)
+    monkeypatch.setattr(sessions, "max_rss", lambda: 1000, raising=False)
+    store = sessions.SessionStore(max_bytes=10**9, idle_s=600)
+    for k in ("a", "b", "c"):
+        store.put(store.key(k, "seg"), {"x": np.zeros(10)})
+    assert len(store) == 3  # under the budget: all kept
+    held["rss"] = 5000  # the process grew past its budget (and stays there): the oldest go, the newest stays
+    store.put(store.key("d", "seg"), {"x": np.zeros(10)})
+    assert list(store._items) == ["d:seg"]

@@ -112,7 +112,8 @@ def test_cli_and_app_write_the_same_files(tmp_path, monkeypatch, mm_env):
         stem = Path(name).stem
         cli_files = {p.name for p in cli_out.iterdir() if p.name != "manifest.csv"}  # the batch's run record
         app_files = {p.name.replace(f"{stem}_", "", 1) if sequence else p.name for p in app_dir.iterdir()
-                     if p.suffix not in (".gif", ".npy") and p.name != "preview.png"}  # .npy: view caches
+                     if p.suffix not in (".gif", ".npy") and p.name != "preview.png"
+                     and not p.name.startswith(".")}  # .npy: view caches; the app's folder marker
         assert cli_files == app_files, (task, cli_files ^ app_files)
         for f in cli_files:  # and the same contents
             if f.endswith(".tif"):

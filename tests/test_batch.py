@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -216,3 +218,25 @@ def test_track_batch_of_two_time_lapses_resumes_the_unfinished_one(tmp_path):
         masks, tracks = read_ctc(out / name)
         assert len(masks) == n and len(tracks) == int(rows.loc[name, "tracks"]) == 2
         assert (out / name / "tracks.zarr" / "tracks").is_dir() and (out / name / "tracks_geff.zip").is_file()
+@pytest.mark.slow  # starts 2 worker processes (about 30 s on the 2-core CI machine)
+def test_local_workers_keep_their_scratch_under_out_and_listen_on_loopback_with_tls(folder, tmp_path,
+                                                                                     monkeypatch):
+    """Issue 20: no /tmp/dask-scratch-space, and no other local process can use the cluster."""
+    import distributed
+
+    seen = {}
+
+    class Spy(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.update(kwargs, address=self.scheduler_address)
+            seen["dirs"] = [p for p in (tmp_path / "o").rglob("worker-*")]
+
+    monkeypatch.setattr(distributed, "LocalCluster", Spy)
+    d, _ = folder
+    table = mb.batch(sorted(d.glob("img*.tif")), "segment", tmp_path / "o", workers=2, engine="classic",
+                     head="analytic", progress=False)
+    assert (table["status"] == "done").all()
+    assert seen["address"].startswith("tls://127.0.0.1:")  # loopback only, and TLS with a temporary key
+    assert Path(seen["local_directory"]).is_relative_to(tmp_path / "o") and seen["dirs"]
+    assert not (tmp_path / "o" / ".dask-scratch").exists()  # cleaned up after the batch

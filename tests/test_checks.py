@@ -129,3 +129,41 @@ def test_cli_prints_each_warning_on_its_own_line(tmp_path, capsys):
     pts = pd.read_csv(tmp_path / "out" / "noise_points.csv")
     counts = pd.read_csv(tmp_path / "out" / "counts.csv")
     assert int(pts["n"].sum()) == int(counts["count"].iloc[0])
+
+
+# ---- issue 20: identical or near-identical frames ----------------------------------------------
+def test_five_copies_of_one_frame_give_one_track_per_object_and_no_division():
+    from pathlib import Path
+
+    from mm_core.io import read_image
+    from mm_core.models import Matcher
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "real_nuclei_fluorescence.tif"
+    frame = read_image(example).data[:256, :256]
+    res = Matcher(engine="classic").track([frame] * 5)
+    per_frame = [len(np.unique(m[m > 0])) for m in res.masks]
+    assert per_frame == [per_frame[0]] * 5 and per_frame[0] > 10
+    assert res.n_tracks == per_frame[0] and res.n_divisions == 0
+    assert not any("hardly differ" in w for w in res.warnings)
+
+
+def test_new_tracks_where_the_frames_do_not_change_are_warned_about():
+    import pandas as pd
+
+    from mm_core.checks import STILL_CHANGE, check_tracks, frame_change
+
+    rng = np.random.default_rng(0)
+    frame = rng.random((64, 64)).astype(np.float32)
+    assert frame_change(frame, frame) == 0.0
+    assert frame_change(frame, frame + 0.001 * rng.standard_normal(frame.shape)) < STILL_CHANGE
+    assert frame_change(frame, rng.random((64, 64))) > STILL_CHANGE
+    masks = np.zeros((3, 64, 64), np.int32)
+    masks[:, 5:15, 5:15] = 1
+    masks[1:, 30:40, 30:40] = 2
+    masks[2, 30:35, 30:40], masks[2, 35:40, 30:40] = 3, 4
+    tracks = pd.DataFrame({"label": [1, 2, 3, 4], "begin": [0, 1, 2, 2], "end": [2, 1, 2, 2],
+                           "parent": [0, 0, 2, 2]})
+    moving = check_tracks(masks, tracks, still=[False, False, False])
+    assert not any("hardly differ" in w for w in moving)
+    still = check_tracks(masks, tracks, still=[False, True, True])
+    assert any("1 new tracks and 1 divisions begin at frames that hardly differ" in w for w in still)

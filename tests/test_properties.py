@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -202,3 +203,54 @@ def test_prepare_boxes_valid_or_input_error(boxes, h, w):
     if out is not None:
         assert out.shape[1] == 4 and (out[:, 0] >= 0).all() and (out[:, 2] <= w).all()
         assert (out[:, 2] - out[:, 0] >= 2).all() and (out[:, 3] - out[:, 1] >= 2).all()
+
+
+# ---- issue 20: the app reads only files inside its upload folder --------------------------------
+_SEGMENTS = st.sampled_from(["up", "a.png", "..", ".", "sub", "in.png", "link_out", "link_in", "out.png",
+                             "fifo", "outside", "", "//"])
+
+
+def _upload_tree(tmp: Path) -> tuple[Path, set[Path]]:
+    """An upload folder with files, a sub-folder, links in and out, a FIFO; a folder beside it."""
+    import os
+
+    up, outside = tmp / "up", tmp / "outside"
+    (up / "sub").mkdir(parents=True)
+    outside.mkdir()
+    inside = {up / "a.png", up / "sub" / "in.png"}
+    for f in inside | {outside / "out.png"}:
+        f.write_bytes(b"x")
+    (up / "link_out").symlink_to(outside / "out.png")
+    (up / "sub" / "link_out").symlink_to(outside)
+    (up / "link_in").symlink_to(up / "a.png")
+    os.mkfifo(up / "fifo")
+    return up, {p.resolve() for p in inside}
+
+
+@FAST
+@given(start=st.sampled_from(["tmp", "up", "abs"]), parts=st.lists(_SEGMENTS, max_size=6))
+def test_the_app_reads_only_regular_files_inside_its_upload_folder(start, parts):
+    from mm_core.app.helpers import received_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        up, inside = _upload_tree(Path(tmp))
+        base = {"tmp": Path(tmp), "up": up, "abs": Path("/")}[start]
+        path = str(base) + "/" + "/".join(parts)
+        try:
+            got = received_file(path, [up])
+        except InputError as exc:
+            assert "not uploaded to this server" in str(exc) or "not a regular file" in str(exc)
+        else:  # accepted: one of the files really inside the upload folder, nothing else
+            assert got in inside
+
+
+def test_received_file_refuses_the_obvious_cases(tmp_path):
+    from mm_core.app.helpers import received_file
+
+    up, _ = _upload_tree(tmp_path)
+    assert received_file(up / "link_in", [up]) == (up / "a.png").resolve()
+    for bad, why in ((up / "link_out", "not uploaded"), (up / "sub" / "link_out" / "out.png", "not uploaded"),
+                     (up / ".." / "outside" / "out.png", "not uploaded"), ("/etc/hostname", "not uploaded"),
+                     (up / "fifo", "not a regular file"), (up / "sub", "not a regular file")):
+        with pytest.raises(InputError, match=why):
+            received_file(bad, [up])

@@ -20,7 +20,8 @@ ENGINE_WORDS = {
     "ldm": "Stable Diffusion attention matching, GPU",
 }
 #: Library settings the app overrides with its own (the refusal names the one that applies).
-APP_SETTINGS = {"(MM_MAX_PIXELS)": "(MM_APP_MAX_PIXELS)", "(MM_MAX_FRAMES)": "(MM_APP_MAX_FRAMES)"}
+APP_SETTINGS = {"(MM_MAX_PIXELS)": "(MM_APP_MAX_PIXELS)", "(MM_MAX_FRAMES)": "(MM_APP_MAX_FRAMES)",
+                "(MM_MAX_TOTAL_PIXELS)": "(MM_APP_MAX_TOTAL_PIXELS)"}
 
 
 def engine_words(engine_name: str | None) -> str:

@@ -85,13 +85,28 @@ def _empty_input():
     return None, None, "", au.mode_line(None), None
 
 
+def upload_roots() -> list[str]:
+    """The folders that hold what was uploaded to this server (Gradio's upload/cache folder)."""
+    from gradio.utils import get_upload_folder
+
+    return [str(get_upload_folder())]
+
+
 def on_upload(path, sequence: bool):
-    """File chosen (upload, annotator or example): read it, show it in the annotator.
+    """File uploaded (upload box or annotator): check that it was uploaded here, read it, show it.
 
     Returns ``(loaded, annotator value, summary, mode line, upload widget)``. A refused
     file raises :class:`InputError` (shown as an error, and an error for API clients);
-    the event's ``failure`` listener then empties the widgets for the next try.
+    the event's ``failure`` listener then empties the widgets for the next try. A path
+    outside this server's upload folder (symlinks resolved) is refused unread.
     """
+    if not path:
+        return _empty_input()
+    return load_file(au.received_file(path, upload_roots()), sequence)
+
+
+def load_file(path, sequence: bool):
+    """Read a file the app trusts (an upload checked by :func:`on_upload`, or one of its examples)."""
     if not path:
         return _empty_input()
     try:

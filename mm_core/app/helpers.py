@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -34,36 +35,99 @@ def output_root() -> Path:
     return Path(get_settings().app_output_root or Path(tempfile.gettempdir()) / "mm_app")
 
 
+#: Marker file of a folder this app made (request folders and the per-process served folder):
+#: clean-up deletes only folders holding it, never anything else found under the output root.
+MARKER = ".mm_app_made"
+_SERVED: dict[Path, Path] = {}
+
+
+def _make_marked(folder: Path) -> Path:
+    (folder / MARKER).write_bytes(b"")
+    return folder
+
+
+def served_root(root: Path | None = None) -> Path:
+    """This process's own folder under the output root (made once, fresh, mode 700, marked).
+
+    Request folders live here, and only here is served to the browser: whatever else is
+    in the output root (another program's files, an older run's folders) is neither
+    served nor deleted, and the root's own permissions are left as they are.
+    """
+    root = Path(root or output_root())
+    folder = _SERVED.get(root)
+    if folder is None or not folder.is_dir():
+        if not root.is_dir():
+            root.mkdir(parents=True, mode=0o700)
+        folder = _SERVED[root] = _make_marked(Path(tempfile.mkdtemp(prefix="mm-app-", dir=root)))
+    return folder
+
+
 def new_request_dir(root: Path | None = None) -> Path:
-    """Create a fresh output folder under ``root``, readable by this user only (mode 700).
+    """Create a fresh, marked output folder (mode 700) under ``root`` (default :func:`served_root`).
 
     Old folders are deleted by the app's clean-up timer (:func:`cleanup_old`), not here.
     """
-    root = Path(root or output_root())
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(root, 0o700)
+    root = Path(root) if root is not None else served_root()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)  # the mode applies only when it is made here
     out = root / uuid.uuid4().hex
     out.mkdir(mode=0o700)
-    os.chmod(out, 0o700)
-    return out
+    return _make_marked(out)
+
+
+def _made_here(sub: Path) -> bool:
+    return sub.is_dir() and not sub.is_symlink() and (sub / MARKER).is_file()
 
 
 def cleanup_old(root: Path, max_age_s: float | None = None, now: float | None = None) -> int:
-    """Delete sub-folders of ``root`` last modified more than ``max_age_s`` ago; return how many.
-
-    ``max_age_s`` defaults to ``MM_APP_MAX_AGE_S`` (an hour).
-    """
+    """Delete the folders this app made under ``root`` (marked, see :data:`MARKER`) last
+    modified more than ``max_age_s`` ago (default ``MM_APP_MAX_AGE_S``, an hour); return how
+    many. Served folders of earlier app processes are emptied the same way and removed once
+    empty and old. Nothing unmarked is touched."""
     now = time.time() if now is None else now
     max_age_s = get_settings().app_max_age_s if max_age_s is None else max_age_s
     n = 0
     for sub in Path(root).iterdir() if Path(root).is_dir() else ():
         try:
-            if sub.is_dir() and not sub.is_symlink() and now - sub.stat().st_mtime > max_age_s:
+            if not _made_here(sub):
+                continue
+            if sub.name.startswith("mm-app-"):  # a served folder: its request folders, then itself
+                n += cleanup_old(sub, max_age_s, now)
+                if sub not in _SERVED.values() and [p.name for p in sub.iterdir()] == [MARKER] \
+                        and now - sub.stat().st_mtime > max_age_s:
+                    shutil.rmtree(sub, ignore_errors=True)
+            elif now - sub.stat().st_mtime > max_age_s:
                 shutil.rmtree(sub, ignore_errors=True)
                 n += 1
         except OSError:
             continue
     return n
+
+
+def received_file(path: str | Path, roots) -> Path:
+    """``path`` resolved (symlinks followed), if it is a regular file inside one of ``roots``.
+
+    The app reads only what it was sent: ``roots`` are this server's upload folders. A path
+    elsewhere (another file on the server, a link out of the upload folder, ``..``) or a file
+    that is not a regular file (a FIFO, a device, a folder) is refused.
+
+    Raises
+    ------
+    InputError
+        One message naming the file and why it is refused.
+    """
+    name = Path(str(path)).name or str(path)
+    try:
+        real = Path(os.path.realpath(os.fspath(path)))
+        inside = any(real.is_relative_to(Path(os.path.realpath(r))) for r in roots)
+        regular = inside and stat.S_ISREG(os.stat(real).st_mode)
+    except (OSError, ValueError, TypeError):
+        inside = regular = False
+    if not inside:
+        raise InputError(f"{name} was not uploaded to this server; the app reads only files sent to it "
+                         "(upload the file)")
+    if not regular:
+        raise InputError(f"{name} is not a regular file (a folder, pipe or device); upload an image file")
+    return real
 
 
 @dataclass
@@ -125,7 +189,8 @@ def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -
 
     path, settings = Path(path), get_settings()
     if sequence:
-        seq = read_sequence(path, max_frames=settings.app_max_frames, max_pixels=settings.app_max_pixels)
+        seq = read_sequence(path, max_frames=settings.app_max_frames, max_pixels=settings.app_max_pixels,
+                            max_total_pixels=settings.app_max_total_pixels)
         frames = list(seq.frames)
         if len(frames) < 2:
             raise InputError(

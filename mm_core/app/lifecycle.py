@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import gradio as gr
 
 from mm_core.app import helpers as au
-from mm_core.app.sessions import SessionStore, remove_folder
+from mm_core.app.sessions import SessionStore, release_memory, remove_folder
 from mm_core.errors import MMError
 
 log = logging.getLogger("mm_core.app")
@@ -32,6 +33,7 @@ def guarded(what: str):
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            t0 = time.monotonic()
             try:
                 return fn(*args, **kwargs)
             except gr.Error:
@@ -44,6 +46,9 @@ def guarded(what: str):
                     f"Something went wrong while {what}; the details were logged. "
                     "Please try again or with another file."
                 ) from None
+            finally:
+                if time.monotonic() - t0 > 0.5:  # a run or a load: give its temporary arrays back
+                    release_memory()
 
         return wrapper
 
@@ -86,4 +91,4 @@ def drop_loaded(loaded) -> None:
 def start_cleanup() -> None:
     """Start the timer that frees idle results and deletes request folders past their age."""
     STORE.start_timer(min(60.0, max(2.0, STORE.idle_s / 4)),
-                      also=lambda: au.cleanup_old(au.output_root()))
+                      also=lambda: au.cleanup_old(au.output_root()))  # marked folders only

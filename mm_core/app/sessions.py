@@ -9,7 +9,10 @@ density, small maps), never engine features, and keep it here instead of in
   it reconnects; or the end of its state);
 - after ``MM_APP_IDLE_S`` seconds without use, checked by a timer, so API clients
   that never send a heartbeat are freed too;
-- when the whole store holds more than ``MM_APP_MAX_STATE_MB`` (least recently used first).
+- when the whole store holds more than ``MM_APP_MAX_STATE_MB`` (least recently used first), counting
+  the arrays it holds and the files its results map into memory (tracking pictures);
+- when the whole process holds more than ``MM_APP_MAX_RSS_MB`` (its resident memory, read
+  from ``/proc``): the oldest results go first, until it is under or one is left.
 
 Dropping an entry for good (replaced, session over, idle) also deletes its request
 folder; an entry evicted for memory keeps its folder (its downloads stay valid
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import os
 import shutil
 import threading
 import time
@@ -52,9 +56,29 @@ def size_of(obj: Any, _depth: int = 0) -> int:
         return sum(size_of(v, _depth + 1) for v in obj.values())
     if isinstance(obj, (list, tuple)):
         return sum(size_of(v, _depth + 1) for v in obj)
+    if isinstance(obj, Path):  # a file a result maps into memory when shown (tracking pictures)
+        try:
+            return int(obj.stat().st_size) if obj.is_file() else 0
+        except OSError:
+            return 0
     if isinstance(obj, (str, bytes)):
         return len(obj)
     return 64
+
+
+def process_rss() -> int:
+    """Resident memory of this process in bytes (0 where ``/proc`` is missing)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def max_rss() -> int:
+    """The process memory budget in bytes (``MM_APP_MAX_RSS_MB``)."""
+    from mm_core.settings import get_settings
+
+    return int(get_settings().app_max_rss_mb * 2**20)
 
 
 @dataclass
@@ -66,7 +90,7 @@ class _Entry:
     last: float
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """Give freed heap pages back to the system (glibc keeps them otherwise)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -141,7 +165,7 @@ class SessionStore:
         if entry is not None:
             log.debug("dropped %s", key)
             remove_folder(entry.folder)
-            _release_memory()
+            release_memory()
 
     def drop_session(self, session: str | None) -> int:
         """Forget every entry of a session now; returns how many."""
@@ -182,9 +206,16 @@ class SessionStore:
             oldest = next(k for k in self._items if k != keep)
             self._items.pop(oldest)
             evicted += 1
+        if process_rss() > max_rss():  # what the process really holds: release, then evict oldest
+            release_memory()
+            while process_rss() > max_rss() and len(self._items) > 1:
+                self._items.pop(next(k for k in self._items if k != keep))
+                evicted += 1
+                release_memory()
         if evicted:
-            log.info("memory cap: %d result(s) evicted, %.0f MB held", evicted, self.nbytes / 2**20)
-            _release_memory()
+            log.info("memory cap: %d result(s) evicted, %.0f MB held, process %.0f MB", evicted,
+                     self.nbytes / 2**20, process_rss() / 2**20)
+            release_memory()
 
     # ---- state
     @property

@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core.app import display, offline
+from mm_core.app import display, offline, uploads
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
@@ -34,6 +34,7 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     limits_line,
     load_engine,
     matcher,
+    load_file,
     on_upload,
     play,
     rerender,
@@ -50,6 +51,7 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     _show_annotator,
     _track_map,
 )
+from mm_core.app.annotator import checked_boxes
 from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
 from mm_core.errors import MMError
 from mm_core.settings import get_settings
@@ -95,7 +97,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
              else "PNG, JPEG or TIFF (16-bit, multi-channel)")
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
-    ann = BBoxAnnotator(
+    ann = checked_boxes(BBoxAnnotator(
         label=f"Optional: drag a box {where}around one typical object; Delete removes a selected box",
         categories=["exemplar"],
         interactive=True,
@@ -103,9 +105,10 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         show_download_button=False,
         visible=False,
         render=False,
-    )
+    ))
     mode = gr.Markdown(au.mode_line(None), elem_id=f"{tab}-mode", render=False)
     load = guarded("reading the file")(functools.partial(on_upload, sequence=sequence))
+    load_example = guarded("loading the example")(functools.partial(load_file, sequence=sequence))
     upload = gr.File(
         label=f"Drop a file here or click to choose one ({kinds})",
         file_types=SEQUENCE_TYPES if sequence else IMAGE_TYPES,
@@ -134,14 +137,15 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         data = getattr(evt, "_data", None)
         index = ar.as_index(data.get("index") if isinstance(data, dict) else None, len(examples),
                             "the example number")
-        return load(examples[index])
+        return load_example(examples[index])
 
     for comp in (summary, ann, mode):
         comp.render()
     reader = guarded("reading the file")(lambda v: load(v[0] if v else None))
-    loads = [gallery.select(pick, None, outs, concurrency_limit=4, api_name=f"{tab}_example"),
-             upload.upload(load, [upload], outs, concurrency_limit=4, api_name=f"{tab}_upload"),
-             ann.upload(reader, [ann], outs, concurrency_limit=4, api_name=False)]
+    queue = {"concurrency_limit": LOADS_AT_ONCE, "concurrency_id": "load"}  # one limit for every tab's loads
+    loads = [gallery.select(pick, None, outs, api_name=f"{tab}_example", **queue),
+             upload.upload(load, [upload], outs, api_name=f"{tab}_upload", **queue),
+             ann.upload(reader, [ann], outs, api_name=False, **queue)]
     for ev in loads:
         ev.failure(_empty_input, None, outs, queue=False, api_name=False).then(
             _show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
@@ -155,6 +159,14 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
     return ann, triggers
 
+
+#: Runs of every tab share one queue: at most ``--concurrency`` at once (the queue's default
+#: limit), the others wait with their place in the queue shown, so the page itself stays served.
+RUN_QUEUE = {"concurrency_limit": "default", "concurrency_id": "run"}
+#: Uploads (reading and previewing a file) of every tab at once, at most.
+LOADS_AT_ONCE = 2
+#: Requests waiting in the queue, at most; beyond, a new one is refused with "the queue is full".
+QUEUE_MAX = 64
 
 #: The two single-image tabs differ only in these words and functions.
 IMAGE_TABS = {
@@ -197,7 +209,7 @@ def _image_tab(tab: str, spec: dict, eng_md) -> None:
                 show_map, mapimg, files = _outputs(tab, spec["files"])
         results = [cache, picture, big, files, mapimg, eng_md, legend]
         run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map], results,
-                  api_name=f"{tab}_run")
+                  api_name=f"{tab}_run", **RUN_QUEUE)
         gr.on(triggers, cleared_image_tab, None, [cache, picture, big, files, mapimg, legend], queue=False,
               show_progress="hidden")
         opacity.change(guarded("redrawing")(functools.partial(rerender, spec["view"])), [cache, opacity],
@@ -232,7 +244,7 @@ def _track_tab(eng_md) -> None:
                     again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
                 show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip")
         run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
-                  [cache, anim, frame, stats, files, mapimg, eng_md, again], api_name="track_run")
+                  [cache, anim, frame, stats, files, mapimg, eng_md, again], api_name="track_run", **RUN_QUEUE)
         frame.input(guarded("showing the frame")(show_frame), [cache, frame, show_map], [anim, mapimg],
                     show_progress="hidden", concurrency_limit=None, api_name="track_frame")
         again.click(guarded("playing the animation")(play), [cache], [anim], show_progress="hidden",
@@ -249,7 +261,7 @@ def build_app() -> gr.Blocks:
         font=[gr.themes.Font("ui-sans-serif"), gr.themes.Font("system-ui"), "sans-serif"],
         font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("Consolas"), "monospace"],
     )
-    gr.set_static_paths([str(au.output_root())])  # downloads are served from there, not copied
+    gr.set_static_paths([str(au.served_root())])  # downloads are served from there (only), not copied
     with gr.Blocks(title="MicroscopyMatching", theme=theme, css=CSS, delete_cache=(1800, 3600),
                    analytics_enabled=False, head=display.BOX_JS) as demo:
         gr.Markdown(
@@ -269,6 +281,17 @@ def build_app() -> gr.Blocks:
     return demo
 
 
+def _few_heaps() -> None:
+    """At most 2 malloc arenas (glibc): the many threads of a server otherwise each keep
+    their own heap of freed run memory, and the process grows by GBs under load."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="MicroscopyMatching web app")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -286,20 +309,22 @@ def main(argv=None) -> None:
         parser.exit(2, f"error: {exc}\n")
     logging.basicConfig(level=logging.DEBUG if settings.app_debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _few_heaps()
     load_engine()
     log.info("engine: %s", MATCHER["reason"])
     gpu = getattr(getattr(MATCHER["matcher"], "engine", None), "name", "") == "ldm"
     limit = args.concurrency or (1 if gpu else 2)
     demo = build_app()
     start_cleanup()
-    demo.queue(default_concurrency_limit=limit, max_size=64)
+    demo.queue(default_concurrency_limit=limit, max_size=QUEUE_MAX)
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         max_file_size=settings.app_max_file_size,
-        allowed_paths=[str(examples_dir()), str(au.output_root())],
+        allowed_paths=[str(examples_dir()), str(au.served_root())],
         show_api=False,
         share=False,
-        app_kwargs={"middleware": offline.middleware()},  # no CDN script on the page (works offline)
+        # no CDN script on the page (works offline); uploads over the size limit refused unread
+        app_kwargs={"middleware": offline.middleware() + uploads.middleware(settings.app_max_file_size)},
     )
 

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from mm_core.batching.tasks import VALUE_COLUMNS, Item, Model, TaskOptions, outputs, process
-from mm_core.errors import InputError, MMError
+from mm_core.errors import InputError, MMError, printable
+from mm_core.io.atomic import open_replacing
 from mm_core.batching.tiled import DEFAULT_TILE
 
 try:  # the distributed extra; without it batches run in this process only
@@ -60,7 +61,7 @@ class Manifest:
         self.value_col = VALUE_COLUMNS[task]
         self.cols = ["image", "output", "status", self.value_col, "seconds", "message"]
         self.rows: list[dict] = []
-        self._fh = open(self.path, "w", newline="")
+        self._fh = open_replacing(self.path)  # a link planted at the name is replaced
         self._w = csv.writer(self._fh)
         self._w.writerow(self.cols)
         for row in keep:
@@ -157,7 +158,26 @@ def _on_worker(item: Item, options: TaskOptions) -> dict:
 CLUSTER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False}
 
 
-def _client(workers: int, scheduler: str | None):
+def scratch_dir(out) -> Path:
+    """Where local Dask workers keep their files: ``MM_DASK_SCRATCH``, else ``<out>/.dask-scratch``."""
+    from mm_core.settings import get_settings
+
+    return Path(get_settings().dask_scratch or Path(out) / ".dask-scratch")
+
+
+def _security():
+    """A temporary TLS context (self-signed, in memory): only this process and the workers it
+    starts hold the key, so other local processes cannot use the cluster; None without
+    the ``cryptography`` package (then the cluster is reachable from this machine only)."""
+    try:
+        from distributed.security import Security
+
+        return Security.temporary()
+    except ImportError:  # pragma: no cover - cryptography comes with distributed's usual installs
+        return None
+
+
+def _client(workers: int, scheduler: str | None, out: Path | None = None):
     import dask
     from distributed import Client, LocalCluster
 
@@ -170,9 +190,13 @@ def _client(workers: int, scheduler: str | None):
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({reason}); check the address "
                              "and that the scheduler is running") from None
     one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    scratch = scratch_dir(out if out is not None else ".")
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, env=one, silence_logs=40)
+        scratch.mkdir(parents=True, exist_ok=True)
+        dask.config.set({"temporary-directory": str(scratch)})
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, env=one, silence_logs=40, local_directory=str(scratch),
+                               security=_security())
     except Exception as exc:  # noqa: BLE001
         raise MMError(f"could not start {workers} local Dask worker processes "
                       f"({type(exc).__name__}: {exc})") from None
@@ -180,7 +204,7 @@ def _client(workers: int, scheduler: str | None):
 
 
 def _dask_rows(items: list[Item], options: TaskOptions, workers: int, scheduler: str | None):
-    client, cluster = _client(workers, scheduler)
+    client, cluster = _client(workers, scheduler, Path(options.out))
     try:
         from distributed import as_completed, wait
 
@@ -207,6 +231,13 @@ def _dask_rows(items: list[Item], options: TaskOptions, workers: int, scheduler:
         client.close()
         if cluster is not None:
             cluster.close()
+            import shutil
+
+            shutil.rmtree(scratch_dir(options.out) / "dask-scratch-space", ignore_errors=True)
+            try:
+                scratch_dir(options.out).rmdir()  # the default one, when left empty
+            except OSError:
+                pass
 
 
 def _failed(it: Item, msg: str) -> dict:
@@ -339,12 +370,13 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
             bar.update(1)
             if progress:
                 what = VALUE_COLUMNS[task]
-                name = Path(row["image"]).name
+                name = printable(Path(row["image"]).name)
                 tqdm.write(f"{name}: {row['value']:g} {what}" if row["status"] == "done"
-                           else f"skipped {name}: {row['message']}", file=sys.stderr)
+                           else f"skipped {name}: {printable(row['message'])}", file=sys.stderr)
                 if row["status"] == "done" and row["message"]:
                     for w in row["message"].split(" | "):
-                        tqdm.write(f"warning: {name}: {w.removeprefix('warning: ')}", file=sys.stderr)
+                        tqdm.write(f"warning: {name}: {printable(w.removeprefix('warning: '))}",
+                                   file=sys.stderr)
             if on_result is not None:
                 on_result(row)
     finally:

@@ -8,9 +8,11 @@ mean a finished input.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_core.errors import InputWarning, MMError
+from mm_core.errors import InputWarning, MMError, printable
+from mm_core.io.atomic import clear_name
 from mm_core.batching.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
@@ -92,14 +95,15 @@ def outputs(task: str, base: str, lazy: bool = False) -> list[str]:
 
 
 def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+    """The name ``path`` is written under until complete (whatever was there, a link too, removed)."""
+    return clear_name(path.with_name(path.name + ".partial"))
 
 
 def _commit(path: Path) -> None:
     """Move ``<path>.partial`` to ``path`` (replacing a file or folder there)."""
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    os.replace(_partial(path), path)
+    os.replace(path.with_name(path.name + ".partial"), path)
 
 
 def is_lazy(path: str) -> bool:
@@ -120,7 +124,7 @@ def _bar(s: TaskOptions, item: Item):
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc=Path(item.path).name, unit="%", file=sys.stderr, leave=False,
+    bar = tqdm(total=100, desc=printable(Path(item.path).name), unit="%", file=sys.stderr, leave=False,
                bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
 
     def progress(frac: float, desc: str) -> None:
@@ -140,24 +144,30 @@ def _tiled_boxes(item: Item, shape: tuple[int, int]) -> np.ndarray | None:
     return prepare_boxes(item.boxes, shape, max_boxes=Limits.resolve().max_boxes) if item.boxes else None
 
 
-def _save(result, out: Path, base: str, intensity) -> None:
+def _save(result, out: Path, base: str, intensity, last: str | None = None) -> None:
     """:func:`mm_core.export.save` into a scratch folder, then each file moved into ``out``.
 
     ``counts.csv`` is left out (the batch writes it once from the manifest); the files are
-    moved in the order they were written, the table last, so a complete set is recognisable.
+    moved with ``last`` (default: the tables, ``*.csv``) at the end, so a complete set is
+    recognisable (:func:`outputs`). A write that fails (a full disk) leaves no partial result.
     """
     from mm_core import export
 
-    scratch = out / f".{base}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
+    stem = f".{glob.escape(base)}."
+    for left in [*out.glob(stem + "partial"), *out.glob(stem + "[a-z0-9_]" * 8 + ".partial")]:
+        clear_name(left)  # a killed run's scratch (mkdtemp's 8 characters), or a link planted there
+    scratch = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=out))  # fresh: no planted link
     try:
         files = [f for f in export.save(result, scratch, base, intensity=intensity) if f.name != "counts.csv"]
-        files.sort(key=lambda f: f.suffix == ".csv")
+        files.sort(key=lambda f: f.name == last if last else f.suffix == ".csv")
         for f in files:
             target = out / f.name
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(f, target)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise MMError(f"cannot write the result into {out} ({exc.strerror or exc}); the incomplete "
+                      "files were removed, nothing there is a partial result") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -188,7 +198,7 @@ def _lazy_count(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
     from mm_core.batching.tiled import count_tiled
 
     dens_p, pts_p = out / f"{item.base}_density.tif", out / f"{item.base}_points.csv"
-    scratch = out / f".{item.base}_density.zarr.partial"
+    scratch = Path(tempfile.mkdtemp(prefix=f".{item.base}_density.", suffix=".zarr.partial", dir=out))
     try:
         with open_lazy(item.path, s.channels) as img:
             boxes = _tiled_boxes(item, img.shape)
@@ -241,12 +251,12 @@ def _run_image(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[flo
 
 def _run_sequence(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, list[str]]:
     """Track one time-lapse and write its files into :meth:`Item.out_dir`; the tracks and the warnings."""
-    from mm_core import export
     from mm_core.io import read_sequence
 
     seq = read_sequence(item.path, channels=s.channels)
     res = model.matcher.track(seq.frames, boxes=item.boxes, progress=_bar(s, item))
-    export.save(res, item.out_dir(out))  # the files of a complete result end with TRACK_OUTPUTS' last
+    item.out_dir(out).mkdir(parents=True, exist_ok=True)
+    _save(res, item.out_dir(out), "", None, last=TRACK_OUTPUTS[-1])  # a complete result ends with it
     return float(res.n_tracks), list(res.warnings)
 
 

@@ -21,6 +21,7 @@ prediction and listed under ``missing``. The result is one JSON-serialisable dic
 from __future__ import annotations
 
 import csv
+import io
 import tempfile
 from pathlib import Path
 
@@ -132,17 +133,21 @@ def _n_rows(csv_path: Path) -> int:
 
 def _read_counts(path: Path) -> dict[str, float]:
     counts: dict[str, float] = {}
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"image", "count"} <= set(reader.fieldnames):
-            raise InputError(f"{path.name} needs the header image,count")
-        for row in reader:
-            try:
-                value = float(row["count"])
-            except (TypeError, ValueError):
-                raise InputError(f"{path.name}: the count of {row['image']} is not a number") from None
-            counts[row["image"]] = value
-            counts.setdefault(Path(row["image"]).stem, value)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path.name} is not a UTF-8 text table (byte {err.start}: "
+                         f"{err.object[err.start:err.start + 1]!r}); save it as UTF-8 CSV") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or not {"image", "count"} <= set(reader.fieldnames):
+        raise InputError(f"{path.name} needs the header image,count")
+    for row in reader:
+        try:
+            value = float(row["count"])
+        except (TypeError, ValueError):
+            raise InputError(f"{path.name}: the count of {row['image']} is not a number") from None
+        counts[row["image"]] = value
+        counts.setdefault(Path(row["image"]).stem, value)
     return counts
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from mm_core.errors import InputError
@@ -175,7 +176,8 @@ def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zname: str, budget: 
                 chunks.append(chunk)
     except InputError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError,
+            NotImplementedError) as exc:
         raise InputError(f"{name} in {zname} could not be decompressed ({exc})") from None
     budget[0] -= size
     return b"".join(chunks)

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from mm_core.errors import InputError
 
@@ -120,3 +121,40 @@ def atomic_dir(path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def open_replacing(path, newline: str | None = "") -> IO[str]:
+    """A new, empty text file (UTF-8) moved onto ``path`` at once, open for appending rows.
+
+    For a log written row by row (a batch's ``manifest.csv``): the file is made under a
+    fresh name (``O_EXCL``) and renamed onto ``path`` before the first row, so a symlink
+    at ``path`` is replaced, never written through; later rows go to the open file, not
+    to the name. Characters that are not valid UTF-8 (file names from another system)
+    are written escaped instead of raising.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".part", dir=target.parent)
+    try:
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, target)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace", newline=newline)
+
+
+def clear_name(path) -> Path:
+    """Remove whatever is at ``path`` (a file, a symlink, a folder: never what a link points
+    to), so that the next write creates a new entry there; returns ``path``."""
+    import shutil
+
+    target = Path(path)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    return target

@@ -13,8 +13,10 @@ force as a hard ceiling for PNG/JPEG/BMP). Axes are planned by
 from __future__ import annotations
 
 import io
+import os
 import logging
 import re
+import stat
 import struct
 import warnings
 from contextlib import contextmanager
@@ -78,8 +80,22 @@ def sniff(head: bytes, name: str) -> str:
     raise InputError(f"{name} is not a {SUPPORTED} image (its content is not recognised)")
 
 
+def check_regular(path: Path) -> None:
+    """Refuse what is not a regular file or a folder (a FIFO, socket or device would block
+    or never end), before anything opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path.name} does not exist ({path})") from None
+    except OSError as exc:
+        raise InputError(f"{path.name} cannot be opened ({exc.strerror or exc})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(f"{path.name} is not a regular file (a pipe, socket or device); give an image file")
+
+
 def read_head(path: Path, n: int = 16) -> bytes:
     """The first ``n`` bytes of a file, with a clear error if it cannot be opened."""
+    check_regular(path)
     try:
         with open(path, "rb") as fh:
             return fh.read(n)

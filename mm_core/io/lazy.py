@@ -9,6 +9,11 @@ count as channels: 1 or 3 channels, or the ones picked with ``channels``) and an
 axis of size 1. A time axis, a Z stack or an unknown axis of size > 1 is refused with
 the axes found, and so is a zarr holding no image array.
 
+Work caps before work: a TIFF or zarr that declares far more pixels than it stores
+(more than ``MM_MAX_DECLARED_RATIO`` declared bytes per stored byte, or tiles that all
+point at the same data) is refused when opened, and reading one image stops with a
+message after ``MM_READ_TIME_BUDGET_S`` seconds in all.
+
 Pixel limit: lazily read images may hold up to :data:`MAX_LAZY_PIXELS` pixels
 (4,294,967,296 = 65,536 x 65,536) per plane, set with the environment variable
 ``MM_MAX_LAZY_PIXELS``; the in-memory limit ``MM_MAX_PIXELS`` (8,192 x 8,192) does not
@@ -18,12 +23,14 @@ apply to them because they are never decoded whole.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mm_core.errors import InputError
+from mm_core.io.decode import check_regular
 from mm_core.io.limits import MIN_SIDE, megapixels
 from mm_core.settings import Settings, get_settings
 
@@ -58,6 +65,7 @@ class LazyImage:
     channels: list | None = None
     info: dict = field(default_factory=dict)
     _handle: object = None
+    deadline: float | None = None  #: ``time.monotonic()`` after which reading stops (the read budget)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -77,7 +85,17 @@ class LazyImage:
         return np.dtype(self.array.dtype)
 
     def read(self, y0: int, y1: int, x0: int, x1: int, step: int = 1) -> np.ndarray:
-        """Decode the window ``[y0:y1, x0:x1]`` as float32 ``(h, w)`` or ``(h, w, 3)``."""
+        """Decode the window ``[y0:y1, x0:x1]`` as float32 ``(h, w)`` or ``(h, w, 3)``.
+
+        Raises
+        ------
+        InputError
+            The image's read budget (``MM_READ_TIME_BUDGET_S``) is spent.
+        """
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise InputError(f"{self.source} took more than {get_settings().read_time_budget_s:,.0f} s to read "
+                             "(MM_READ_TIME_BUDGET_S); its stored data is slow to decode (one huge strip or "
+                             "tile?); save it tiled (e.g. 512x512 tiles) or raise the budget")
         index = []
         for ax, n in zip(self.axes, self.array.shape):
             if ax == "Y":
@@ -125,6 +143,40 @@ def is_zarr(path) -> bool:
     return p.is_dir() and (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in _ZARR_MARKERS))
 
 
+def _stored_tiff(tf) -> tuple[int, int, int]:
+    """``(bytes stored, data blocks, distinct blocks)`` of a TIFF's first series."""
+    blocks = [(o, c) for page in tf.series[0].pages if page is not None
+              for o, c in zip(page.dataoffsets, page.databytecounts) if c > 0]
+    distinct = set(blocks)
+    return sum(c for _, c in distinct), len(blocks), len(distinct)
+
+
+def _stored_zarr(path: Path) -> int:
+    """Bytes of the files of a zarr folder (its chunks and metadata)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def check_declared(img: LazyImage, stored: int, blocks: int = 0, distinct: int = 0) -> None:
+    """Refuse an image that declares far more than it stores (see the module docstring).
+
+    Raises
+    ------
+    InputError
+        Tiles pointing at the same data, or more than ``MM_MAX_DECLARED_RATIO`` declared
+        bytes per stored byte.
+    """
+    h, w = img.shape
+    declared = h * w * img.n_channels * img.dtype.itemsize
+    if blocks >= 8 and distinct < blocks / 2:
+        raise InputError(f"{img.source} is refused: {blocks - distinct:,} of its {blocks:,} tiles or strips point "
+                         "at data already used by another; the file is forged or damaged")
+    ratio = get_settings().max_declared_ratio
+    if declared > 64 * 2**20 and declared > ratio * max(stored, 1):
+        raise InputError(f"{img.source} declares {w:,}x{h:,} pixels ({declared / 2**20:,.0f} MiB) but stores only "
+                         f"{stored / 2**10:,.0f} KiB of image data, more than {ratio} times less "
+                         "(MM_MAX_DECLARED_RATIO); a forged or nearly empty file is not processed")
+
+
 def max_lazy_pixels() -> int:
     """The lazy pixel cap: ``MM_MAX_LAZY_PIXELS`` if set, else :data:`MAX_LAZY_PIXELS`."""
     return get_settings().max_lazy_pixels
@@ -134,6 +186,8 @@ def tiff_plane_pixels(path) -> int | None:
     """Pixels per plane of a TIFF's first series from its header (None if not a readable TIFF)."""
     import tifffile
 
+    if not Path(path).is_file():  # a FIFO or device would block: the reader refuses it
+        return None
     try:
         with tifffile.TiffFile(path) as tf:
             s = tf.series[0]
@@ -147,15 +201,26 @@ def tiff_plane_pixels(path) -> int | None:
         return None
 
 
-def _ome_axes(attrs: dict) -> tuple[str, str] | None:
-    """``(dataset path, axes)`` of the first multiscale of OME-Zarr attributes, or None."""
+def _ome_axes(attrs: dict, source: str = "the zarr") -> tuple[str, str] | None:
+    """``(dataset path, axes)`` of the first multiscale of OME-Zarr attributes, or None.
+
+    Raises
+    ------
+    InputError
+        Metadata that says OME-Zarr but lacks what it needs (axes names, a dataset path).
+    """
     ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
     if not ms:
         return None
-    m = ms[0]
-    axes = m.get("axes") or ["t", "c", "z", "y", "x"][-len(m.get("datasets", [{}])) :]
-    names = "".join((a["name"] if isinstance(a, dict) else str(a))[:1] for a in axes)
-    return m["datasets"][0]["path"], names.upper()
+    try:
+        m = ms[0]
+        datasets = m.get("datasets") or []
+        axes = m.get("axes") or ["t", "c", "z", "y", "x"][-len(datasets or [{}]):]
+        names = "".join(str(a["name"] if isinstance(a, dict) else a)[:1] for a in axes)
+        return str(datasets[0]["path"]), names.upper()
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise InputError(f"{source}: its OME-Zarr metadata (multiscales) is malformed: it needs "
+                         "axes with names and at least one dataset with a path") from None
 
 
 def _guess_axes(shape: tuple, source: str) -> str:
@@ -181,7 +246,7 @@ def _open_zarr(path: Path):
     if isinstance(node, zarr.Array):
         return node, _guess_axes(node.shape, path.name), {"format": "zarr"}
     attrs = dict(node.attrs)
-    ome = _ome_axes(attrs)
+    ome = _ome_axes(attrs, path.name)
     if ome is not None:
         key, axes = ome
         try:
@@ -275,8 +340,7 @@ def open_lazy(path, channels=None) -> LazyImage:
         or more pixels than ``MM_MAX_LAZY_PIXELS``.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path.name} does not exist")
+    check_regular(path)
     handle = None
     if is_zarr(path):
         arr, axes, info = _open_zarr(path)
@@ -296,6 +360,8 @@ def open_lazy(path, channels=None) -> LazyImage:
             raise InputError(
                 f"{path.name} is only {w}x{h} pixels; images must be at least {MIN_SIDE}x{MIN_SIDE}"
             )
+        check_declared(img, *(_stored_tiff(handle) if handle is not None else (_stored_zarr(path),)))
+        img.deadline = time.monotonic() + get_settings().read_time_budget_s
     except InputError:
         if handle is not None:
             handle.close()

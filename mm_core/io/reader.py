@@ -235,11 +235,18 @@ def read_image(path, channels: Channels = None, max_pixels: int | None = None) -
 class _Collector:
     """Checks frames one by one: same size, total pixel budget, content."""
 
-    def __init__(self, limits: Limits, source: str):
-        self.limits, self.source = limits, source
+    def __init__(self, limits: Limits, source: str, expected: int = 0):
+        self.limits, self.source, self.expected = limits, source, expected
         self.frames, self.names, self.blank, self.total = [], [], [], 0
 
     def add(self, frame: np.ndarray, name: str) -> None:
+        cap = self.limits.max_total_pixels
+        if not self.frames and self.expected * frame.size > cap:  # frames x pixels, before the other frames
+            raise InputError(
+                f"{self.source} holds {self.expected:,} frames of {_size(frame)}, "
+                f"{megapixels(self.expected * frame.size)} in all, more than the limit of {megapixels(cap)} "
+                "(MM_MAX_TOTAL_PIXELS); use fewer or smaller frames"
+            )
         check_content(frame, f"frame {name}", allow_constant=True)
         if self.frames and frame.shape != self.frames[0].shape:
             raise InputError(
@@ -295,7 +302,8 @@ def first_frame_name(path) -> str | None:
 
 
 def read_sequence(
-    path, channels: Channels = None, max_frames: int | None = None, max_pixels: int | None = None
+    path, channels: Channels = None, max_frames: int | None = None, max_pixels: int | None = None,
+    max_total_pixels: int | None = None,
 ) -> SequenceData:
     """Read a time-lapse: a folder or zip of frames, or one multi-frame TIFF.
 
@@ -311,6 +319,9 @@ def read_sequence(
         Frame cap (default ``MM_MAX_FRAMES`` or 2000), checked before decoding.
     max_pixels : int, optional
         Pixel cap per frame (default ``MM_MAX_PIXELS`` or 64 Mpx).
+    max_total_pixels : int, optional
+        Cap on frames x pixels (default ``MM_MAX_TOTAL_PIXELS``), checked from the header
+        of a TIFF, and after the first frame of a folder or zip (before the others are read).
 
     Returns
     -------
@@ -323,13 +334,14 @@ def read_sequence(
         or a sequence whose frames are all blank.
     """
     path = Path(path)
-    limits = Limits.resolve(max_pixels=max_pixels, max_frames=max_frames)
+    limits = Limits.resolve(max_pixels=max_pixels, max_frames=max_frames, max_total_pixels=max_total_pixels)
     fmt = _zip_or_path(path)
     col = _Collector(limits, path.name)
     info, dtype = {"path": str(path)}, ""
     if fmt == "DIR":
         files = list_folder(path)
         _check_count(len(files), path.name, limits)
+        col.expected = len(files)
         for f in files:
             raw = decode(f, f.name, limits, "frame", channels is not None)
             dtype = dtype or raw.dtype
@@ -339,6 +351,7 @@ def read_sequence(
         zf, members = open_zip(path, limits)
         with zf:
             _check_count(len(members), path.name, limits)
+            col.expected = len(members)
             budget = [limits.max_zip_bytes]
             for m in members:
                 mname = member_name(m)

@@ -99,6 +99,16 @@ def _naming(name: str, exc: Exception) -> str:
     return msg if name in msg else f"{name}: {msg}"
 
 
+def _pixel_size(text: str) -> float:
+    """``--pixel-size``: a positive number of µm, else argparse's one-line usage error."""
+    from mm_core.io.calibration import check_pixel_size
+
+    try:
+        return check_pixel_size(text, "--pixel-size")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _unique_base(path: Path, seen: set[str]) -> str:
     base, k = path.stem, 2
     while base in seen:
@@ -152,7 +162,7 @@ def _run_batch(args, task: str) -> int:
     print(f"{task}: {len(files)} images on {where}; engine {args.engine}, head {args.head}", file=sys.stderr)
     table = batch(files, task=task, out=_out_dir(args.out), workers=args.workers, scheduler=args.scheduler,
                   resume=args.resume, engine=args.engine, head=args.head, boxes=boxes,
-                  channels=args.channels, tile=args.tile, overlap=args.overlap)
+                  channels=args.channels, tile=args.tile, overlap=args.overlap, pixel_size=args.pixel_size)
     failures = int((table["status"] != "done").sum())
     print(f"{len(files) - failures} of {len(files)} images done; results and manifest.csv in {args.out}",
           file=sys.stderr)
@@ -168,7 +178,7 @@ def _run_track(args) -> int:
     name = Path(args.inputs[0]).name
     try:
         with _warnings_about(name):
-            seq = read_sequence(args.inputs[0], channels=args.channels)
+            seq = read_sequence(args.inputs[0], channels=args.channels, pixel_size=args.pixel_size)
     except InputError as exc:
         print(f"error: {_naming(name, exc)}", file=sys.stderr)
         return EXIT_REFUSED
@@ -185,7 +195,7 @@ def _run_track(args) -> int:
 
     try:
         with _warnings_about(name):
-            res = matcher.track(seq.frames, boxes=boxes, progress=progress)
+            res = matcher.track(seq, boxes=boxes, progress=progress)
     except InputError as exc:
         bar.close()
         print(f"error: {_naming(name, exc)}", file=sys.stderr)
@@ -193,7 +203,7 @@ def _run_track(args) -> int:
     bar.close()
     export.save(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
-          f"CTC results and GEFF tracks.zarr in {out}", file=sys.stderr)
+          f"CTC results and GEFF tracks.zarr in {out}. {res.pixel_size_note()}", file=sys.stderr)
     _print_warnings(name, res.warnings)
     return EXIT_OK
 
@@ -243,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exemplar box in pixels (x = column, x1/y1 exclusive); repeat for several")
         p.add_argument("--boxes", metavar="CSV", help="CSV with header image,x0,y0,x1,y1 "
                        "(image = file name without extension" + ("; 'first' = first frame)" if what == "track" else ")"))
+        p.add_argument("--pixel-size", metavar="UM", default=None, type=_pixel_size,
+                       help="pixel size in micrometres (µm per pixel), overriding the file's calibration; "
+                       "measurements are then in µm and µm² as well as pixels (default: read from the file "
+                       "(OME-TIFF, ImageJ TIFF, TIFF resolution, OME-Zarr), else pixels only)")
         p.add_argument("--channels", type=int, nargs="+", default=None,
                        help="channels to use (0-based) for multi-channel images; default: RGB stays RGB, "
                        "other multi-channel images become a composite")

@@ -13,10 +13,10 @@ import pandas as pd
 from mm_core.errors import InputError
 from mm_core.io.labels import TRACK_COLUMNS
 
-#: Columns of :func:`tracks_table`.
-TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area", "parent"]
+#: Columns of :func:`tracks_table` (``area_um2`` follows ``area_px`` when the pixel size is known).
+TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area_px", "parent"]
 
-__all__ = ["TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "as_labels", "check_tracks", "measurements_table",
+__all__ = ["TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "add_physical", "as_labels", "check_tracks", "measurements_table",
            "tracks_from_masks", "tracks_table"]
 
 
@@ -61,12 +61,34 @@ def as_labels(labels, ndims: tuple[int, ...] = (2,), what: str = "label image") 
 
 _PROPS = ("label", "area", "centroid", "bbox", "equivalent_diameter_area", "eccentricity")
 _INTENSITY_PROPS = ("intensity_mean", "intensity_min", "intensity_max")
-_RENAME = {"centroid-0": "centroid_y", "centroid-1": "centroid_x",
+_RENAME = {"centroid-0": "centroid_y", "centroid-1": "centroid_x", "area": "area_px",
            "bbox-0": "bbox_y0", "bbox-1": "bbox_x0", "bbox-2": "bbox_y1", "bbox-3": "bbox_x1",
-           "equivalent_diameter_area": "equivalent_diameter"}
+           "equivalent_diameter_area": "equivalent_diameter_px"}
 
 
-def measurements_table(labels, intensity=None) -> pd.DataFrame:
+def add_physical(table: pd.DataFrame, pixel_size: float | None) -> pd.DataFrame:
+    """Add ``area_um2`` and ``equivalent_diameter_um`` after their pixel columns (``pixel_size`` in µm).
+
+    A table without ``equivalent_diameter_px`` gets it from ``area_px``. Without a pixel
+    size the table is returned with pixel columns only.
+    """
+    from mm_core.io.calibration import check_pixel_size
+
+    size = check_pixel_size(pixel_size)
+    out = table.copy()
+    if "equivalent_diameter_px" not in out.columns and "area_px" in out.columns:
+        out["equivalent_diameter_px"] = np.sqrt(4.0 * out["area_px"].to_numpy(float) / np.pi)
+    if size is None or "area_px" not in out.columns:
+        return out
+    cols = list(out.columns)
+    out["area_um2"] = out["area_px"].to_numpy(float) * size**2
+    out["equivalent_diameter_um"] = out["equivalent_diameter_px"].to_numpy(float) * size
+    cols.insert(cols.index("area_px") + 1, "area_um2")
+    cols.insert(cols.index("equivalent_diameter_px") + 1, "equivalent_diameter_um")
+    return out[cols]
+
+
+def measurements_table(labels, intensity=None, pixel_size: float | None = None) -> pd.DataFrame:
     """Per-object measurements from :func:`skimage.measure.regionprops_table`.
 
     Parameters
@@ -75,15 +97,17 @@ def measurements_table(labels, intensity=None) -> pd.DataFrame:
         ``(H, W)`` integer labels, 0 = background.
     intensity : ndarray, optional
         ``(H, W)`` or ``(H, W, C)`` image measured inside each object.
+    pixel_size : float, optional
+        µm per pixel: adds ``area_um2`` and ``equivalent_diameter_um``.
 
     Returns
     -------
     pandas.DataFrame
-        One row per object, sorted by label, with columns ``label``, ``area``
-        (pixels), ``centroid_x``, ``centroid_y`` (x = column, y = row),
-        ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (x1/y1 exclusive, as the
-        exemplar boxes), ``equivalent_diameter`` (of the circle with the same
-        area), ``eccentricity`` and, with ``intensity``, ``mean_intensity``,
+        One row per object, sorted by label, with columns ``label``, ``area_px``
+        (and ``area_um2``), ``centroid_x``, ``centroid_y`` (pixels; x = column, y = row),
+        ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (pixels, x1/y1 exclusive, as the
+        exemplar boxes), ``equivalent_diameter_px`` (of the circle with the same
+        area; and ``equivalent_diameter_um``), ``eccentricity`` and, with ``intensity``, ``mean_intensity``,
         ``min_intensity``, ``max_intensity`` (for ``C > 1`` channels one column
         per channel: ``mean_intensity_ch0``, ...).
     """
@@ -105,9 +129,10 @@ def measurements_table(labels, intensity=None) -> pd.DataFrame:
         rename[f"intensity_{stat}"] = f"{stat}_intensity"
         for c in range(img.shape[-1] if img is not None and img.ndim == 3 else 0):
             rename[f"intensity_{stat}-{c}"] = f"{stat}_intensity_ch{c}"
-    first = ["label", "area", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
+    first = ["label", "area_px", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
     table = table.rename(columns=rename).astype({c: np.int64 for c in first if "centroid" not in c})
-    return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
+    table = table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
+    return add_physical(table, pixel_size)
 
 
 def tracks_from_masks(masks) -> pd.DataFrame:
@@ -123,12 +148,12 @@ def tracks_from_masks(masks) -> pd.DataFrame:
     return pd.DataFrame(sorted(rows.values()), columns=TRACK_COLUMNS, dtype=np.int64)
 
 
-def tracks_table(masks, tracks=None) -> pd.DataFrame:
-    """One row per object per frame: ``track_id, frame, x, y, area, parent``.
+def tracks_table(masks, tracks=None, pixel_size: float | None = None) -> pd.DataFrame:
+    """One row per object per frame: ``track_id, frame, x, y, area_px, parent``.
 
-    ``x``, ``y`` are the object's centroid (x = column, y = row) in that frame,
-    ``area`` its pixels and ``parent`` the track it divided from (0 = none).
-    Sorted by track, then frame.
+    ``x``, ``y`` are the object's centroid in pixels (x = column, y = row) in that frame,
+    ``area_px`` its pixels (followed by ``area_um2`` when ``pixel_size``, µm per pixel,
+    is given) and ``parent`` the track it divided from (0 = none). Sorted by track, then frame.
     """
     from skimage.measure import regionprops_table
 
@@ -139,15 +164,18 @@ def tracks_table(masks, tracks=None) -> pd.DataFrame:
         if frame.any():
             p = regionprops_table(frame.astype(np.int64), properties=("label", "centroid", "area"))
             parts.append(pd.DataFrame({"track_id": p["label"], "frame": t, "x": p["centroid-1"],
-                                       "y": p["centroid-0"], "area": p["area"]}))
+                                       "y": p["centroid-0"], "area_px": p["area"]}))
     cols = TRACK_TABLE_COLUMNS
     if not parts:
-        return pd.DataFrame(columns=cols)
-    out = pd.concat(parts, ignore_index=True)
-    parent = dict(zip(table["label"], table["parent"]))
-    out["parent"] = out["track_id"].map(parent).fillna(0).astype(np.int64)
-    out[["track_id", "area"]] = out[["track_id", "area"]].astype(np.int64)
-    return out[cols].sort_values(["track_id", "frame"], ignore_index=True)
+        out = pd.DataFrame(columns=cols)
+    else:
+        out = pd.concat(parts, ignore_index=True)
+        parent = dict(zip(table["label"], table["parent"]))
+        out["parent"] = out["track_id"].map(parent).fillna(0).astype(np.int64)
+        out[["track_id", "area_px"]] = out[["track_id", "area_px"]].astype(np.int64)
+        out = out[cols].sort_values(["track_id", "frame"], ignore_index=True)
+    out = add_physical(out, pixel_size)
+    return out.drop(columns=["equivalent_diameter_px", "equivalent_diameter_um"], errors="ignore")
 
 
 def check_tracks(tracks) -> pd.DataFrame:

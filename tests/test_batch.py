@@ -47,7 +47,7 @@ def test_two_worker_local_cluster_matches_in_process_run(folder, tmp_path):
     two = mb.batch(_files(d), "segment", tmp_path / "two", workers=2, engine="classic", head="analytic",
                    progress=False)
     for table in (one, two):
-        assert list(table.columns) == ["image", "output", "status", "objects", "seconds", "message"]
+        assert list(table.columns) == ["image", "output", "status", "objects", "pixel_size", "seconds", "message"]
         assert len(table) == 5 and (table["status"] == "done").sum() == 4
         bad = table[table["status"] == "failed"]
         assert list(bad["output"]) == ["broken"] and "broken.tif" in bad["message"].iloc[0]

@@ -64,7 +64,7 @@ def test_segment_writes_labels_and_measurements(images, tmp_path):
         table = pd.read_csv(out / f"{base}.csv")
         assert labels.shape == (96, 96) and 3 <= labels.max() <= 5
         assert len(table) == len(np.unique(labels)) - 1
-        assert {"label", "area", "centroid_x", "mean_intensity"} <= set(table.columns)
+        assert {"label", "area_px", "centroid_x", "mean_intensity"} <= set(table.columns)
 
 
 def test_count_writes_counts_density_points(images, tmp_path):

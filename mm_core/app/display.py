@@ -75,6 +75,33 @@ def result_html(value: float, caption: str, warnings: list[str] | None = None,
     return out
 
 
+class Estimate:
+    """A progress callback ``(fraction, description)`` that adds its own time left to the description.
+
+    Gradio's own estimate is the mean duration of earlier runs (of any image size); this one is
+    measured on the run itself: time so far × (1 − fraction) / fraction, once a tenth is done.
+    The fraction is clipped to [0, 1] and never goes back.
+    """
+
+    def __init__(self, progress, clock=None):
+        import time
+
+        self.progress, self.clock = progress, clock or time.monotonic
+        self.t0, self.done = self.clock(), 0.0
+
+    def __call__(self, frac, desc: str = "") -> None:
+        self.done = max(self.done, min(max(float(frac), 0.0), 1.0))
+        self.progress(self.done, desc=self.describe(desc))
+
+    def describe(self, desc: str = "") -> str:
+        """``desc`` with the time so far and, once a tenth is done, the time left."""
+        spent = self.clock() - self.t0
+        words = f"{desc} · {spent:.0f} s" if desc else f"{spent:.0f} s"
+        if 0.1 <= self.done < 1.0:
+            words += f", about {spent * (1 - self.done) / self.done:.0f} s left"
+        return words
+
+
 def _num(v) -> str:
     if isinstance(v, (int, np.integer)) or float(v).is_integer():
         return f"{int(v):,d}"

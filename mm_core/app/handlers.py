@@ -8,6 +8,7 @@ The layout that wires them is :mod:`mm_core.app.ui`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from mm_core import export, viz
 from mm_core.viz import tracks as viz_tracks
-from mm_core.app import display
+from mm_core.app import display, tables, zoom
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.lifecycle import STORE
@@ -78,11 +79,11 @@ def on_upload(path, sequence: bool):
 def _inputs(loaded, ann):
     if loaded is None:
         raise gr.Error("Upload an image first (or pick an example).", title="No image")
-    return au.boxes_from_annotation(ann, loaded.preview_scale), au.new_request_dir()
+    return zoom.boxes_in_image(ann, loaded), au.new_request_dir()
 
 
 def _progress(progress):
-    return lambda frac, desc="": progress(min(max(float(frac), 0.0), 1.0), desc=desc)
+    return display.Estimate(progress)
 
 
 def _note(res) -> str:
@@ -102,11 +103,13 @@ def _downloads(files) -> list[str]:
             and f.name != "res_track.txt" and not f.is_dir()]
 
 
-def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress()):
+def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress(),
+                pixel=None):
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]
-    res = matcher().segment(frame, boxes=boxes, progress=_progress(progress))
+    res = matcher().segment(frame, boxes=boxes, progress=_progress(progress), pixel_size=_size(pixel))
+    res = _calibrated(res, pixel)
     files = export.save(res, out, loaded.name, intensity=frame)
     key = ar.keep_image_result(STORE, _session(request), "seg", res, frame, boxes, out)
     return (key, rerender(au.segmentation_view, key, opacity),
@@ -114,11 +117,13 @@ def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, prog
             _map_update(key, show_map), _note(res), display.SEG_LEGEND)
 
 
-def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress()):
+def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress(),
+                pixel=None):
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]
-    res = matcher().count(frame, boxes=boxes, progress=_progress(progress))
+    res = matcher().count(frame, boxes=boxes, progress=_progress(progress), pixel_size=_size(pixel))
+    res = _calibrated(res, pixel)
     files = export.save(res, out, loaded.name)
     key = ar.keep_image_result(STORE, _session(request), "count", res, frame, boxes, out)
     return (key, rerender(au.count_view, key, opacity),
@@ -126,24 +131,36 @@ def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progre
             _map_update(key, show_map), _note(res), display.density_legend(res.density))
 
 
-def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Progress()):
+def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Progress(), pixel=None):
     boxes, out = _inputs(loaded, ann)
     frames = loaded.frames
     small = len(frames) * frames[0].shape[0] * frames[0].shape[1] <= 20_000_000
     res = matcher().track(list(frames), boxes=boxes, progress=_progress(progress),
-                          keep_maps=bool(show_map) or small)
+                          keep_maps=bool(show_map) or small, pixel_size=_size(pixel))
+    res = _calibrated(res, pixel)
     progress(1.0, desc="drawing")
     images = [viz.display_image(f) for f in frames]
     rendered = np.stack(viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True,
                                                  min_side=384))
     gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", list(rendered), fps=4)
-    files = export.save(res, out, loaded.name)
+    files = [*export.save(res, out, loaded.name), tables.track_plot(res, out, loaded.name)]
     maps = np.stack([au.map_view(im, m) for im, m in zip(images, res.maps)]) if res.maps else None
     key = ar.keep_track_result(STORE, _session(request), rendered, maps, out, gif=gif)
+    STORE.get(key)["pixel_note"] = res.pixel_size_note()
     stats = display.result_html(res.n_tracks, "tracks", res.warnings, extra=[(res.n_divisions, "divisions")])
     slider = gr.update(maximum=len(rendered) - 1, value=0, visible=True)
     return (key, str(gif), slider, stats, _downloads(files), _track_map(key, 0, show_map), _note(res),
             gr.update(visible=True))
+
+
+def _size(pixel):
+    """The µm per pixel of ``pixel`` ``(size, source)`` (from :func:`mm_core.app.tables.pixel_choice`)."""
+    return None if pixel is None else pixel[0]
+
+
+def _calibrated(res, pixel):
+    """``res`` saying where its pixel size came from (the app passes a file's size on as a number)."""
+    return res if pixel is None or pixel[0] is None else dataclasses.replace(res, pixel_size_source=pixel[1])
 
 
 def _map_update(key, show):

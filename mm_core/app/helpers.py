@@ -112,7 +112,8 @@ def write_preview(image: np.ndarray, path: Path, max_side: int = PREVIEW_SIDE) -
     return Path(path), scale
 
 
-def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -> Loaded:
+def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None,
+                max_pixels: int | None = None) -> Loaded:
     """Read an uploaded file with :mod:`mm_core.io`; write its frames and preview into ``out_dir``.
 
     ``out_dir`` (default: a new request folder) is made only once the file has been
@@ -126,27 +127,28 @@ def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -
     from mm_core.io import read_image, read_sequence
 
     path = Path(path)
+    max_pixels = max_pixels or MAX_PIXELS
     if sequence:
-        seq = read_sequence(path, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS)
+        seq = read_sequence(path, max_frames=MAX_FRAMES, max_pixels=max_pixels)
         frames = list(seq.frames)
         if len(frames) < 2:
             raise InputError(
                 f"{path.name} holds {len(frames)} frame; tracking needs a time-lapse of at least 2 frames"
             )
-        dtype, what = seq.dtype, f"{len(frames)} frames"
+        dtype, what, size = seq.dtype, f"{len(frames)} frames", getattr(seq, "pixel_size", None)
     else:
-        img = read_image(path, max_pixels=MAX_PIXELS)
+        img = read_image(path, max_pixels=max_pixels)
         frames = [img.data]
-        dtype = img.dtype
+        dtype, size = img.dtype, getattr(img, "pixel_size", None)
         what = f"{img.n_channels} channel{'s' if img.n_channels != 1 else ''}"
     h, w = frames[0].shape[:2]
     out_dir = Path(out_dir) if out_dir is not None else new_request_dir()
     np.save(out_dir / FRAMES_FILE, np.stack(frames).astype(np.float32, copy=False))
     del frames
     preview, scale = write_preview(np.load(out_dir / FRAMES_FILE, mmap_mode="r")[0], out_dir / "preview.png")
-    summary = f"{path.name}: {w}×{h} px, {dtype}, {what}"
+    summary = f"{path.name}: {w}×{h} px, {dtype}, {what}" + (f", {size:.4g} µm/px" if size else "")
     return Loaded(folder=out_dir, name=path.stem, preview=str(preview), preview_scale=scale,
-                  summary=summary, shape=(h, w))
+                  summary=summary, shape=(h, w), info={"pixel_size": size})
 
 
 def example_thumbnail(path: str | Path, sequence: bool, out_dir: Path, side: int = 160) -> Path:

@@ -43,9 +43,14 @@ def slim(result):
 
 
 def keep_image_result(store: SessionStore, session: str | None, tab: str, result, frame, boxes,
-                      folder: Path) -> str:
-    """Keep a segmentation or count result for re-rendering; returns its key."""
-    kept = {"result": slim(result), "boxes": boxes, "display": display8(frame)}
+                      folder: Path, ident: str | None = None) -> str:
+    """Keep a segmentation or count result for re-rendering (subsampled when larger than the
+    screen needs, :func:`mm_core.app.zoom.shrink`); returns its key. ``ident``: the file it is of."""
+    from mm_core.app.zoom import shrink, step
+
+    k = step(frame.shape)
+    small, display, shown = shrink(slim(result), display8(np.asarray(frame[::k, ::k])), boxes, k)
+    kept = {"result": small, "boxes": shown, "display": display, "ident": ident}
     return store.put(store.key(session, tab), kept, folder=folder)
 
 

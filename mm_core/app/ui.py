@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core.app import display, offline
+from mm_core.app import display, offline, panels, runs, tables
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
@@ -84,13 +84,15 @@ _MODE_JS = """(v) => {
 
 
 def _input_column(tab: str, sequence: bool, loaded: gr.State):
-    """Upload, examples, annotator and mode line, wired to ``loaded``; returns the annotator."""
+    """Upload, examples, annotator, drawing state, zoom (images), mode line and pixel size, wired
+    to ``loaded``; returns ``(annotator, pixel field, triggers of a new file)``."""
     kinds = ("multi-page TIFF, OME-TIFF or a zip of frames" if sequence
              else "PNG, JPEG or TIFF (16-bit, multi-channel)")
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
     ann = BBoxAnnotator(
-        label=f"Optional: drag a box {where}around one typical object; Delete removes a selected box",
+        label=f"Optional: drag a box {where}around one typical object (more boxes: drag again); "
+              "Delete removes a selected box",
         categories=["exemplar"],
         interactive=True,
         elem_id=f"{tab}-annotator",
@@ -99,14 +101,21 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         render=False,
     )
     mode = gr.Markdown(au.mode_line(None), elem_id=f"{tab}-mode", render=False)
-    load = guarded("reading the file")(functools.partial(on_upload, sequence=sequence))
+    pixel = panels.pixel_field(tab).unrender()
+
+    def load(path, request: gr.Request = None):
+        out = on_upload(path, sequence=sequence)
+        runs.loaded_now(tab, out[0], request)
+        return (*out, tables.pixel_field_value(out[0]))
+
+    load = guarded("reading the file")(load)
     upload = gr.File(
         label=f"Drop a file here or click to choose one ({kinds})",
         file_types=SEQUENCE_TYPES if sequence else IMAGE_TYPES,
         elem_id=f"{tab}-upload",
         height=130,
     )
-    outs = [loaded, ann, summary, mode, upload]
+    outs = [loaded, ann, summary, mode, upload, pixel]
     examples = [str(EXAMPLES / n) for n in EXAMPLE_FILES[tab] if (EXAMPLES / n).exists()]
     gallery = gr.Gallery(
         [(str(au.example_thumbnail(e, sequence, THUMBS)), Path(e).name) for e in examples],
@@ -123,30 +132,46 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     )
 
     @guarded("loading the example")
-    def pick(evt: gr.EventData = None):  # EventData, not SelectData: API calls may send no event data
+    def pick(evt: gr.EventData = None, request: gr.Request = None):  # EventData: API calls may send none
         data = getattr(evt, "_data", None)
         index = ar.as_index(data.get("index") if isinstance(data, dict) else None, len(examples),
                             "the example number")
-        return load(examples[index])
+        return load(examples[index], request)
 
-    for comp in (summary, ann, mode):
+    for comp in (summary, ann):
         comp.render()
-    reader = guarded("reading the file")(lambda v: load(v[0] if v else None))
+    panels.draw_state(tab)
+    zooms = [] if sequence else panels.zoom_controls(tab, loaded, ann)
+    mode.render()
+    pixel.render()
+
+    @guarded("reading the file")
+    def reader(v, request: gr.Request = None):
+        return load(v[0] if v else None, request)
+
+    def forget(request: gr.Request = None):
+        runs.forget(tab, request)
+
+    empty = lambda: (*_empty_input(), "")  # noqa: E731
     loads = [gallery.select(pick, None, outs, concurrency_limit=4, api_name=f"{tab}_example"),
              upload.upload(load, [upload], outs, concurrency_limit=4, api_name=f"{tab}_upload"),
              ann.upload(reader, [ann], outs, concurrency_limit=4, api_name=False)]
     for ev in loads:
-        ev.failure(_empty_input, None, outs, queue=False, api_name=False).then(
+        ev.failure(empty, None, outs, queue=False, api_name=False).then(
             _show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
         ev.then(_show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
-    upload.clear(_empty_input, None, outs, queue=False, api_name=False)
-    ann.clear(_empty_input, None, outs, queue=False, api_name=False).then(_show_annotator, [loaded], [ann],
-                                                                         queue=False)
+    upload.clear(empty, None, outs, queue=False, api_name=False)
+    ann.clear(empty, None, outs, queue=False, api_name=False).then(_show_annotator, [loaded], [ann],
+                                                                   queue=False)
     # In the browser: boxes being dragged have fractional corners, which the server would refuse.
     ann.change(None, [ann], [mode], js=_MODE_JS, show_progress="hidden")
     # what clears the previous result: a new file, an example, or emptying the file
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
-    return ann, triggers
+    gr.on(triggers, forget, None, None, queue=False, show_progress="hidden",
+          api_name=False)
+    if zooms:
+        gr.on(triggers, panels.reset_zoom, None, zooms, queue=False, show_progress="hidden", api_name=False)
+    return ann, pixel, triggers
 
 
 #: The two single-image tabs differ only in these words and functions.

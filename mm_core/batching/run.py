@@ -2,7 +2,7 @@
 
 :func:`batch` runs ``segment`` or ``count`` over a list of image paths and writes every
 result into one folder as soon as it is ready, with a ``manifest.csv`` (one row per
-image: ``image, output, status, objects`` or ``count``, ``seconds, message``) that is
+image: ``image, output, status, objects`` or ``count``, ``pixel_size, seconds, message``) that is
 appended to and flushed after every image. With ``workers > 1`` the images run as
 tasks on a :class:`distributed.LocalCluster` of single-threaded worker processes;
 with ``scheduler=`` they go to an existing Dask scheduler (a SLURM/PBS cluster through
@@ -56,7 +56,7 @@ class Manifest:
     def __init__(self, out: Path, task: str, keep: Iterable[dict] = ()):
         self.path = out / MANIFEST
         self.value_col = "objects" if task == "segment" else "count"
-        self.cols = ["image", "output", "status", self.value_col, "seconds", "message"]
+        self.cols = ["image", "output", "status", self.value_col, "pixel_size", "seconds", "message"]
         self.rows: list[dict] = []
         self._fh = open(self.path, "w", newline="")
         self._w = csv.writer(self._fh)
@@ -71,7 +71,8 @@ class Manifest:
             f"{float(value):.6g}" if self.value_col == "count" else str(int(float(value))))
         rec = dict(row, value=v)
         self.rows.append(rec)
-        self._w.writerow([rec["image"], rec["output"], rec["status"], v, rec["seconds"], rec["message"]])
+        self._w.writerow([rec["image"], rec["output"], rec["status"], v, rec.get("pixel_size", ""),
+                          rec["seconds"], rec["message"]])
         self._fh.flush()
 
     def close(self) -> None:
@@ -102,6 +103,7 @@ def _already_done(out: Path, task: str, items: list[Item]) -> dict[str, dict]:
         if all((out / n).exists() for n in names):
             done[it.path] = {"image": it.path, "output": it.base, "status": "done",
                              "value": float(r[col]) if r.get(col, "") != "" else float("nan"),
+                             "pixel_size": r.get("pixel_size", ""),
                              "seconds": r.get("seconds", ""), "message": "resumed: outputs complete"}
     return done
 
@@ -143,7 +145,7 @@ def _on_worker(item: Item, settings: Settings) -> dict:
         model = plugin.get()
     except MMError as exc:
         return {"image": item.path, "output": item.base, "status": "failed", "value": float("nan"),
-                "seconds": 0.0, "message": str(exc)}
+                "pixel_size": "", "seconds": 0.0, "message": str(exc)}
     return process(model, item, settings)
 
 
@@ -209,7 +211,7 @@ def _dask_rows(items: list[Item], settings: Settings, workers: int, scheduler: s
 
 def _failed(it: Item, msg: str) -> dict:
     return {"image": it.path, "output": it.base, "status": "failed", "value": float("nan"),
-            "seconds": 0.0, "message": msg}
+            "pixel_size": "", "seconds": 0.0, "message": msg}
 
 
 def _row_of(fut, it: Item) -> dict | None:
@@ -252,7 +254,8 @@ def unique_bases(paths: list) -> list[str]:
 def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 1,
           scheduler: str | None = None, resume: bool = False, engine: str = "auto", head=None,
           boxes: dict | None = None, channels=None, tile: int = DEFAULT_TILE, overlap: int | None = None,
-          progress: bool = True, on_result: Callable[[dict], None] | None = None) -> pd.DataFrame:
+          progress: bool = True, on_result: Callable[[dict], None] | None = None,
+          pixel_size=None, tile_progress=None) -> pd.DataFrame:
     """Segment or count many images; results stream into ``out`` as they finish.
 
     Parameters
@@ -281,6 +284,11 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
         Show a progress bar (stderr).
     on_result : callable, optional
         Called with each manifest row as it arrives.
+    pixel_size : float, optional
+        µm per pixel of every image, overriding the files' calibration (default: each file's own,
+        else pixels); the manifest's ``pixel_size`` says which was used.
+    tile_progress : callable, optional
+        ``progress(fraction, "tile i/n")`` over the tiles of each tiled image (in-process runs only).
 
     Returns
     -------
@@ -289,6 +297,9 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     """
     if task not in TASKS:
         raise InputError(f"unknown batch task {task!r}; choose one of {', '.join(TASKS)}")
+    from mm_core.io.calibration import check_pixel_size
+
+    pixel_size = check_pixel_size(pixel_size, "--pixel-size")
     if int(workers) < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     if int(tile) < 64:
@@ -315,8 +326,9 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
 
     items = [Item(p, b, boxes_of(p)) for p, b in zip(paths, unique_bases(paths))]
     ch = None if channels is None else (tuple(channels) if not np.isscalar(channels) else (int(channels),))
-    settings = Settings(task, str(out), engine, head, ch, int(tile), overlap,
-                        show_tiles=bool(progress and workers == 1 and not scheduler))
+    local = workers == 1 and not scheduler
+    settings = Settings(task, str(out), engine, head, ch, int(tile), overlap, show_tiles=bool(progress and local),
+                        pixel_size=pixel_size, tile_progress=tile_progress if local else None)
     done = _already_done(out, task, items) if resume else {}
     todo = [it for it in items if it.path not in done]
     manifest = Manifest(out, task, keep=done.values())
@@ -333,7 +345,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
             if progress:
                 what = "objects" if task == "segment" else "count"
                 name = Path(row["image"]).name
-                tqdm.write(f"{name}: {row['value']:g} {what}" if row["status"] == "done"
+                size = f"; pixel size {row['pixel_size']}" if row.get("pixel_size") else ""
+                tqdm.write(f"{name}: {row['value']:g} {what}{size}" if row["status"] == "done"
                            else f"skipped {name}: {row['message']}", file=sys.stderr)
                 if row["status"] == "done" and row["message"]:
                     for w in row["message"].split(" | "):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mm_core.errors import InputWarning, MMError
+from mm_core.io.calibration import resolve_pixel_size
 from mm_core.batching.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
@@ -46,6 +47,8 @@ class Settings:
     tile: int = DEFAULT_TILE
     overlap: int | None = None
     show_tiles: bool = False  #: a progress bar over the tiles of a large image (runs in this process)
+    pixel_size: float | None = None  #: µm per pixel given for every image (None: each file's own)
+    tile_progress: object = None  #: ``progress(fraction, "tile i/n")`` of a tiled image (in this process)
 
 
 class Model:
@@ -74,6 +77,11 @@ def outputs(task: str, base: str, lazy: bool = False) -> list[str]:
     return [f"{base}_density.tif", f"{base}_points.csv"]
 
 
+def _pixel_size_text(size: float | None, source: str) -> str:
+    """The manifest's ``pixel_size``: ``"0.24 µm (from file)"``, or ``"unknown: pixels"``."""
+    return source if size is None else f"{size:.4g} µm ({source})"
+
+
 def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
@@ -98,7 +106,9 @@ def is_lazy(path: str) -> bool:
 
 
 def _bar(s: Settings, item: Item):
-    """``progress(fraction, description)`` drawing a tile progress bar, or None."""
+    """``progress(fraction, description)`` over the tiles: the caller's, a progress bar, or None."""
+    if s.tile_progress is not None:
+        return s.tile_progress
     if not s.show_tiles:
         return None
     from tqdm import tqdm
@@ -152,15 +162,16 @@ def _lazy_segment(model: Model, item: Item, s: Settings, out: Path) -> float:
 
     tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
     with open_lazy(item.path, s.channels) as img:
+        size, source = resolve_pixel_size(s.pixel_size, img.pixel_size)
         boxes = _tiled_boxes(item, img.shape)
-        lab = create_ome_zarr(_partial(zpath), img)
+        lab = create_ome_zarr(_partial(zpath), img, pixel_size=size)
         runner = model.tile_fn("segment", boxes)
         summary = segment_tiled(img, lab, runner, s.tile, s.overlap, _bar(s, item), boxes)
         write_bigtiff(_partial(tif), lab, np.uint16 if summary.n_objects <= 65535 else np.uint32)
-        object_table(lab).to_csv(_partial(tab), index=False)
+        object_table(lab, pixel_size=size).to_csv(_partial(tab), index=False)
     for p in (tif, zpath, tab):
         _commit(p)
-    return float(summary.n_objects)
+    return float(summary.n_objects), _pixel_size_text(size, source)
 
 
 def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
@@ -173,6 +184,7 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
     scratch = out / f".{item.base}_density.zarr.partial"
     try:
         with open_lazy(item.path, s.channels) as img:
+            size, source = resolve_pixel_size(s.pixel_size, img.pixel_size)
             boxes = _tiled_boxes(item, img.shape)
             dens = create_zarr_array(scratch, img.shape, np.float32)
             runner = model.tile_fn("count", boxes)
@@ -183,22 +195,25 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
     export.write_points(_partial(pts_p), summary.points)
     for p in (dens_p, pts_p):
         _commit(p)
-    return float(summary.count)
+    return float(summary.count), _pixel_size_text(size, source)
 
 
-def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
-    """Segment or count one image, write its files; return the objects or the count, and the warnings."""
+def _run_image(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, list[str], str]:
+    """Segment or count one image, write its files; return the objects or the count, the warnings
+    and the pixel size used (as the manifest writes it)."""
     from mm_core.io import read_image
     from mm_core.io.lazy import LazyImage
     from mm_core.pipelines import CountResult, SegmentationResult
     from mm_core.batching.tiled import count_tiled, needs_tiling, segment_tiled
 
     if is_lazy(item.path):
-        return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out), []
-    data = read_image(item.path, channels=s.channels).data
-    m = model.matcher
+        value, size_text = (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out)
+        return value, [], size_text
+    img_data = read_image(item.path, channels=s.channels, pixel_size=s.pixel_size)
+    data, m = img_data.data, model.matcher
+    cal = dict(pixel_size=img_data.pixel_size, pixel_size_source=img_data.pixel_size_source)
     if not needs_tiling(data.shape, s.tile):
-        res = getattr(m, s.task)(data, boxes=item.boxes)
+        res = getattr(m, s.task)(img_data, boxes=item.boxes)
     else:
         boxes = _tiled_boxes(item, data.shape[:2])
         img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
@@ -207,16 +222,16 @@ def _run_image(model: Model, item: Item, s: Settings, out: Path) -> float:
             labels = np.zeros(data.shape[:2], np.uint32)
             runner = model.tile_fn("segment", boxes)
             segment_tiled(img, labels, runner, s.tile, s.overlap, _bar(s, item), boxes)
-            res = SegmentationResult(labels=labels, image=data, maps=None, **notes)
+            res = SegmentationResult(labels=labels, image=data, maps=None, **notes, **cal)
         else:
             density = np.zeros(data.shape[:2], np.float32)
             summary = count_tiled(img, density, model.tile_fn("count", boxes), s.tile, s.overlap,
                                   _bar(s, item), boxes)
             res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
-                              maps=None, **notes)
+                              maps=None, **notes, **cal)
     _save(res, out, item.base, data)
     value = float(res.n_objects) if s.task == "segment" else float(res.count)
-    return value, list(getattr(res, "warnings", []) or [])
+    return value, list(getattr(res, "warnings", []) or []), _pixel_size_text(res.pixel_size, res.pixel_size_source)
 
 
 def process(model: Model, item: Item, settings: Settings) -> dict:
@@ -225,15 +240,16 @@ def process(model: Model, item: Item, settings: Settings) -> dict:
     Returns
     -------
     dict
-        The manifest row: ``image, output, status ("done" | "failed"), value, seconds, message``
-        (for a done image, its self-check warnings, ``warning: ...`` joined by `` | ``).
+        The manifest row: ``image, output, status ("done" | "failed"), value, pixel_size, seconds,
+        message`` (for a done image, its self-check warnings, ``warning: ...`` joined by `` | ``;
+        ``pixel_size`` as ``"0.24 µm (from file)"`` or ``"unknown: pixels"``).
     """
     t0 = time.perf_counter()
-    out = Path(settings.out)
+    out, size_text = Path(settings.out), ""
     try:
         with warnings.catch_warnings(record=True) as caught:  # the boxes' warnings (swapped corners, ...)
             warnings.simplefilter("always", InputWarning)
-            value, checks = _run_image(model, item, settings, out)
+            value, checks, size_text = _run_image(model, item, settings, out)
         told = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
         status, msg = "done", " | ".join(f"warning: {w}" for w in told + checks)
     except MMError as exc:
@@ -243,6 +259,6 @@ def process(model: Model, item: Item, settings: Settings) -> dict:
     except Exception as exc:  # noqa: BLE001 - one image's failure must not end the batch
         value, status, msg = float("nan"), "failed", f"{type(exc).__name__}: {exc}"
     return {"image": item.path, "output": item.base, "status": status, "value": value,
-            "seconds": round(time.perf_counter() - t0, 3), "message": msg}
+            "pixel_size": size_text, "seconds": round(time.perf_counter() - t0, 3), "message": msg}
 
 

@@ -3,6 +3,7 @@
 - :mod:`.files`: label TIFFs, measurements, ImageJ ROIs, CTC results, density maps, counts,
   points, and :func:`save`, every file of one result;
 - :mod:`.geff`: tracks as a GEFF graph (zarr), written once and zipped;
+- :mod:`.geojson`: objects as a GeoJSON FeatureCollection for QuPath;
 - :mod:`.large`: whole-slide outputs written tile by tile (BigTIFF, OME-Zarr).
 
 Every writer goes through :mod:`mm_core.io.atomic` (write, then rename).
@@ -26,8 +27,10 @@ from mm_core.export.files import (
     write_points,
     write_tracks_csv,
 )
+from mm_core.export.geojson import geojson_features, write_geojson
 
 __all__ = [
+    "geojson_features", "write_geojson",
     "UINT16_MAX", "ctc_frame_name", "label_dtype", "measurements_table", "object_contour", "save",
     "tracks_table", "write_counts", "write_ctc", "write_ctc_zip", "write_density", "write_imagej_rois",
     "write_labels", "write_measurements", "write_points", "write_tracks_csv",

@@ -102,9 +102,10 @@ def write_labels(path, labels) -> Path:
 
 
 # --------------------------------------------------------------------------- measurements
-def write_measurements(path, labels, intensity=None) -> Path:
-    """Write :func:`measurements_table` as CSV (comma-separated, header row, no index)."""
-    table = measurements_table(labels, intensity)
+def write_measurements(path, labels, intensity=None, pixel_size: float | None = None,
+                       table: pd.DataFrame | None = None) -> Path:
+    """Write :func:`measurements_table` (or the given ``table``) as CSV (comma-separated, header row, no index)."""
+    table = measurements_table(labels, intensity, pixel_size) if table is None else table
     out = _out_path(path)
     atomic_write(out, table.to_csv(index=False))
     return out
@@ -175,9 +176,9 @@ def ctc_frame_name(t: int, n_frames: int, prefix: str = "mask") -> str:
     return f"{prefix}{int(t):0{digits}d}.tif"
 
 
-def write_tracks_csv(path, masks, tracks=None) -> Path:
+def write_tracks_csv(path, masks, tracks=None, pixel_size: float | None = None) -> Path:
     """Write :func:`tracks_table` as CSV (positions with 2 decimals)."""
-    table = tracks_table(masks, tracks)
+    table = tracks_table(masks, tracks, pixel_size)
     out = _out_path(path)
     atomic_write(out, table.to_csv(index=False, float_format="%.2f"))
     return out
@@ -330,23 +331,29 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
     list of Path
         The files written:
 
-        - segmentation: ``<stem>.tif`` (labels), ``<stem>.csv`` (measurements),
-          ``<stem>_rois.zip`` (ImageJ ROIs, when there are objects);
+        - segmentation: ``<stem>.tif`` (labels), ``<stem>.csv`` (measurements, in µm too when
+          the result's pixel size is known), ``<stem>.geojson`` (QuPath objects with the same
+          measurements: :mod:`mm_core.export.geojson`), ``<stem>_rois.zip`` (ImageJ ROIs, when
+          there are objects);
         - counting: ``<stem>_density.tif``, ``<stem>_points.csv`` and
           ``counts.csv`` (``image,count``; this image's row added or replaced);
         - tracking: the CTC result ``maskTTT.tif`` ... + ``res_track.txt``,
           ``<stem>_ctc.zip`` (the same under ``01_RES/``),
           ``<stem>_tracks.csv``, ``<stem>_tracks.zarr`` (GEFF graph + segmentation, a
-          folder: :mod:`mm_core.export.geff`) and ``<stem>_tracks_geff.zip`` (the same
+          folder: :mod:`mm_core.export.geff`; spatial axes in µm when the pixel size is known) and ``<stem>_tracks_geff.zip`` (the same
           zipped); without a stem ``ctc.zip``, ``tracks.csv``, ``tracks.zarr``, ``tracks_geff.zip``.
     """
     out = Path(out_dir)
+    size = getattr(result, "pixel_size", None)
     if hasattr(result, "labels"):
         if not stem:
             raise InputError("saving a segmentation needs a file name stem")
+        from mm_core.export.geojson import write_geojson
+
+        table = measurements_table(result.labels, result.image if intensity is None else intensity, size)
         files = [write_labels(out / f"{stem}.tif", result.labels),
-                 write_measurements(out / f"{stem}.csv", result.labels,
-                                    result.image if intensity is None else intensity)]
+                 write_measurements(out / f"{stem}.csv", result.labels, table=table),
+                 write_geojson(out / f"{stem}.geojson", result.labels, table)]
         if result.n_objects:
             files.append(write_imagej_rois(out / f"{stem}_rois.zip", result.labels))
         return files
@@ -363,7 +370,7 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
         from mm_core.export.geff import write_geff, write_geff_zip
 
         return [*ctc, write_ctc_zip(out / f"{prefix}ctc.zip", result.masks, result.tracks),
-                write_tracks_csv(out / f"{prefix}tracks.csv", result.masks, result.tracks),
-                write_geff(out, result.masks, result.tracks, name=f"{prefix}tracks.zarr"),
-                write_geff_zip(out / f"{prefix}tracks_geff.zip", result.masks, result.tracks)]
+                write_tracks_csv(out / f"{prefix}tracks.csv", result.masks, result.tracks, size),
+                write_geff(out, result.masks, result.tracks, name=f"{prefix}tracks.zarr", pixel_size=size),
+                write_geff_zip(out / f"{prefix}tracks_geff.zip", result.masks, result.tracks, size)]
     raise InputError(f"cannot save a {type(result).__name__}: expected a segmentation, count or tracking result")

@@ -3,12 +3,14 @@
 :func:`write_geff` writes one zarr folder (``tracks.zarr`` by default) holding
 
 - ``tracks``: the tracking graph, written with the :mod:`geff` package (directed; one
-  node per object per frame with the properties ``t``, ``y``, ``x`` (centroid, pixels),
-  ``area`` (pixels), ``seg_id`` (the object's id in that frame of the segmentation,
+  node per object per frame with the properties ``t``, ``y``, ``x`` (centroid: in µm, the
+  axes' unit ``micrometer``, when the pixel size is known, else in pixels, unit ``pixel``),
+  ``area`` (pixels; ``area_um2`` too with a pixel size), ``seg_id`` (the object's id in that frame of the segmentation,
   which is also its CTC track id) and ``track_id``; one edge from each object to the
   same track's next appearance, and from a parent's last object to the first object
   of each daughter);
-- ``segmentation``: the ``(T, Y, X)`` label images (OME-Zarr 0.4 axes ``t, y, x``),
+- ``segmentation``: the ``(T, Y, X)`` label images (OME-Zarr 0.4 axes ``t, y, x``, with the
+  pixel size as the ``y``/``x`` scale so that the graph and the labels overlay),
   referenced from the graph's metadata as a related ``labels`` object whose
   ``seg_id`` node property identifies each node's pixels.
 
@@ -52,7 +54,14 @@ def _nodes(masks: np.ndarray) -> pd.DataFrame:
     return nodes
 
 
-def tracks_graph(masks, tracks=None):
+def _axes(pixel_size: float | None) -> tuple[list[dict], list[float]]:
+    """OME axes ``t, y, x`` and their scale: µm when the pixel size is known, else pixels."""
+    unit, s = ("pixel", 1.0) if pixel_size is None else ("micrometer", float(pixel_size))
+    return ([{"name": "t", "type": "time", "unit": "frame"}, {"name": "y", "type": "space", "unit": unit},
+             {"name": "x", "type": "space", "unit": unit}], [1.0, s, s])
+
+
+def tracks_graph(masks, tracks=None, pixel_size: float | None = None):
     """The tracking graph of CTC masks and track table, as a :class:`networkx.DiGraph`.
 
     Parameters
@@ -61,6 +70,8 @@ def tracks_graph(masks, tracks=None):
         Labels; a label is a track id in every frame.
     tracks : DataFrame, optional
         CTC table ``label, begin, end, parent`` (default: from the masks, no divisions).
+    pixel_size : float, optional
+        µm per pixel: node ``y``, ``x`` in µm and an ``area_um2`` property.
 
     Returns
     -------
@@ -75,17 +86,12 @@ def tracks_graph(masks, tracks=None):
         raise InputError(f"tracking masks must be (T, H, W), got shape {m.shape}")
     tr = check_tracks(tracks) if tracks is not None else tracks_from_masks(m)
     nodes = _nodes(m)
+    s = 1.0 if pixel_size is None else float(pixel_size)
     g = nx.DiGraph()
     for nid, r in nodes.iterrows():
-        g.add_node(
-            int(nid),
-            t=int(r.t),
-            y=float(r.y),
-            x=float(r.x),
-            area=int(r.area),
-            seg_id=int(r.seg_id),
-            track_id=int(r.track_id),
-        )
+        extra = {} if pixel_size is None else {"area_um2": float(r.area) * s * s}
+        g.add_node(int(nid), t=int(r.t), y=float(r.y) * s, x=float(r.x) * s, area=int(r.area),
+                   seg_id=int(r.seg_id), track_id=int(r.track_id), **extra)
     first, last = {}, {}
     for lab, grp in nodes.groupby("seg_id"):
         ids = grp.sort_values("t").index.to_list()
@@ -98,18 +104,14 @@ def tracks_graph(masks, tracks=None):
     return g
 
 
-def _write(store: str, masks, tracks) -> None:
+def _write(store: str, masks, tracks, pixel_size: float | None = None) -> None:
     import geff
     import zarr
 
     m = np.asarray(masks)
-    g = tracks_graph(m, tracks)
+    g = tracks_graph(m, tracks, pixel_size)
     root = zarr.open_group(store, mode="w", zarr_format=2)
-    axes = [
-        {"name": "t", "type": "time", "unit": "frame"},
-        {"name": "y", "type": "space", "unit": "pixel"},
-        {"name": "x", "type": "space", "unit": "pixel"},
-    ]
+    axes, scale = _axes(pixel_size)
     seg = root.create_group(SEG_GROUP)
     seg.attrs["multiscales"] = [
         {
@@ -117,7 +119,7 @@ def _write(store: str, masks, tracks) -> None:
             "name": SEG_GROUP,
             "axes": axes,
             "datasets": [
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
             ],
         }
     ]
@@ -131,7 +133,7 @@ def _write(store: str, masks, tracks) -> None:
         target,
         axis_names=["t", "y", "x"],
         axis_types=["time", "space", "space"],
-        axis_units=["frame", "pixel", "pixel"],
+        axis_units=[a["unit"] for a in axes],
         zarr_format=2,
     )
     meta = geff.GeffMetadata.read(target)
@@ -145,7 +147,7 @@ def _write(store: str, masks, tracks) -> None:
     meta.write(target)
 
 
-def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr") -> Path:
+def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr", pixel_size: float | None = None) -> Path:
     """Write the tracking graph (GEFF) and the segmentation into ``out_dir/name``.
 
     Parameters
@@ -157,6 +159,8 @@ def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr") -> Path:
         CTC table ``label, begin, end, parent``.
     name : str
         Name of the zarr folder.
+    pixel_size : float, optional
+        µm per pixel: spatial axes in ``micrometer`` (node positions and the labels' scale).
 
     Returns
     -------
@@ -167,18 +171,18 @@ def write_geff(out_dir, masks, tracks=None, name: str = "tracks.zarr") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
-    _write(str(out), masks, tracks)
+    _write(str(out), masks, tracks, pixel_size)
     return out
 
 
-def write_geff_zip(zip_path, masks, tracks=None) -> Path:
+def write_geff_zip(zip_path, masks, tracks=None, pixel_size: float | None = None) -> Path:
     """Write what :func:`write_geff` writes as one zip file (a zarr ZipStore), for downloads."""
     import tempfile
 
     zp = Path(zip_path)
     zp.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=zp.parent) as tmp:
-        folder = write_geff(tmp, masks, tracks)
+        folder = write_geff(tmp, masks, tracks, pixel_size=pixel_size)
         with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(folder.rglob("*")):
                 if f.is_file():

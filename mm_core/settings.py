@@ -35,6 +35,9 @@ class Settings:
     engine: str = setting("MM_ENGINE", "auto", "Engine the app and `Matcher()` use: `auto`, `classic` or `ldm`.")
     allow_download: bool = setting(
         "MM_ALLOW_DOWNLOAD", False, "Allow fetching model weights from the Hugging Face hub on first use.")
+    app_max_pixels: int = setting(
+        "MM_APP_MAX_PIXELS", 100_000_000,
+        "Most pixels per image or frame the app accepts (checked before decoding); large images run tiled.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

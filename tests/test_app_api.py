@@ -108,7 +108,7 @@ def test_run_keeps_a_small_result_and_guards_every_handler(server, image_file):
     ann, summary, *_ = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
     assert "96×96" in summary
     value = {"image": handle_file(ann["image"]["path"]), "annotations": []}
-    out = client.predict(value, 0.5, False, api_name="/seg_run")
+    out = client.predict(value, 0.5, False, "", api_name="/seg_run")
     assert "objects" in out[1]
     store = server["store"]
     key = next(k for k in list(store._items) if k.startswith(client.session_hash))
@@ -133,7 +133,7 @@ def test_idle_results_are_freed_for_api_clients(server, image_file):
     store = server["store"]
     client = _client(server)
     ann, *_ = client.predict(handle_file(str(image_file)), api_name="/count_upload")
-    client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False,
+    client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, "",
                    api_name="/count_run")
     key = next(k for k in list(store._items) if k.startswith(client.session_hash))
     folder = store._items[key].folder
@@ -150,3 +150,97 @@ def test_idle_results_are_freed_for_api_clients(server, image_file):
     assert key not in store and not folder.exists()
     with pytest.raises(Exception, match="this result was cleared from the server"):
         client.predict(0.3, api_name="/count_opacity")
+
+
+# ---- issue 23: no stale results, pixel size, tables, readable heat-map ------------------------------
+
+
+def _big_cells(path: Path, side: int = 768, seed: int = 1) -> Path:
+    """A synthetic image whose run takes a few seconds (time to load another file meanwhile)."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = np.full((side, side), 100.0)
+    for _ in range(side * side // 900):
+        img[disk(tuple(rng.integers(8, side - 8, 2)), 6, shape=img.shape)] = 900.0
+    tifffile.imwrite(path, (img + rng.normal(0, 10, img.shape)).astype(np.uint16))
+    return path
+
+
+def test_a_late_result_is_not_shown_under_the_next_file(server, image_file, tmp_path):
+    """Issue 23: a run on A that ends after B was loaded must not fill B's outputs."""
+    import time
+
+    from gradio_client.utils import Status
+
+    client = _client(server)
+    big = _big_cells(tmp_path / "slow_a.tif")
+    ann, *_ = client.predict(handle_file(str(big)), api_name="/seg_upload")
+    job = client.submit({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, "",
+                        api_name="/seg_run")
+    deadline = time.time() + 60
+    while job.status().code != Status.PROCESSING and time.time() < deadline:
+        time.sleep(0.05)
+    client.predict(handle_file(str(image_file)), api_name="/seg_upload")  # B, while A runs
+    out = job.result(timeout=300)
+    assert "objects" not in str(out[1])  # the count of A is not shown under B
+    assert not out[2]  # nor A's downloads
+    ann, *_ = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, "",
+                         api_name="/seg_run")
+    assert "objects" in out[1] and out[2]  # B's own result shows
+
+
+def test_pixel_size_field_bad_values_and_the_summary_says_which(server, image_file):
+    client = _client(server)
+    ann, *_, pixel = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
+    assert pixel == ""  # the file has no calibration
+    value = {"image": handle_file(ann["image"]["path"]), "annotations": []}
+    for bad in ("0", "-1", "abc"):
+        with pytest.raises(Exception, match="the pixel size must be a positive number"):
+            client.predict(value, 0.5, False, bad, api_name="/seg_run")
+    out = client.predict(value, 0.5, False, "0.5", api_name="/seg_run")
+    table, summary, note = out[6], out[7], out[9]
+    assert "0.5 µm (given)" in note
+    assert "area_um2" in table["headers"] and "area_px" in table["headers"]
+    assert summary["data"]
+    assert any(str(f["path"]).endswith(".geojson") for f in out[2])
+    out = client.predict(value, 0.5, False, "", api_name="/seg_run")
+    assert "unknown" in out[9] and "area_um2" not in out[6]["headers"]
+
+
+def test_calibrated_tiff_prefills_the_pixel_size(server, tmp_path):
+    from skimage.draw import disk
+
+    img = np.full((96, 96), 100, np.uint16)
+    for c in ((20, 20), (70, 70)):
+        img[disk(c, 8, shape=img.shape)] = 1000
+    path = tmp_path / "calibrated.tif"
+    tifffile.imwrite(path, img, imagej=True, resolution=(1 / 0.24, 1 / 0.24), metadata={"unit": "um"})
+    client = _client(server)
+    ann, summary, *_, pixel = client.predict(handle_file(str(path)), api_name="/seg_upload")
+    assert float(pixel) == pytest.approx(0.24)
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, pixel,
+                         api_name="/seg_run")
+    assert "0.24 µm (from file)" in out[9]
+
+
+def test_heat_map_stands_out_on_h_and_e_at_the_default_opacity(server):
+    """Issue 23: on H&E the map's purples looked like the stain. The heat must be more colourful
+    than the stained objects it is not on (chroma = max - min of RGB)."""
+    from PIL import Image
+
+    client = _client(server)
+    he = REPO / "examples" / "real_he_tissue.png"
+    ann, *_ = client.predict(handle_file(str(he)), api_name="/count_upload")
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.6, False, "",
+                         api_name="/count_run")
+    density = tifffile.imread(next(f["path"] for f in out[2] if f["path"].endswith("_density.tif")))
+    picture = np.asarray(Image.open(out[0]["path"]).convert("RGB"), np.float32)
+    k = picture.shape[0] // density.shape[0]
+    picture = picture[::k, ::k][: density.shape[0], : density.shape[1]]
+    unit = density / np.percentile(density, 99.5)
+    raw = np.asarray(Image.open(he).convert("L"), np.float32)
+    chroma = picture.max(-1) - picture.min(-1)
+    stained = (unit < 0.05) & (raw < np.percentile(raw, 30))
+    assert chroma[unit > 0.2].mean() - chroma[stained].mean() > 20

@@ -115,9 +115,9 @@ def test_track_table_used_by_the_app():
     masks[1, 10:14, 10:14] = 3
     tracks = pd.DataFrame({"label": [1, 2, 3], "begin": [0, 1, 1], "end": [0, 1, 1], "parent": [0, 1, 1]})
     table = export.tracks_table(masks, tracks)
-    assert list(table.columns) == ["track_id", "frame", "x", "y", "area", "parent"]
+    assert list(table.columns) == ["track_id", "frame", "x", "y", "area_px", "parent"]
     assert table["track_id"].tolist() == [1, 2, 3] and table["parent"].tolist() == [0, 1, 1]
-    np.testing.assert_allclose(table.loc[0, ["x", "y", "area"]].to_numpy(float), [3.5, 3.5, 16])
+    np.testing.assert_allclose(table.loc[0, ["x", "y", "area_px"]].to_numpy(float), [3.5, 3.5, 16])
     assert export.tracks_table(np.zeros((2, 5, 5), int), tracks.iloc[:0]).empty
 
 
@@ -261,7 +261,7 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
     assert f">{n}<" in html and 5 <= n <= 13
     assert overlay.shape == (384, 384, 3) and overlay.dtype == np.uint8  # shown enlarged
     names = sorted(Path(f).name for f in files)
-    assert names == ["blobs.csv", "blobs.tif", "blobs_rois.zip"]
+    assert names == ["blobs.csv", "blobs.geojson", "blobs.tif", "blobs_rois.zip"]  # GeoJSON for QuPath
     assert tifffile.imread(next(f for f in files if f.endswith(".tif"))).max() > 0
     np.testing.assert_array_equal(cache["boxes"], [[12, 12, 29, 29]])
     again = app_module.rerender(au.segmentation_view, key, 0.0)

@@ -144,18 +144,37 @@ SEG_LEGEND = ("<div class='mm-legend' data-testid='seg-legend'>One colour per ob
               "yellow box: your example.</div>")
 
 #: Box drawing made easier than gradio_bbox_annotator 0.1.1 does by itself (it has no option for
-#: these): the pencil is switched on when a picture without boxes appears (ready to draw), and
-#: Delete / Backspace removes the selected box by pressing the annotator's own bin button.
+#: these): drawing is on when a picture appears and stays on after each box (the annotator switches
+#: its pencil off after one box; the page switches it on again unless the user switched it off);
+#: a line beside the picture says whether drawing is on; Delete / Backspace removes the selected
+#: box by pressing the annotator's own bin button.
 BOX_JS = """<script>
-setInterval(() => {  // a new picture in an annotator: switch its pencil on, once per picture
+setInterval(() => {
   document.querySelectorAll('[id$="-annotator"]').forEach((ann) => {
     const img = ann.querySelector('.image-frame img');
     const pen = ann.querySelector('button[aria-label="exemplar"]');
-    if (!img || !pen || pen.offsetParent === null || !img.complete || ann.dataset.mmSrc === img.src) return;
-    ann.dataset.mmSrc = img.src;
-    if (!pen.classList.contains('highlight')) pen.click();
+    if (!img || !pen || pen.offsetParent === null || !img.complete) return;
+    if (!pen.dataset.mmWatch) {  // a click by the user on the pencil is the user's choice
+      pen.dataset.mmWatch = '1';
+      pen.addEventListener('click', (e) => {
+        if (e.isTrusted) ann.dataset.mmUserOff = pen.classList.contains('highlight') ? '1' : '';
+      }, true);
+    }
+    if (ann.dataset.mmSrc !== img.src) { ann.dataset.mmSrc = img.src; ann.dataset.mmUserOff = ''; }
+    const busy = document.body.dataset.mmDragging === '1';
+    if (!pen.classList.contains('highlight') && !ann.dataset.mmUserOff && !busy) pen.click();
+    const on = pen.classList.contains('highlight');
+    const line = document.getElementById(ann.id.replace('-annotator', '-drawstate'));
+    if (line && line.dataset.on !== String(on)) {
+      line.dataset.on = String(on);
+      line.innerHTML = on
+        ? "<span class='mm-draw-on'>Drawing boxes: ON \u2014 drag on the picture (again for another box)</span>"
+        : "<span class='mm-draw-off'>Drawing boxes: OFF \u2014 click the pencil button to draw</span>";
+    }
   });
 }, 300);
+document.addEventListener('mousedown', () => { document.body.dataset.mmDragging = '1'; }, true);
+document.addEventListener('mouseup', () => { document.body.dataset.mmDragging = ''; }, true);
 document.addEventListener('keydown', (e) => {
   if (e.key !== 'Delete' && e.key !== 'Backspace') return;
   const t = e.target;
@@ -178,4 +197,10 @@ CSS = """
 .mm-legend-ends {display:flex; justify-content:space-between}
 .mm-legend-title {font-weight:600}
 .mm-legend-note {opacity:.8}
+[id$="-annotator"] button[aria-label="exemplar"].highlight {background:#15803d !important;
+  color:#fff !important; border-radius:6px}
+[id$="-annotator"] button[aria-label="exemplar"]:not(.highlight) {background:#e5e7eb !important;
+  color:#6b7280 !important; border-radius:6px}
+.mm-draw-on {color:#fff; background:#15803d; padding:.15em .6em; border-radius:4px; font-weight:600}
+.mm-draw-off {color:#374151; background:#e5e7eb; padding:.15em .6em; border-radius:4px; font-weight:600}
 """

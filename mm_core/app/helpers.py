@@ -217,7 +217,7 @@ def count_view(
 ) -> np.ndarray:
     """Density heat-map, centre dots and exemplar boxes (the count is shown next to it)."""
     base = result.image if display is None else display
-    img = viz.overlay_heatmap(base, result.density, opacity=opacity, gamma=0.5)
+    img = viz.overlay_heatmap(muted(base), result.density, opacity=opacity, gamma=0.5)
     pts = result.points
     radius = max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10)))
     img = viz.upscale_nearest(viz.draw_boxes(viz.draw_points(img, pts["y"], pts["x"], radius=radius), boxes))
@@ -227,6 +227,16 @@ def count_view(
         img = viz.draw_texts(img, many["y"], many["x"], [str(k) for k in many["n"]], zoom=zoom,
                              offset=(radius * zoom + 2, 0))
     return img
+
+
+def muted(image: np.ndarray) -> np.ndarray:
+    """A light grey version of a picture (float in [0.45, 0.95]) that heat-map colours stand out
+    on: on a stained (H&E) image the map's purples and reds would otherwise look like the stain."""
+    arr = np.asarray(image, np.float32)
+    if arr.dtype != np.float32 or arr.max(initial=0) > 1.0:
+        arr = arr / 255.0
+    grey = arr[..., :3].mean(-1) if arr.ndim == 3 else arr
+    return 0.45 + 0.5 * np.clip(grey, 0.0, 1.0)
 
 
 def map_view(result_image: np.ndarray, maps) -> np.ndarray:

@@ -33,28 +33,38 @@ def object_table(files, tab: str, stem: str) -> pd.DataFrame | None:
 
 def summary(table: pd.DataFrame | None) -> pd.DataFrame | None:
     """Count, mean, spread, median, min and max of each measure (``mm_core.measure.summary_table``)."""
-    if table is None:
+    summary_table = _library("mm_core.measure", "summary_table")
+    if table is None or summary_table is None:
         return None
-    from mm_core.measure import summary_table
-
     out = summary_table(table)
     return out.reset_index() if out.index.name or not isinstance(out.index, pd.RangeIndex) else out
 
 
 def histogram(table: pd.DataFrame | None, out: Path, stem: str) -> Path | None:
     """The size histogram of the objects as ``<stem>_sizes.png`` in ``out`` (None without objects)."""
-    if table is None or not len(table):
+    size_histogram_png = _library("mm_core.viz.plots", "size_histogram_png")
+    if table is None or not len(table) or size_histogram_png is None:
         return None
-    from mm_core.viz.plots import size_histogram_png
-
     return Path(size_histogram_png(table, Path(out) / f"{stem}_sizes.png"))
 
 
-def track_plot(result, out: Path, stem: str) -> Path:
+def track_plot(result, out: Path, stem: str) -> Path | None:
     """Objects per frame over time, divisions marked, as ``<stem>_per_frame.png`` in ``out``."""
-    from mm_core.viz.plots import tracking_plot_png
-
+    tracking_plot_png = _library("mm_core.viz.plots", "tracking_plot_png")
+    if tracking_plot_png is None:
+        return None
     return Path(tracking_plot_png(result, Path(out) / f"{stem}_per_frame.png"))
+
+
+def _library(module: str, name: str):
+    """A library function, or ``None`` while the library does not have it (the app then leaves
+    that picture out rather than failing the run)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
 
 
 def file_pixel_size(loaded) -> float | None:

@@ -196,32 +196,71 @@ def _outputs(tab: str, files_label: str):
     return show_map, mapimg, files
 
 
+def _scroll_js(tab: str) -> str:
+    """After Run: bring the number and the self-check into view (a 1280×720 laptop has them
+    far above the Run button)."""
+    return ("() => { const e = document.querySelector('#%s-count');"
+            " if (e) e.scrollIntoView({block: 'start', behavior: 'instant'}); }" % tab)
+
+
+def _run_events(run, tab: str, fn, inputs, outputs, api_name: str):
+    """Run: refused at once without a file (one message, no error badges), then the run, then
+    the result scrolled into view."""
+    ev = run.click(runs.need_file, [inputs[0]], None, queue=False, show_progress="hidden", api_name=False)
+    ev = ev.success(fn, inputs, outputs, api_name=api_name)
+    ev.success(None, None, None, js=_scroll_js(tab), queue=False, show_progress="hidden")
+
+
 def _image_tab(tab: str, spec: dict, eng_md) -> None:
     """Segmentation or Counting tab."""
     with gr.Tab(spec["title"], id=tab):
         loaded, cache = _states()
         with gr.Row():
             with gr.Column():
-                ann, triggers = _input_column(tab, False, loaded)
+                ann, pixel, triggers = _input_column(tab, False, loaded)
                 run = gr.Button(f"Run {spec['title'].lower()}", variant="primary", elem_id=f"{tab}-run")
             with gr.Column():
                 big = gr.HTML(elem_id=f"{tab}-count")
-                picture = gr.Image(label=spec["picture"], type="numpy", format="png", interactive=False,
-                                   elem_id=f"{tab}-overlay")
+                with gr.Row():
+                    picture = gr.Image(label=spec["picture"], type="numpy", format="png", interactive=False,
+                                       elem_id=f"{tab}-overlay")
+                    prev = panels.compare_panel(tab)
                 legend = gr.HTML(elem_id=f"{tab}-legend")
                 label, value = spec["opacity"]
                 opacity = checked_input(gr.Slider(0, 1, value=value, step=0.05, label=label,
                                                   elem_id=f"{tab}-opacity"), "the opacity")
                 show_map, mapimg, files = _outputs(tab, spec["files"])
-        results = [cache, picture, big, files, mapimg, eng_md, legend]
-        run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map], results,
-                  api_name=f"{tab}_run")
-        gr.on(triggers, cleared_image_tab, None, [cache, picture, big, files, mapimg, legend], queue=False,
-              show_progress="hidden")
+        extras = panels.results_panel(tab, histogram=tab == "seg")
+        if tab != "seg":  # counting: centres table only (no sizes), keep the outputs' order
+            extras = [extras[0], gr.State(), gr.State(), extras[2]]
+        results = [cache, picture, big, files, mapimg, eng_md, legend, *extras, *prev]
+        fn = guarded(spec["verb"])(functools.partial(runs.image_run, tab))
+        _run_events(run, tab, _with_request(fn), [loaded, ann, opacity, show_map, pixel], results, f"{tab}_run")
+        cleared = [cache, picture, big, files, mapimg, legend, show_map, *extras, *prev]
+        gr.on(triggers, _cleared_image(len(extras)), None, cleared, queue=False, show_progress="hidden")
         opacity.change(guarded("redrawing")(functools.partial(rerender, spec["view"])), [cache, opacity],
                        [picture], show_progress="hidden", concurrency_limit=None, api_name=f"{tab}_opacity")
         show_map.change(guarded("drawing the match map")(_map_update), [cache, show_map], [mapimg],
                         show_progress="hidden", api_name=f"{tab}_showmap")
+
+
+def _with_request(fn):
+    """``fn(loaded, ann, opacity, show_map, pixel, request=, progress=)`` as a handler that Gradio
+    passes the request and a progress bar to."""
+
+    def handler(loaded, ann, opacity, show_map, pixel, request: gr.Request = None, progress=gr.Progress()):
+        return fn(loaded, ann, opacity, show_map, pixel, request=request, progress=progress)
+
+    return handler
+
+
+def _cleared_image(n_extras: int):
+    """Outputs of an image tab emptied by a new file (the match-map box unticked, so its legend goes)."""
+    def cleared():
+        return (*cleared_image_tab()[:5], "", False, *panels.empty_results(n_extras),
+                gr.update(visible=False), None, "")
+
+    return cleared
 
 
 def _states():
@@ -235,7 +274,7 @@ def _track_tab(eng_md) -> None:
         loaded, cache = _states()
         with gr.Row():
             with gr.Column():
-                ann, triggers = _input_column("track", True, loaded)
+                ann, pixel, triggers = _input_column("track", True, loaded)
                 run = gr.Button("Run tracking", variant="primary", elem_id="track-run")
             with gr.Column():
                 stats = gr.HTML(elem_id="track-count")
@@ -247,14 +286,22 @@ def _track_tab(eng_md) -> None:
                                                     visible=False, elem_id="track-frame", scale=4),
                                           "the frame number")
                     again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
-                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip")
-        run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
-                  [cache, anim, frame, stats, files, mapimg, eng_md, again], api_name="track_run")
+                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip, "
+                                                   "per-frame plot")
+        extras = panels.results_panel("track", histogram=False)
+
+        @guarded("tracking")
+        def track(loaded, ann, show_map, pixel, request: gr.Request = None, progress=gr.Progress()):
+            return runs.track_run(loaded, ann, show_map, pixel, request=request, progress=progress)
+
+        _run_events(run, "track", track, [loaded, ann, show_map, pixel],
+                    [cache, anim, frame, stats, files, mapimg, eng_md, again, *extras], "track_run")
         frame.input(guarded("showing the frame")(show_frame), [cache, frame, show_map], [anim, mapimg],
                     show_progress="hidden", concurrency_limit=None, api_name="track_frame")
         again.click(guarded("playing the animation")(play), [cache], [anim], show_progress="hidden",
                     api_name="track_play")
-        gr.on(triggers, cleared_track_tab, None, [cache, anim, frame, stats, files, mapimg, again],
+        gr.on(triggers, lambda: (*cleared_track_tab(), False, *panels.empty_results(len(extras))), None,
+              [cache, anim, frame, stats, files, mapimg, again, show_map, *extras],
               queue=False, show_progress="hidden")
         show_map.change(guarded("drawing the match map")(_track_map), [cache, frame, show_map], [mapimg],
                         show_progress="hidden", api_name="track_showmap")

@@ -127,10 +127,9 @@ def _bar(s: Settings, item: Item):
 
 def _tiled_boxes(item: Item, shape: tuple[int, int]) -> np.ndarray | None:
     """The item's exemplar boxes, validated against the whole image (None: automatic mode)."""
-    from mm_core.io.limits import Limits
-    from mm_core.transforms import prepare_boxes
+    from mm_core.batching.whole import exemplar_boxes
 
-    return prepare_boxes(item.boxes, shape, max_boxes=Limits.resolve().max_boxes) if item.boxes else None
+    return exemplar_boxes(item.boxes, shape)
 
 
 def _save(result, out: Path, base: str, intensity) -> None:
@@ -201,34 +200,15 @@ def _lazy_count(model: Model, item: Item, s: Settings, out: Path) -> float:
 def _run_image(model: Model, item: Item, s: Settings, out: Path) -> tuple[float, list[str], str]:
     """Segment or count one image, write its files; return the objects or the count, the warnings
     and the pixel size used (as the manifest writes it)."""
+    from mm_core.batching.whole import run_image
     from mm_core.io import read_image
-    from mm_core.io.lazy import LazyImage
-    from mm_core.pipelines import CountResult, SegmentationResult
-    from mm_core.batching.tiled import count_tiled, needs_tiling, segment_tiled
 
     if is_lazy(item.path):
         value, size_text = (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out)
         return value, [], size_text
     img_data = read_image(item.path, channels=s.channels, pixel_size=s.pixel_size)
-    data, m = img_data.data, model.matcher
-    cal = dict(pixel_size=img_data.pixel_size, pixel_size_source=img_data.pixel_size_source)
-    if not needs_tiling(data.shape, s.tile):
-        res = getattr(m, s.task)(img_data, boxes=item.boxes)
-    else:
-        boxes = _tiled_boxes(item, data.shape[:2])
-        img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
-        notes = dict(engine_note=m.engine_note, head_note=model.head_note)
-        if s.task == "segment":
-            labels = np.zeros(data.shape[:2], np.uint32)
-            runner = model.tile_fn("segment", boxes)
-            segment_tiled(img, labels, runner, s.tile, s.overlap, _bar(s, item), boxes)
-            res = SegmentationResult(labels=labels, image=data, maps=None, **notes, **cal)
-        else:
-            density = np.zeros(data.shape[:2], np.float32)
-            summary = count_tiled(img, density, model.tile_fn("count", boxes), s.tile, s.overlap,
-                                  _bar(s, item), boxes)
-            res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
-                              maps=None, **notes, **cal)
+    res = run_image(model.matcher, s.task, img_data, item.boxes, _bar(s, item), tile=s.tile, overlap=s.overlap)
+    data = img_data.data
     _save(res, out, item.base, data)
     value = float(res.n_objects) if s.task == "segment" else float(res.count)
     return value, list(getattr(res, "warnings", []) or []), _pixel_size_text(res.pixel_size, res.pixel_size_source)

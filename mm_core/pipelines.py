@@ -198,7 +198,7 @@ def _match(engine: Engine, image, boxes, progress: ProgressFn | None):
     _tick(progress, 0.2, "matching")
     maps = engine.match(img, bx)
     _tick(progress, 0.7, "post-processing")
-    return img, maps, 0 if bx is None else len(bx)
+    return img, maps, bx
 
 
 def with_head_scale(head, maps: MatchMaps, image: np.ndarray) -> tuple[MatchMaps, dict]:
@@ -240,13 +240,13 @@ def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | 
     SegmentationResult
     """
     image, size, source = calibrated(image, pixel_size)
-    img, maps, n_boxes = _match(engine, image, boxes, progress)
+    img, maps, bx = _match(engine, image, boxes, progress)
     shown, kw = with_head_scale(head, maps, img)
     labels = np.asarray(head.predict(maps, img, **kw))
     maps = shown
     _tick(progress, 1.0, "done")
     return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=notes[0], head_note=notes[1],
-                              warnings=checks.check_segmentation(labels, maps, n_boxes),
+                              warnings=checks.check_segmentation(labels, maps, boxes=bx, image=img),
                               pixel_size=size, pixel_size_source=source)
 
 
@@ -262,7 +262,7 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
         to integrate to it (a change of at most half an object).
     """
     image, size, source = calibrated(image, pixel_size)
-    img, maps, n_boxes = _match(engine, image, boxes, progress)
+    img, maps, bx = _match(engine, image, boxes, progress)
     shown, kw = with_head_scale(head, maps, img)
     density, centres = head.predict(maps, img, **kw)
     maps = shown
@@ -271,7 +271,7 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
     total = float(density.sum())
     density = (density * (count / total) if total > 0 else density).astype(np.float32)
     _tick(progress, 1.0, "done")
-    warnings = checks.check_count(count, len(np.asarray(centres).reshape(-1, 2)), maps, n_boxes)
+    warnings = checks.check_count(count, len(pts), maps, boxes=bx, image=img)  # the centres the table holds
     return CountResult(count=count, density=density, points=pts, image=img, maps=maps,
                        engine_note=notes[0], head_note=notes[1], warnings=warnings,
                        pixel_size=size, pixel_size_source=source)
@@ -352,7 +352,7 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
             maps = engine.match(frame, seed)  # the chain drifted: back to the seed
         lab = relabel_sequential(np.asarray(seg_head.predict(maps, frame)))[0]
         if t == 0:
-            first = [f"First frame: {w}" for w in checks.check_segmentation(lab, maps, n_seed)]
+            first = [f"First frame: {w}" for w in checks.check_segmentation(lab, maps, n_seed, boxes=seed, image=frame)]
         labels.append(lab)
         summaries.append(linker.frame_summary(lab, maps, frame))
         if keep:

@@ -571,3 +571,78 @@ def test_box_drawing_is_ready_on_load_and_delete_removes_it(page):
     page.keyboard.press("Delete")
     page.wait_for_function("s => document.querySelector(s).innerText.includes('Automatic mode')",
                            arg="#seg-mode", timeout=10_000)
+
+
+# ---- issue 23: a biologist's afternoon ----------------------------------------------------------
+
+
+def _in_viewport(page, sel: str) -> bool:
+    return page.evaluate(
+        "s => { const r = document.querySelector(s).getBoundingClientRect();"
+        " return r.top >= 0 && r.bottom <= window.innerHeight && r.height > 0 }", sel)
+
+
+def test_issue23_walk_on_a_laptop_screen(browser, server, shared_data):
+    """1280x720: Run without a file is one message (no error badges); drawing stays on for a second
+    box, with an ON/OFF label; the count is in view after Run; the table, summary and pixel size show;
+    the previous result of the same file stays beside the new one; a new file clears it and the
+    match-map legend; the tracking example has a name. With a real image from ../shared/data."""
+    img = shared_data / "seg" / "stardist_dsb2018_example" / "images" / "img2d.tif"
+    if not img.exists():
+        pytest.skip(f"{img} not present")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = ctx.new_page()
+    try:
+        page.goto(server)
+        page.wait_for_selector("#seg-run", timeout=60_000)
+        # Run with nothing loaded: one message, no red "Error" badges on the outputs
+        page.click("#seg-run")
+        assert "upload" in toast_text(page).lower()
+        page.wait_for_timeout(800)
+        badges = page.locator(".error:not([class*=toast]):visible", has_text=re.compile(r"^\s*Error\s*$"))
+        assert badges.count() == 0, [b.evaluate("e => e.outerHTML.slice(0, 300)") for b in badges.all()]
+        for btn in page.locator("[data-testid=toast-close]").all():
+            btn.click()
+        # a real image; automatic run; the number is on screen after Run
+        upload(page, "seg", img)
+        wait_annotator_image(page, "seg")
+        assert page.input_value("#seg-pixel textarea, #seg-pixel input") == ""
+        page.fill("#seg-pixel textarea, #seg-pixel input", "0.5")
+        _, n_auto = run_and_wait(page, "seg")
+        page.wait_for_timeout(500)
+        assert _in_viewport(page, "#seg-count .mm-big-num")
+        page.wait_for_function("() => document.querySelector('#seg-pixelnote').innerText.includes('0.5 µm (given)')",
+                               timeout=30_000)
+        headers = page.locator("#seg-table th").all_inner_texts()
+        assert any("area_um2" in h for h in headers) and any("area_px" in h for h in headers)
+        assert page.locator("#seg-table tbody tr").count() >= min(n_auto, 5)
+        # two boxes: drawing stays on after the first, its label says so
+        labels = tifffile.imread(img.parent.parent / "masks" / "img2d.tif")
+        draw_box(page, "seg", first_object_box(labels))
+        page.wait_for_timeout(900)
+        assert "highlight" in (page.locator("#seg-annotator button[aria-label=exemplar]").get_attribute("class") or "")
+        assert "ON" in page.inner_text("#seg-drawstate")
+        x0, y0, x1, y1 = first_object_box(labels)
+        draw_box(page, "seg", (x0 + 200, y0 + 150, x1 + 200, y1 + 150) if x1 + 200 < 511 else (5, 5, 25, 25))
+        page.wait_for_function("() => document.querySelector('#seg-mode').innerText.includes('2 boxes')",
+                               timeout=10_000)
+        # run again with the boxes: the automatic result stays beside it
+        _, n_box = run_and_wait(page, "seg")
+        page.wait_for_selector("#seg-prev-overlay img", timeout=30_000)
+        assert "previous run (automatic)" in page.inner_text("#seg-prev-count")
+        assert float(page.inner_text("#seg-prev-count .mm-big-num").replace(",", "")) == n_auto
+        # the match map and its legend; a new file clears legend, previous result and table
+        page.locator("#seg-showmap input").check()
+        page.wait_for_selector("#seg-map-legend [data-testid=match-legend]", state="visible", timeout=15_000)
+        click_example(page, "seg", "phase_cells.png")
+        page.wait_for_function("() => document.querySelector('#seg-summary').innerText.includes('phase_cells')",
+                               timeout=60_000)
+        page.wait_for_selector("#seg-map-legend [data-testid=match-legend]", state="hidden", timeout=15_000)
+        page.wait_for_selector("#seg-prev", state="hidden", timeout=15_000)
+        # the tracking example has a name under its thumbnail
+        open_tab(page, "Tracking")
+        assert "timelapse_division" in page.inner_text("#track-examples")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "issue23_walk.png"), full_page=True)
+    finally:
+        ctx.close()

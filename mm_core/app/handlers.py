@@ -17,7 +17,7 @@ import numpy as np
 
 from mm_core import export, viz
 from mm_core.viz import tracks as viz_tracks
-from mm_core.app import display, tables, zoom
+from mm_core.app import display, large, tables, zoom
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.lifecycle import STORE
@@ -55,6 +55,13 @@ def engine_line() -> str:
     return display.engine_words(getattr(getattr(MATCHER["matcher"], "engine", None), "name", None))
 
 
+def max_pixels() -> int:
+    """The app's pixel limit per image: ``MM_APP_MAX_PIXELS`` (100 MP by default, tiled) with the
+    weight-free engine, at most 16.8 MP with the LDM engine."""
+    ldm = getattr(getattr(MATCHER["matcher"], "engine", None), "name", "") == "ldm"
+    return min(au.MAX_PIXELS, au.LDM_MAX_PIXELS) if ldm else au.MAX_PIXELS
+
+
 def _empty_input():
     return None, None, "", au.mode_line(None), None
 
@@ -69,7 +76,7 @@ def on_upload(path, sequence: bool):
     if not path:
         return _empty_input()
     try:
-        loaded = au.load_upload(path, sequence)
+        loaded = au.load_upload(path, sequence, max_pixels=max_pixels())
     except MMError as exc:  # the app's setting names in the message (MM_APP_MAX_PIXELS, ...)
         raise InputError(display.app_message(str(exc))) from None
     # the upload box is emptied again: it stays a drop zone for the next file
@@ -108,7 +115,10 @@ def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, prog
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]
-    res = matcher().segment(frame, boxes=boxes, progress=_progress(progress), pixel_size=_size(pixel))
+    if large.is_large(frame.shape):  # whole slides and big mosaics: tile by tile, progress per tile
+        res = large.segment_tiled(matcher(), frame, boxes, _progress(progress), _size(pixel))
+    else:
+        res = matcher().segment(frame, boxes=boxes, progress=_progress(progress), pixel_size=_size(pixel))
     res = _calibrated(res, pixel)
     files = export.save(res, out, loaded.name, intensity=frame)
     key = ar.keep_image_result(STORE, _session(request), "seg", res, frame, boxes, out)

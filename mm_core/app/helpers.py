@@ -22,6 +22,7 @@ from PIL import Image
 
 from mm_core import viz
 from mm_core.errors import InputError
+from mm_core.settings import get_settings
 from mm_core.transforms import scale_boxes
 
 log = logging.getLogger("mm_core.app")
@@ -30,8 +31,10 @@ log = logging.getLogger("mm_core.app")
 OUTPUT_ROOT = Path(os.environ.get("MM_APP_OUTPUT_ROOT", Path(tempfile.gettempdir()) / "mm_app"))
 #: Output folders older than this many seconds are deleted.
 MAX_AGE_S = float(os.environ.get("MM_APP_MAX_AGE_S", "3600"))
-#: Pixel limit per image or frame for uploads to the app (smaller than the library's).
-MAX_PIXELS = int(os.environ.get("MM_APP_MAX_PIXELS", str(4096 * 4096)))
+#: Pixel limit per image or frame for uploads to the app (``MM_APP_MAX_PIXELS``; larger images are tiled).
+MAX_PIXELS = get_settings().app_max_pixels
+#: Pixel limit with the LDM engine (GPU memory), unless ``MM_APP_MAX_PIXELS`` is lower.
+LDM_MAX_PIXELS = 4096 * 4096
 #: Frame limit for time-lapse uploads to the app.
 MAX_FRAMES = int(os.environ.get("MM_APP_MAX_FRAMES", "300"))
 #: Longest side of the picture shown in the box annotator.

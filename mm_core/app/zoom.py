@@ -48,9 +48,22 @@ def zoomed(loaded, zoom: float, cx: float, cy: float):
     mapped back by :func:`boxes_in_image`). The picture is written into the upload's folder."""
     x0, y0, x1, y1 = window(loaded.shape, zoom, cx, cy)
     crop = np.asarray(loaded.frames[0][y0:y1, x0:x1])
-    path, scale = au.write_preview(crop, loaded.folder / f"view_{x0}_{y0}_{x1}_{y1}.png")
+    path, scale = _write_view(crop, loaded.folder / f"view_{x0}_{y0}_{x1}_{y1}.png")
     info = dict(loaded.info, view_offset=(x0, y0), view_window=(x0, y0, x1, y1))
     return dataclasses.replace(loaded, preview=str(path), preview_scale=scale, info=info)
+
+
+def _write_view(crop: np.ndarray, path, side: int = au.PREVIEW_SIDE):
+    """The crop as a PNG ``side`` pixels on its long side (enlarged with square pixels, or reduced)."""
+    from PIL import Image
+
+    from mm_core import viz
+
+    im = Image.fromarray(viz.to_rgb8(viz.display_image(crop)))
+    scale = side / max(im.size)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    im.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR).save(path)
+    return path, size[0] / im.width
 
 
 def boxes_in_image(value, loaded) -> np.ndarray | None:

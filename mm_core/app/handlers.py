@@ -16,8 +16,9 @@ import gradio as gr
 import numpy as np
 
 from mm_core import export, viz
+from mm_core.batching.whole import run_image
 from mm_core.viz import tracks as viz_tracks
-from mm_core.app import display, large, tables, zoom
+from mm_core.app import display, tables, zoom
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.lifecycle import STORE
@@ -115,11 +116,8 @@ def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, prog
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]
-    if large.is_large(frame.shape):  # whole slides and big mosaics: tile by tile, progress per tile
-        res = large.segment_tiled(matcher(), frame, boxes, _progress(progress), _size(pixel))
-    else:
-        res = matcher().segment(frame, boxes=boxes, progress=_progress(progress), pixel_size=_size(pixel))
-    res = _calibrated(res, pixel)
+    # larger than a tile (2048 px a side): tile by tile, progress per tile (the library's tiling)
+    res = _calibrated(run_image(matcher(), "segment", frame, boxes, _progress(progress), _size(pixel)), pixel)
     files = export.save(res, out, loaded.name, intensity=frame)
     key = ar.keep_image_result(STORE, _session(request), "seg", res, frame, boxes, out)
     return (key, rerender(au.segmentation_view, key, opacity),
@@ -132,8 +130,7 @@ def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progre
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]
-    res = matcher().count(frame, boxes=boxes, progress=_progress(progress), pixel_size=_size(pixel))
-    res = _calibrated(res, pixel)
+    res = _calibrated(run_image(matcher(), "count", frame, boxes, _progress(progress), _size(pixel)), pixel)
     files = export.save(res, out, loaded.name)
     key = ar.keep_image_result(STORE, _session(request), "count", res, frame, boxes, out)
     return (key, rerender(au.count_view, key, opacity),
@@ -178,6 +175,9 @@ def _map_update(key, show):
     cache = ar.kept(STORE, key)
     if not show or not cache:
         return gr.update(visible=bool(show), value=None)
+    if cache["result"].maps is None:
+        gr.Warning("A large image runs tile by tile: its match map is not kept.")
+        return gr.update(visible=True, value=None)
     return gr.update(visible=True, value=au.map_view(cache["display"], cache["result"].maps))
 
 

@@ -222,7 +222,7 @@ def count_view(
     base = result.image if display is None else display
     img = viz.overlay_heatmap(muted(base), result.density, opacity=opacity, gamma=0.5)
     pts = result.points
-    radius = max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10)))
+    radius = max(1.5, min(4.0, 0.12 * float(getattr(result.maps, "scale", None) or 10)))
     img = viz.upscale_nearest(viz.draw_boxes(viz.draw_points(img, pts["y"], pts["x"], radius=radius), boxes))
     if "n" in pts and (pts["n"] > 1).any():  # a clump counted as several objects: say how many
         many = pts[pts["n"] > 1]

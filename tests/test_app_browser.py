@@ -641,7 +641,10 @@ def test_issue23_walk_on_a_laptop_screen(browser, server, shared_data):
         page.wait_for_selector("#seg-prev", state="hidden", timeout=15_000)
         # the tracking example has a name under its thumbnail
         open_tab(page, "Tracking")
-        assert "timelapse_division" in page.inner_text("#track-examples")
+        cap = page.locator("#track-examples .caption-label").first
+        assert "timelapse_division" in cap.inner_text()
+        gallery, caption = page.locator("#track-examples").bounding_box(), cap.bounding_box()
+        assert cap.is_visible() and caption["y"] + caption["height"] <= gallery["y"] + gallery["height"]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "issue23_walk.png"), full_page=True)
     finally:

@@ -88,9 +88,11 @@ def test_time_left_is_measured_on_the_run_itself():
     now[0] = 25.0
     est(0.5, "tile 10/20")
     assert seen[-1] == (0.5, "tile 10/20 · 25 s, about 25 s left")
+    est(0.6, "post-processing")
+    assert seen[-1][1] == "post-processing · 25 s"  # no step count: no guess
     est(0.2, "back?")  # never goes back, never past 1
     est(7, "done")
-    assert [f for f, _ in seen[-2:]] == [0.5, 1.0]
+    assert [f for f, _ in seen[-2:]] == [0.6, 1.0]
 
 
 def test_current_files_tell_a_late_result_apart():

@@ -9,6 +9,7 @@ refusal messages that name the app's own settings, and the page's own CSS and sc
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 
@@ -79,8 +80,9 @@ class Estimate:
     """A progress callback ``(fraction, description)`` that adds its own time left to the description.
 
     Gradio's own estimate is the mean duration of earlier runs (of any image size); this one is
-    measured on the run itself: time so far × (1 − fraction) / fraction, once a tenth is done.
-    The fraction is clipped to [0, 1] and never goes back.
+    measured on the run itself: time so far × (1 − fraction) / fraction, once a tenth is done and
+    only over counted steps ("tile 3/16", "frame 4/12"), where the fraction is the share of work
+    done. The fraction is clipped to [0, 1] and never goes back.
     """
 
     def __init__(self, progress, clock=None):
@@ -97,7 +99,7 @@ class Estimate:
         """``desc`` with the time so far and, once a tenth is done, the time left."""
         spent = self.clock() - self.t0
         words = f"{desc} · {spent:.0f} s" if desc else f"{spent:.0f} s"
-        if 0.1 <= self.done < 1.0:
+        if 0.1 <= self.done < 1.0 and re.search(r"\b\d+/\d+\b", desc or ""):
             words += f", about {spent * (1 - self.done) / self.done:.0f} s left"
         return words
 
@@ -153,7 +155,11 @@ setInterval(() => {
   document.querySelectorAll('[id$="-annotator"]').forEach((ann) => {
     const img = ann.querySelector('.image-frame img');
     const pen = ann.querySelector('button[aria-label="exemplar"]');
-    if (!img || !pen || pen.offsetParent === null || !img.complete) return;
+    const line = document.getElementById(ann.id.replace('-annotator', '-drawstate'));
+    if (!img || !pen || pen.offsetParent === null || !img.complete) {
+      if (line && line.dataset.on) { line.dataset.on = ''; line.innerHTML = ''; }
+      return;
+    }
     if (!pen.dataset.mmWatch) {  // a click by the user on the pencil is the user's choice
       pen.dataset.mmWatch = '1';
       pen.addEventListener('click', (e) => {
@@ -164,7 +170,6 @@ setInterval(() => {
     const busy = document.body.dataset.mmDragging === '1';
     if (!pen.classList.contains('highlight') && !ann.dataset.mmUserOff && !busy) pen.click();
     const on = pen.classList.contains('highlight');
-    const line = document.getElementById(ann.id.replace('-annotator', '-drawstate'));
     if (line && line.dataset.on !== String(on)) {
       line.dataset.on = String(on);
       line.innerHTML = on
@@ -202,5 +207,7 @@ CSS = """
 [id$="-annotator"] button[aria-label="exemplar"]:not(.highlight) {background:#e5e7eb !important;
   color:#6b7280 !important; border-radius:6px}
 .mm-draw-on {color:#fff; background:#15803d; padding:.15em .6em; border-radius:4px; font-weight:600}
+[id$="-examples"] .thumbnail-item {max-width:130px}
+.wrap:has(.progress-level) .progress-text {display:none}
 .mm-draw-off {color:#374151; background:#e5e7eb; padding:.15em .6em; border-radius:4px; font-weight:600}
 """

@@ -20,8 +20,7 @@ def pixel_field(tab: str) -> gr.Textbox:
 
 def draw_state(tab: str) -> gr.HTML:
     """A line saying whether box drawing is on (kept up to date by the page script)."""
-    return gr.HTML("<span class='mm-draw-on'>Drawing boxes: ON — drag on the picture</span>",
-                   elem_id=f"{tab}-drawstate")
+    return gr.HTML("", elem_id=f"{tab}-drawstate")
 
 
 def zoom_controls(tab: str, loaded: gr.State, ann) -> list:
@@ -56,26 +55,27 @@ def reset_zoom():
     return "1", 50, 50, "Showing the whole image."
 
 
-def results_panel(tab: str, histogram: bool = True) -> list:
-    """The per-object table (sortable, the CSV's columns), its summary and size histogram, and the
-    pixel-size line; returns ``[table, summary, histogram, pixel line]`` (tracking: ``[table, plot,
-    pixel line]``)."""
+def results_panel(tab: str) -> list:
+    """The per-object table (sortable, the CSV's columns), the pixel-size line and the plots:
+    segmentation a summary and a size histogram, tracking objects per frame with divisions.
+    Returns ``[table, summary, plot, pixel line]``, ``None`` for what the tab has not."""
+    summary = plot = None
     with gr.Accordion("Table of objects, summary and plots", open=True, elem_id=f"{tab}-tables"):
         note = gr.Markdown(elem_id=f"{tab}-pixelnote")
         with gr.Row():
-            if histogram:
+            if tab == "seg":
                 summary = gr.Dataframe(label="Summary", interactive=False, elem_id=f"{tab}-summary-table",
-                                       wrap=True)
-            plot = gr.Image(label="Size histogram (PNG: download button)" if tab == "seg" else
-                            "Objects per frame and divisions (PNG: download button)", type="filepath",
-                            interactive=False, elem_id=f"{tab}-plot", show_download_button=True, height=300)
+                                       wrap=True, visible=False)
+            if tab in ("seg", "track"):
+                what = "Size histogram" if tab == "seg" else "Objects per frame and divisions"
+                plot = gr.Image(label=f"{what} (PNG: download button)", type="filepath", visible=False,
+                                interactive=False, elem_id=f"{tab}-plot", show_download_button=True, height=300)
         label = {"seg": "Objects (one row each, as in the CSV; click a header to sort)",
                  "count": "Centres counted (as in the points CSV; click a header to sort)",
                  "track": "Tracks: one row per object and frame (as in the CSV; click a header to sort)"}[tab]
-        table = gr.Dataframe(label=label, interactive=False, elem_id=f"{tab}-table", max_height=360)
-    if histogram:
-        return [table, summary, plot, note]
-    return [table, plot, note]
+        table = gr.Dataframe(label=label, interactive=False, elem_id=f"{tab}-table", max_height=360,
+                             visible=False)
+    return [table, summary, plot, note]
 
 
 def compare_panel(tab: str) -> list:
@@ -88,6 +88,12 @@ def compare_panel(tab: str) -> list:
 
 
 def empty_results(n: int) -> tuple:
-    """Cleared values for ``n`` result-panel widgets."""
-    return tuple(None if i < n - 1 else "" for i in range(n))
+    """Cleared (and hidden) values for ``n`` result-panel widgets, the last being the pixel line."""
+    return (*(gr.update(value=None, visible=False) for _ in range(n - 1)), "")
+
+
+def shown(value) -> dict:
+    """A result-panel widget's update: the value, visible when there is one."""
+    empty = value is None or (hasattr(value, "empty") and value.empty)
+    return gr.update(value=None if empty else value, visible=not empty)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from mm_core.app import display
+from mm_core.app import display, panels
 from mm_core.app import helpers as au
 from mm_core.app import tables
 from mm_core.app.current import CURRENT, identity
@@ -109,8 +109,8 @@ def image_run(tab: str, loaded, ann, opacity, show_map, pixel, request: gr.Reque
         hist = tables.histogram(table, Path(files[0]).parent, loaded.name) if files else None
         files += [str(hist)] if hist else []
     note = kept["result"].pixel_size_note()
-    extras = (_frame(table), _frame(summary), None if hist is None else str(hist), note,
-              *_compare(session, tab, opacity))
+    extras = (panels.shown(table), panels.shown(summary), panels.shown(None if hist is None else str(hist)),
+              note, *_compare(session, tab, opacity))
     return (*out[:3], files, *out[4:], *extras)
 
 
@@ -127,11 +127,4 @@ def track_run(loaded, ann, show_map, pixel, request: gr.Request = None, progress
     table = tables.object_table(files, "track", loaded.name)
     plot = next((f for f in files if f.endswith("_per_frame.png")), None)
     note = STORE.get(key).get("pixel_note", "")
-    return (*out, _frame(table), plot, note)
-
-
-def _frame(table):
-    """A table for ``gr.Dataframe`` (an empty one hides nothing and breaks nothing)."""
-    import pandas as pd
-
-    return table if table is not None else pd.DataFrame()
+    return (*out, panels.shown(table), panels.shown(plot), note)

@@ -230,9 +230,8 @@ def _image_tab(tab: str, spec: dict, eng_md) -> None:
                 opacity = checked_input(gr.Slider(0, 1, value=value, step=0.05, label=label,
                                                   elem_id=f"{tab}-opacity"), "the opacity")
                 show_map, mapimg, files = _outputs(tab, spec["files"])
-        extras = panels.results_panel(tab, histogram=tab == "seg")
-        if tab != "seg":  # counting: centres table only (no sizes), keep the outputs' order
-            extras = [extras[0], gr.State(), gr.State(), extras[2]]
+        # counting has no sizes: no summary, no histogram (states keep the outputs' order)
+        extras = [e if e is not None else gr.State() for e in panels.results_panel(tab)]
         results = [cache, picture, big, files, mapimg, eng_md, legend, *extras, *prev]
         fn = guarded(spec["verb"])(functools.partial(runs.image_run, tab))
         _run_events(run, tab, _with_request(fn), [loaded, ann, opacity, show_map, pixel], results, f"{tab}_run")
@@ -288,7 +287,7 @@ def _track_tab(eng_md) -> None:
                     again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
                 show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip, "
                                                    "per-frame plot")
-        extras = panels.results_panel("track", histogram=False)
+        extras = [e for e in panels.results_panel("track") if e is not None]
 
         @guarded("tracking")
         def track(loaded, ann, show_map, pixel, request: gr.Request = None, progress=gr.Progress()):

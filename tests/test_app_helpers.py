@@ -323,3 +323,22 @@ def test_example_thumbnails_small_and_cached(tmp_path):
     img = au.example_thumbnail(EXAMPLES / "crowded_cells.png", False, tmp_path, side=64)
     with Image.open(img) as im:
         assert im.size == (64, 64)
+
+
+def test_past_the_app_limit_is_refused_from_the_header_naming_the_setting(app_module, tmp_path, monkeypatch):
+    """Issue 23: up to 100 MP by default (run tiled); past it, refused before decoding."""
+    monkeypatch.setattr(au, "OUTPUT_ROOT", tmp_path / "out")
+    from mm_core.app import handlers
+
+    assert handlers.max_pixels() in (au.MAX_PIXELS, au.LDM_MAX_PIXELS) and au.MAX_PIXELS >= 100_000_000
+    huge = tmp_path / "huge.tif"  # 110 MP of zeros, 120 kB compressed: decoding it would take 110 MB
+    tifffile.imwrite(huge, np.zeros((11000, 10000), np.uint8), compression="zlib", tile=(1024, 1024))
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(InputError, match=r"110\.0 megapixels.*\(MM_APP_MAX_PIXELS\)"):
+        app_module.on_upload(str(huge), sequence=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000_000  # never decoded
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

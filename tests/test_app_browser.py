@@ -649,3 +649,57 @@ def test_issue23_walk_on_a_laptop_screen(browser, server, shared_data):
         page.screenshot(path=str(ARTIFACTS / "issue23_walk.png"), full_page=True)
     finally:
         ctx.close()
+
+
+def test_issue23_zoomed_box_many_files_and_tracking_plots(page, shared_data, tmp_path):
+    """A box drawn on the zoomed view; several real files in one run (a table row each, a refused
+    file included, one zip, a gallery); tracking shows its table and its per-frame plot."""
+    cells = sorted((shared_data / "count" / "vgg_cells" / "images").glob("*.png"))[:4]
+    frames = sorted((shared_data / "track" / "Fluo-N2DH-SIM+" / "01").glob("t*.tif"))[:4]
+    img = shared_data / "seg" / "stardist_dsb2018_example" / "images" / "img2d.tif"
+    if len(cells) < 4 or len(frames) < 4 or not img.exists():
+        pytest.skip("shared data (vgg_cells, Fluo-N2DH-SIM+, stardist example) not present")
+    # zoom 4x on a real image, box on the zoomed view, run
+    upload(page, "seg", img)
+    wait_annotator_image(page, "seg")
+    first = page.locator("#seg-annotator .image-frame img").get_attribute("src")
+    page.click("#seg-zoom button, #seg-zoom .label-wrap")
+    page.locator("#seg-zoom-factor label", has_text=re.compile(r"^\s*4\s*$")).click()
+    page.wait_for_function("() => document.querySelector('#seg-zoom-line').innerText.includes('Showing x')",
+                           timeout=30_000)
+    page.wait_for_function("([s, b]) => { const i = document.querySelector(s); return i && i.src !== b"
+                           " && i.complete && i.naturalWidth > 0 }",
+                           arg=["#seg-annotator .image-frame img", first], timeout=30_000)
+    draw_box(page, "seg", (300, 300, 420, 420))  # a nucleus-sized box on the 4x view
+    _, n = run_and_wait(page, "seg")
+    assert n > 0
+    # many files in one run: 3 real images and one broken file
+    open_tab(page, "Counting")
+    page.click("#count-batch button, #count-batch .label-wrap")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"nonsense" * 10)
+    page.set_input_files("#count-batch-files input[type=file]", [str(p) for p in cells[:3]] + [str(bad)])
+    page.wait_for_timeout(1500)
+    page.click("#count-batch-run")
+    page.wait_for_selector("#count-batch-zip a", timeout=RESULT_TIMEOUT_MS * 2)
+    rows = page.locator("#count-batch-table tbody tr")
+    assert rows.count() == 4
+    text = page.inner_text("#count-batch-table")
+    assert "broken.png" in text and all(p.name in text for p in cells[:3])
+    assert page.locator("#count-batch-gallery img").count() >= 3
+    zipped = zipfile.ZipFile(io.BytesIO(page.request.get(
+        page.locator("#count-batch-zip a").first.get_attribute("href")).body()))
+    assert any(n.endswith("counts.csv") for n in zipped.namelist())
+    # tracking: 4 real frames as a zip, the tracks table and the per-frame plot
+    seq = tmp_path / "sim4.zip"
+    with zipfile.ZipFile(seq, "w") as z:
+        for f in frames:
+            z.write(f, f.name)
+    open_tab(page, "Tracking")
+    upload(page, "track", seq)
+    wait_annotator_image(page, "track")
+    run_and_wait(page, "track")
+    page.wait_for_selector("#track-table tbody tr", timeout=30_000)
+    page.wait_for_selector("#track-plot img", timeout=30_000)
+    names = [a.get_attribute("download") or "" for a in page.locator("#track-files a").all()]
+    assert any(n.endswith("_per_frame.png") for n in names)

@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core.app import display, offline, panels, runs, tables
+from mm_core.app import batch_tab, display, offline, panels, runs, tables
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
@@ -232,6 +232,7 @@ def _image_tab(tab: str, spec: dict, eng_md) -> None:
                 show_map, mapimg, files = _outputs(tab, spec["files"])
         # counting has no sizes: no summary, no histogram (states keep the outputs' order)
         extras = [e if e is not None else gr.State() for e in panels.results_panel(tab)]
+        batch_tab.batch_panel(tab, pixel, IMAGE_TYPES)
         results = [cache, picture, big, files, mapimg, eng_md, legend, *extras, *prev]
         fn = guarded(spec["verb"])(functools.partial(runs.image_run, tab))
         _run_events(run, tab, _with_request(fn), [loaded, ann, opacity, show_map, pixel], results, f"{tab}_run")
@@ -288,6 +289,7 @@ def _track_tab(eng_md) -> None:
                 show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip, "
                                                    "per-frame plot")
         extras = [e for e in panels.results_panel("track") if e is not None]
+        batch_tab.batch_panel("track", pixel, SEQUENCE_TYPES)
 
         @guarded("tracking")
         def track(loaded, ann, show_map, pixel, request: gr.Request = None, progress=gr.Progress()):

@@ -1,0 +1,120 @@
+"""Many files per run, in each tab: several uploads or a zip of images, one progress bar over the files.
+
+The files go to the library's many-files runner (:func:`mm_core.batching.files.run_files`,
+the CLI's batch with the app's engine), which writes every result in the CLI's layout and
+zips them. The tab shows one summary table (image, count, mean area, warnings; a refused
+file is one row saying why, the others go on), a gallery of the results to step through
+and the zip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from mm_core.app import display, panels
+from mm_core.app import helpers as au
+from mm_core.app.handlers import matcher, max_pixels
+from mm_core.app.lifecycle import guarded
+from mm_core.io.calibration import check_pixel_size
+
+#: The runner's task by tab.
+TASK = {"seg": "segment", "count": "count", "track": "track"}
+#: Pictures in the gallery at most (the zip holds every result), and their longest side.
+MAX_PICTURES, PICTURE_SIDE = 60, 512
+#: Columns of the summary table shown, in order (those the runner gives).
+SHOWN = ["image", "status", "objects", "count", "tracks", "mean_area_px", "mean_area_um2", "pixel_size",
+         "warnings", "message"]
+
+
+def batch_panel(tab: str, pixel: gr.Textbox, types: list[str]) -> list:
+    """The "many files" section of a tab, wired; returns its outputs ``[table, gallery, zip]``."""
+    with gr.Accordion("Many files at once: several files or a zip of them, one table and one zip of results",
+                      open=False, elem_id=f"{tab}-batch"):
+        files = gr.File(label="Choose several files (or one zip of images); the pixel size above applies to all "
+                        "(empty: each file's own)", file_count="multiple", file_types=[*types, ".zip"],
+                        elem_id=f"{tab}-batch-files", height=120)
+        run = gr.Button("Run on all files", variant="secondary", elem_id=f"{tab}-batch-run")
+        table = gr.Dataframe(label="One row per file (a refused file says why; the others went on)",
+                             interactive=False, visible=False, elem_id=f"{tab}-batch-table", wrap=True)
+        gallery = gr.Gallery(label="Results: click one, then use the arrows to step through", visible=False,
+                             columns=5, height=340, object_fit="contain", elem_id=f"{tab}-batch-gallery")
+        zipped = gr.File(label="All results in one zip (the CLI's layout)", visible=False, interactive=False,
+                         elem_id=f"{tab}-batch-zip")
+
+    def handler(files, pixel, progress=gr.Progress()):
+        return run_many(tab, files, pixel, progress=progress)
+
+    outs = [table, gallery, zipped]
+    run.click(guarded("running the files")(handler), [files, pixel], outs, api_name=f"{tab}_batch")
+    files.upload(lambda: (*panels.empty_results(3)[:2], gr.update(value=None, visible=False)), None, outs,
+                 queue=False, show_progress="hidden", api_name=False)
+    return outs
+
+
+def _paths(files) -> list[str]:
+    if not files:
+        raise gr.Error("Choose one or more files (or a zip of images) first.", title="No files")
+    return [str(getattr(f, "name", f)) for f in (files if isinstance(files, (list, tuple)) else [files])]
+
+
+def run_many(tab: str, files, pixel, progress=None):
+    """Run the tab's task on every file; returns the summary table, gallery and zip (widget updates)."""
+    from mm_core.batching.files import run_files
+
+    paths = _paths(files)
+    size = check_pixel_size(pixel, "the pixel size")
+    out = au.new_request_dir() / "results"
+    table, zip_path = run_files(paths, TASK[tab], out, matcher=matcher(), pixel_size=size,
+                                max_pixels=max_pixels(),
+                                progress=None if progress is None else display.Estimate(progress))
+    pictures = gallery_pictures(table, out, tab)
+    return (panels.shown(summary_table(table)), gr.update(value=pictures or None, visible=bool(pictures)),
+            gr.update(value=str(zip_path), visible=True))
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The runner's table with the columns a biologist reads first (image, count, mean area, warnings)."""
+    cols = [c for c in SHOWN if c in table.columns]
+    return table[cols + [c for c in table.columns if c not in cols and c not in ("output", "seconds")]]
+
+
+def gallery_pictures(table: pd.DataFrame, out: Path, tab: str) -> list[tuple[str, str]]:
+    """``(picture, caption)`` per finished file: objects coloured over the image (segmentation) or
+    the density over it (counting), at most :data:`PICTURE_SIDE` a side, written into ``out``."""
+    pics = []
+    for _, row in table.head(MAX_PICTURES).iterrows():
+        if str(row.get("status", "done")) != "done":
+            continue
+        picture = _picture(row, Path(out), tab)
+        if picture is not None:
+            value = row.get("objects", row.get("count", row.get("tracks", "")))
+            pics.append((str(picture), f"{Path(str(row['image'])).name}: {value}"))
+    return pics
+
+
+def _picture(row, out: Path, tab: str) -> Path | None:
+    import tifffile
+    from PIL import Image
+
+    from mm_core import viz
+
+    base = str(row.get("output", Path(str(row["image"])).stem))
+    name = {"seg": f"{base}.tif", "count": f"{base}_density.tif"}.get(tab)
+    path = out / name if name else None
+    if path is None or not path.is_file():
+        return None
+    arr = tifffile.imread(path)
+    k = max(1, int(np.ceil(max(arr.shape[:2]) / PICTURE_SIDE)))
+    arr = arr[::k, ::k]
+    if tab == "seg":
+        rgb = viz.overlay_labels(np.zeros(arr.shape, np.float32) + 0.5, arr, opacity=0.8)
+    else:
+        rgb = viz.overlay_heatmap(np.full(arr.shape, 0.7, np.float32), arr, opacity=0.9, gamma=0.5)
+    dest = out.parent / "gallery" / f"{base}.png"
+    dest.parent.mkdir(exist_ok=True)
+    Image.fromarray(viz.to_rgb8(rgb)).save(dest)
+    return dest

@@ -220,7 +220,7 @@ def test_calibrated_tiff_prefills_the_pixel_size(server, tmp_path):
     tifffile.imwrite(path, img, imagej=True, resolution=(1 / 0.24, 1 / 0.24), metadata={"unit": "um"})
     client = _client(server)
     ann, summary, *_, pixel = client.predict(handle_file(str(path)), api_name="/seg_upload")
-    assert float(pixel) == pytest.approx(0.24)
+    assert float(pixel) == pytest.approx(0.24) and "0.24 µm/px" in summary
     out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, pixel,
                          api_name="/seg_run")
     assert "0.24 µm (from file)" in out[9]

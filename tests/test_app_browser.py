@@ -627,7 +627,7 @@ def test_issue23_walk_on_a_laptop_screen(browser, server, shared_data):
         page.wait_for_function("() => document.querySelector('#seg-mode').innerText.includes('2 boxes')",
                                timeout=10_000)
         # run again with the boxes: the automatic result stays beside it
-        _, n_box = run_and_wait(page, "seg")
+        run_and_wait(page, "seg")
         page.wait_for_selector("#seg-prev-overlay img", timeout=30_000)
         assert "previous run (automatic)" in page.inner_text("#seg-prev-count")
         assert float(page.inner_text("#seg-prev-count .mm-big-num").replace(",", "")) == n_auto

@@ -96,6 +96,23 @@ def gallery_pictures(table: pd.DataFrame, out: Path, tab: str) -> list[tuple[str
     return pics
 
 
+def _input_picture(path: Path, k: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The input image subsampled by ``k`` for a gallery picture (mid grey when it cannot be read
+    again, e.g. a file inside a zip)."""
+    from mm_core import viz
+    from mm_core.errors import MMError
+    from mm_core.io import read_image
+
+    try:
+        if path.is_file() and path.suffix.lower() != ".zip" and path.stat().st_size < 200e6:
+            pic = viz.display_image(read_image(path, max_pixels=max_pixels()).data[::k, ::k])
+            if pic.shape[:2] == tuple(shape[:2]):
+                return pic
+    except (MMError, OSError, ValueError):
+        pass
+    return np.full(shape[:2], 0.5, np.float32)
+
+
 def _picture(row, out: Path, tab: str) -> Path | None:
     import tifffile
     from PIL import Image
@@ -110,10 +127,11 @@ def _picture(row, out: Path, tab: str) -> Path | None:
     arr = tifffile.imread(path)
     k = max(1, int(np.ceil(max(arr.shape[:2]) / PICTURE_SIDE)))
     arr = arr[::k, ::k]
+    under = _input_picture(Path(str(row["image"])), k, arr.shape)
     if tab == "seg":
-        rgb = viz.overlay_labels(np.zeros(arr.shape, np.float32) + 0.5, arr, opacity=0.8)
+        rgb = viz.overlay_labels(under, arr, opacity=0.5)
     else:
-        rgb = viz.overlay_heatmap(np.full(arr.shape, 0.7, np.float32), arr, opacity=0.9, gamma=0.5)
+        rgb = viz.overlay_heatmap(au.muted(under), arr, opacity=0.8, gamma=0.5)
     dest = out.parent / "gallery" / f"{base}.png"
     dest.parent.mkdir(exist_ok=True)
     Image.fromarray(viz.to_rgb8(rgb)).save(dest)

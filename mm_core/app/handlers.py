@@ -16,14 +16,14 @@ import gradio as gr
 import numpy as np
 
 from mm_core import export, viz
-from mm_core.batching.whole import run_image
-from mm_core.viz import tracks as viz_tracks
 from mm_core.app import display, tables, zoom
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.lifecycle import STORE
 from mm_core.app.lifecycle import session_of as _session
+from mm_core.batching.whole import run_image
 from mm_core.errors import InputError, MMError
+from mm_core.viz import tracks as viz_tracks
 
 log = logging.getLogger("mm_core.app")
 MAX_FILE_SIZE = os.environ.get("MM_APP_MAX_FILE_SIZE", "200mb")

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from mm_core.app import display, panels
+from mm_core.app import display, panels, tables
 from mm_core.app import helpers as au
-from mm_core.app import tables
 from mm_core.app.current import CURRENT, identity
 from mm_core.app.handlers import run_count, run_segment, run_track
 from mm_core.app.lifecycle import STORE

@@ -26,10 +26,18 @@ from gradio_bbox_annotator import BBoxAnnotator
 from mm_core.app import batch_tab, display, offline, panels, runs, tables
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
-from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
+from mm_core.app.handlers import (
+    LIMITS,
     MATCHER,
     MAX_FILE_SIZE,
-    LIMITS,
+    _downloads,
+    _empty_input,
+    _inputs,
+    _map_update,
+    _note,
+    _progress,
+    _show_annotator,
+    _track_map,
     cleared_image_tab,
     cleared_track_tab,
     engine_line,
@@ -42,14 +50,6 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     run_segment,
     run_track,
     show_frame,
-    _downloads,
-    _empty_input,
-    _inputs,
-    _map_update,
-    _note,
-    _progress,
-    _show_annotator,
-    _track_map,
 )
 from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
 
@@ -152,7 +152,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     def forget(request: gr.Request = None):
         runs.forget(tab, request)
 
-    empty = lambda: (*_empty_input(), "")  # noqa: E731
+    empty = lambda: (*_empty_input(), "")
     loads = [gallery.select(pick, None, outs, concurrency_limit=4, api_name=f"{tab}_example"),
              upload.upload(load, [upload], outs, concurrency_limit=4, api_name=f"{tab}_upload"),
              ann.upload(reader, [ann], outs, concurrency_limit=4, api_name=False)]

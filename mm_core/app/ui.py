@@ -26,18 +26,10 @@ from gradio_bbox_annotator import BBoxAnnotator
 from mm_core.app import batch_tab, display, offline, panels, runs, tables
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
-from mm_core.app.handlers import (
-    LIMITS,
+from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
     MATCHER,
     MAX_FILE_SIZE,
-    _downloads,
-    _empty_input,
-    _inputs,
-    _map_update,
-    _note,
-    _progress,
-    _show_annotator,
-    _track_map,
+    LIMITS,
     cleared_image_tab,
     cleared_track_tab,
     engine_line,
@@ -50,6 +42,14 @@ from mm_core.app.handlers import (
     run_segment,
     run_track,
     show_frame,
+    _downloads,
+    _empty_input,
+    _inputs,
+    _map_update,
+    _note,
+    _progress,
+    _show_annotator,
+    _track_map,
 )
 from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
 

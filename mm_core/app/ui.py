@@ -199,8 +199,8 @@ def _outputs(tab: str, files_label: str):
 def _scroll_js(tab: str) -> str:
     """After Run: bring the number and the self-check into view (a 1280×720 laptop has them
     far above the Run button)."""
-    return ("() => { const e = document.querySelector('#%s-count');"
-            " if (e) e.scrollIntoView({block: 'start', behavior: 'instant'}); }" % tab)
+    return (f"() => {{ const e = document.querySelector('#{tab}-count');"
+            " if (e) e.scrollIntoView({block: 'start', behavior: 'instant'}); }")
 
 
 def _run_events(run, tab: str, fn, inputs, outputs, api_name: str):

@@ -54,20 +54,28 @@ def _per_scale(img: np.ndarray, s: float, g_prev: np.ndarray | None) -> tuple[li
     return chans, g
 
 
-def _upsample(a: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
-    """Upsample by 2**k, cropped to ``shape``.
+def _up2(a: np.ndarray, axis: int) -> np.ndarray:
+    """Double ``a`` along ``axis`` by linear interpolation: coarse sample ``j`` lands on fine ``2j``."""
+    a = np.moveaxis(a, axis, 0)
+    out = np.empty((2 * a.shape[0], *a.shape[1:]), a.dtype)
+    out[0::2] = a
+    out[1:-1:2] = 0.5 * (a[:-1] + a[1:])
+    out[-1] = a[-1]
+    return np.moveaxis(out, 0, axis)
 
-    Nearest-neighbour to half the target size, a box filter of the block size
-    there (so no visible blocks), then a final 2x repeat: 2-pixel steps are all
-    that remain, at a quarter of the cost of smoothing at full size.
+
+def _upsample(a: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """Upsample a pyramid level ``k`` by 2**k to ``shape``, in register with the full-size image.
+
+    A level is made by smoothing and keeping every other pixel (``[::2, ::2]``), so its
+    pixel ``j`` sits on full-size pixel ``2**k * j``; linear interpolation puts it back
+    there. (Repeating each pixel instead, as before issue 23, moved every coarse channel by
+    ``(2**k - 1) / 2`` working pixels down and right: matched objects came out shifted by up
+    to 4 input pixels and grown where the working grid is coarse, i.e. for large objects.)
     """
-    if k == 0:
-        return a
-    half = 2 ** (k - 1)
-    up = a if half == 1 else np.repeat(np.repeat(a, half, axis=0), half, axis=1)
-    if half > 1:
-        up = ndi.uniform_filter(up, half, mode="nearest")
-    return np.repeat(np.repeat(up, 2, axis=0), 2, axis=1)[: shape[0], : shape[1]]
+    for _ in range(k):
+        a = _up2(_up2(a, 0), 1)
+    return a[: shape[0], : shape[1]]
 
 
 def filter_bank(img: np.ndarray, sigmas) -> np.ndarray:
@@ -88,8 +96,8 @@ def filter_bank(img: np.ndarray, sigmas) -> np.ndarray:
         brightness), scale-normalised LoG, gradient magnitude, Hessian
         eigenvalues and structure-tensor eigenvalues (scale-normalised, so
         responses at different sigmas are comparable). Sigmas above
-        ``PYRAMID_SIGMA`` are computed on a 2x-per-octave pyramid and upsampled
-        (:func:`_upsample`), which keeps the cost per pixel nearly independent of sigma.
+        ``PYRAMID_SIGMA`` are computed on a 2x-per-octave pyramid and interpolated back in
+        register (:func:`_upsample`), which keeps the cost per pixel nearly independent of sigma.
     """
     img = np.asarray(img, np.float32)
     shape = img.shape

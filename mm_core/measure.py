@@ -16,8 +16,8 @@ from mm_core.io.labels import TRACK_COLUMNS
 #: Columns of :func:`tracks_table` (``area_um2`` follows ``area_px`` when the pixel size is known).
 TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area_px", "parent"]
 
-__all__ = ["TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "add_physical", "as_labels", "check_tracks", "measurements_table",
-           "tracks_from_masks", "tracks_table"]
+__all__ = ["SUMMARY_COLUMNS", "TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "add_physical", "as_labels", "check_tracks",
+           "measurements_table", "objects_per_frame", "summary_table", "tracks_from_masks", "tracks_table"]
 
 
 def as_labels(labels, ndims: tuple[int, ...] = (2,), what: str = "label image") -> np.ndarray:
@@ -197,3 +197,69 @@ def check_tracks(tracks) -> pd.DataFrame:
         return df[TRACK_COLUMNS].astype(np.int64).reset_index(drop=True)
     except (TypeError, ValueError) as err:
         raise InputError(f"the track table must hold whole numbers: {err}") from None
+
+
+#: Columns :func:`summary_table` summarises, when present (in this order).
+SUMMARY_COLUMNS = ("area_px", "area_um2", "equivalent_diameter_px", "equivalent_diameter_um", "mean_intensity")
+
+
+def summary_table(table: pd.DataFrame, columns=None) -> pd.DataFrame:
+    """Count, mean and spread of the per-object measurements.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Per-object measurements (:func:`measurements_table`; any table with those columns).
+    columns : sequence of str, optional
+        Columns to summarise (default: those of :data:`SUMMARY_COLUMNS` the table has, then
+        ``mean_intensity_ch*``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per measurement (``measurement`` column, the unit in its name: ``area_um2``)
+        with ``count``, ``mean``, ``std`` (sample standard deviation; NaN for one object),
+        ``median``, ``min``, ``max``; NaN statistics when there are no objects.
+    """
+    if columns is None:
+        columns = [c for c in SUMMARY_COLUMNS if c in table.columns]
+        columns += [c for c in table.columns if c.startswith("mean_intensity_ch")]
+    rows = []
+    for c in columns:
+        if c not in table.columns:
+            raise InputError(f"the table has no column {c!r} to summarise")
+        v = pd.to_numeric(table[c], errors="coerce").dropna().to_numpy(float)
+        stats = (v.mean(), v.std(ddof=1) if len(v) > 1 else np.nan, np.median(v), v.min(), v.max()) if len(v) \
+            else (np.nan,) * 5
+        rows.append((c, len(v), *stats))
+    return pd.DataFrame(rows, columns=["measurement", "count", "mean", "std", "median", "min", "max"])
+
+
+def objects_per_frame(masks, tracks=None) -> pd.DataFrame:
+    """Objects and divisions in each frame of a tracking result.
+
+    Parameters
+    ----------
+    masks : ndarray, (T, H, W)
+        Labels; a label is a track id in every frame.
+    tracks : DataFrame, optional
+        ``label, begin, end, parent`` (divisions: daughters' first frames).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``frame``, ``objects`` (distinct labels in the frame), ``divisions`` (parents
+        whose daughters begin in that frame) and ``cumulative_divisions``.
+    """
+    arr = as_labels(masks, (3,), "mask stack")
+    counts = [len(np.unique(f[f > 0])) for f in arr]
+    tr = check_tracks(tracks)
+    div = np.zeros(len(arr), np.int64)
+    daughters = tr[tr["parent"] > 0]
+    for _, grp in daughters.groupby("parent"):
+        if len(grp) >= 2:
+            t = int(grp["begin"].min())
+            if 0 <= t < len(arr):
+                div[t] += 1
+    return pd.DataFrame({"frame": np.arange(len(arr)), "objects": np.asarray(counts, np.int64), "divisions": div,
+                         "cumulative_divisions": np.cumsum(div)})

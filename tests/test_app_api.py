@@ -167,6 +167,11 @@ def _big_cells(path: Path, side: int = 768, seed: int = 1) -> Path:
     return path
 
 
+def _value(update):
+    """The value of a widget update as an API client receives it (or the value itself)."""
+    return update.get("value") if isinstance(update, dict) and "__type__" in update else update
+
+
 def test_a_late_result_is_not_shown_under_the_next_file(server, image_file, tmp_path):
     """Issue 23: a run on A that ends after B was loaded must not fill B's outputs."""
     import time
@@ -201,13 +206,13 @@ def test_pixel_size_field_bad_values_and_the_summary_says_which(server, image_fi
         with pytest.raises(Exception, match="the pixel size must be a positive number"):
             client.predict(value, 0.5, False, bad, api_name="/seg_run")
     out = client.predict(value, 0.5, False, "0.5", api_name="/seg_run")
-    table, summary, note = out[6], out[7], out[9]
+    table, summary, note = _value(out[6]), _value(out[7]), out[9]
     assert "0.5 µm (given)" in note
     assert "area_um2" in table["headers"] and "area_px" in table["headers"]
     assert summary["data"]
     assert any(str(f["path"]).endswith(".geojson") for f in out[2])
     out = client.predict(value, 0.5, False, "", api_name="/seg_run")
-    assert "unknown" in out[9] and "area_um2" not in out[6]["headers"]
+    assert "unknown" in out[9] and "area_um2" not in _value(out[6])["headers"]
 
 
 def test_calibrated_tiff_prefills_the_pixel_size(server, tmp_path):
@@ -245,3 +250,27 @@ def test_heat_map_stands_out_on_h_and_e_at_the_default_opacity(server):
     chroma = picture.max(-1) - picture.min(-1)
     stained = (unit < 0.05) & (raw < np.percentile(raw, 30))
     assert chroma[unit > 0.2].mean() - chroma[stained].mean() > 20
+
+
+def test_many_files_one_table_one_zip_and_a_refused_file_is_one_row(server, image_file, tmp_path):
+    """Issue 23: several files in one run; a broken one is a row with its reason, the others go on."""
+    import zipfile
+
+    second = tmp_path / "second.tif"
+    second.write_bytes(image_file.read_bytes())
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00garbage" * 20)
+    client = _client(server)
+    table, gallery, zipped = client.predict([handle_file(str(p)) for p in (image_file, bad, second)], "",
+                                            api_name="/seg_batch")
+    table = _value(table)
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert set(rows) == {"cells.tif", "broken.tif", "second.tif"}
+    assert rows["broken.tif"]["status"] != "done" and "broken.tif" in rows["broken.tif"]["message"]
+    assert rows["cells.tif"]["status"] == "done" and rows["cells.tif"]["count"] == rows["second.tif"]["count"] > 0
+    assert rows["cells.tif"]["mean_area_px"] > 0
+    assert len(_value(gallery)) == 2
+    names = zipfile.ZipFile(_value(zipped)["path"]).namelist()
+    assert {"cells.tif", "cells.csv", "cells.geojson", "second.csv", "manifest.csv"} <= set(names)
+    with pytest.raises(Exception, match="the pixel size must be a positive number"):
+        client.predict([handle_file(str(image_file))], "-2", api_name="/seg_batch")

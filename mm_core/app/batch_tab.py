@@ -1,10 +1,11 @@
 """Many files per run, in each tab: several uploads or a zip of images, one progress bar over the files.
 
-The files go to the library's many-files runner (:func:`mm_core.batching.files.run_files`,
-the CLI's batch with the app's engine), which writes every result in the CLI's layout and
-zips them. The tab shows one summary table (image, count, mean area, warnings; a refused
-file is one row saying why, the others go on), a gallery of the results to step through
-and the zip.
+Images go to the library's many-files runner (:func:`mm_core.batching.files.run_files`, the
+CLI's batch with the app's engine), which writes every result in the CLI's layout and zips
+them; time-lapses (one per file) are tracked one after the other by :func:`track_files`, each
+into its own folder. The tab shows one summary table (image, count, mean area, warnings; a
+refused file is one row saying why, the others go on), a gallery of the results to step
+through and the zip.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from mm_core.io.calibration import check_pixel_size
 TASK = {"seg": "segment", "count": "count", "track": "track"}
 #: Pictures in the gallery at most (the zip holds every result), and their longest side.
 MAX_PICTURES, PICTURE_SIDE = 60, 512
-#: Columns of the summary table shown, in order (those the runner gives).
-SHOWN = ["image", "status", "objects", "count", "tracks", "mean_area_px", "mean_area_um2", "pixel_size",
-         "warnings", "message"]
 
 
 def batch_panel(tab: str, pixel: gr.Textbox, types: list[str]) -> list:
@@ -63,23 +61,57 @@ def _paths(files) -> list[str]:
 
 def run_many(tab: str, files, pixel, progress=None):
     """Run the tab's task on every file; returns the summary table, gallery and zip (widget updates)."""
-    from mm_core.batching.files import run_files
-
     paths = _paths(files)
     size = check_pixel_size(pixel, "the pixel size")
     out = au.new_request_dir() / "results"
-    table, zip_path = run_files(paths, TASK[tab], out, matcher=matcher(), pixel_size=size,
-                                max_pixels=max_pixels(),
-                                progress=None if progress is None else display.Estimate(progress))
-    pictures = gallery_pictures(table, out, tab)
-    return (panels.shown(summary_table(table)), gr.update(value=pictures or None, visible=bool(pictures)),
+    bar = None if progress is None else display.Estimate(progress)
+    if tab == "track":
+        table, zip_path, rows = track_files(paths, out, size, bar)
+    else:
+        from mm_core.batching.files import run_files
+
+        done = run_files(paths, TASK[tab], out, matcher=matcher(), pixel_size=size, progress=bar)
+        table, zip_path, rows = done.summary, done.zip_path, done.manifest
+    pictures = gallery_pictures(rows, out, tab)
+    return (panels.shown(table), gr.update(value=pictures or None, visible=bool(pictures)),
             gr.update(value=str(zip_path), visible=True))
 
 
-def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The runner's table with the columns a biologist reads first (image, count, mean area, warnings)."""
-    cols = [c for c in SHOWN if c in table.columns]
-    return table[cols + [c for c in table.columns if c not in cols and c not in ("output", "seconds")]]
+def track_files(paths: list[str], out: Path, pixel_size, progress=None):
+    """Track every time-lapse file into ``out`` (the CLI's files, one stem each); a refused file is
+    one row with its message. Returns ``(summary table, zip, rows)``."""
+    import shutil
+
+    from mm_core import export
+    from mm_core.errors import MMError
+    from mm_core.io import read_sequence
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows, n = [], len(paths)
+    for i, path in enumerate(paths):
+        name = Path(path).name
+        row = {"image": name, "status": "failed", "tracks": np.nan, "divisions": np.nan, "warnings": "",
+               "message": ""}
+        try:
+            seq = read_sequence(path, max_frames=au.MAX_FRAMES, max_pixels=max_pixels(), pixel_size=pixel_size)
+
+            def tick(frac, desc="", i=i):
+                if progress is not None:
+                    progress((i + frac) / n, f"file {i + 1}/{n} {name}: {desc}")
+
+            res = matcher().track(seq, progress=tick)
+            export.save(res, out / Path(path).stem, Path(path).stem)  # a folder each: CTC frame names repeat
+            row.update(status="done", tracks=res.n_tracks, divisions=res.n_divisions, output=Path(path).stem,
+                       warnings=" | ".join(res.warnings), pixel_size=res.pixel_size_note())
+        except MMError as exc:
+            row["message"] = str(exc)
+        rows.append(row)
+        if progress is not None:
+            progress((i + 1) / n, f"{i + 1}/{n} files: {name}")
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "summary.csv", index=False)
+    zip_path = Path(shutil.make_archive(str(out.parent / "results"), "zip", out))
+    return table, zip_path, table
 
 
 def gallery_pictures(table: pd.DataFrame, out: Path, tab: str) -> list[tuple[str, str]]:
@@ -120,19 +152,21 @@ def _picture(row, out: Path, tab: str) -> Path | None:
     from mm_core import viz
 
     base = str(row.get("output", Path(str(row["image"])).stem))
-    name = {"seg": f"{base}.tif", "count": f"{base}_density.tif"}.get(tab)
-    path = out / name if name else None
+    name = {"seg": f"{base}.tif", "count": f"{base}_density.tif", "track": f"{base}/mask000.tif"}[tab]
+    path = out / name
+    if tab == "track" and not path.is_file():
+        path = next(iter(sorted((out / base).glob("mask*.tif"))), path)
     if path is None or not path.is_file():
         return None
     arr = tifffile.imread(path)
     k = max(1, int(np.ceil(max(arr.shape[:2]) / PICTURE_SIDE)))
     arr = arr[::k, ::k]
     under = _input_picture(Path(str(row["image"])), k, arr.shape)
-    if tab == "seg":
+    if tab in ("seg", "track"):
         rgb = viz.overlay_labels(under, arr, opacity=0.5)
     else:
         rgb = viz.overlay_heatmap(au.muted(under), arr, opacity=0.8, gamma=0.5)
-    dest = out.parent / "gallery" / f"{base}.png"
+    dest = out.parent / "gallery" / f"{Path(base).name}.png"
     dest.parent.mkdir(exist_ok=True)
     Image.fromarray(viz.to_rgb8(rgb)).save(dest)
     return dest

@@ -150,8 +150,7 @@ def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Pro
     rendered = np.stack(viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True,
                                                  min_side=384))
     gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", list(rendered), fps=4)
-    plot = tables.track_plot(res, out, loaded.name)
-    files = [*export.save(res, out, loaded.name), *([plot] if plot else [])]
+    files = [*export.save(res, out, loaded.name), tables.track_plot(res, out, loaded.name)]
     maps = np.stack([au.map_view(im, m) for im, m in zip(images, res.maps)]) if res.maps else None
     key = ar.keep_track_result(STORE, _session(request), rendered, maps, out, gif=gif)
     STORE.get(key)["pixel_note"] = res.pixel_size_note()

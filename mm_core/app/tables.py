@@ -3,7 +3,8 @@
 The per-object table shown on screen is the CSV the downloads hold, read back, so the
 two always have the same columns. The summary (count, mean and spread of each measure)
 and the size histogram come from :mod:`mm_core.measure` and :mod:`mm_core.viz.plots`;
-tracking gets objects per frame over time with the divisions marked.
+tracking gets objects per frame over time with the divisions as bars (PNG files, so they
+are downloads too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from mm_core.io.calibration import FROM_FILE, check_pixel_size, resolve_pixel_size
+from mm_core.measure import objects_per_frame, summary_table
+from mm_core.viz import plots
 
 #: Which download holds the per-object table, by tab (file name ending).
 TABLE_FILE = {"seg": ".csv", "count": "_points.csv", "track": "_tracks.csv"}
@@ -32,39 +35,21 @@ def object_table(files, tab: str, stem: str) -> pd.DataFrame | None:
 
 
 def summary(table: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Count, mean, spread, median, min and max of each measure (``mm_core.measure.summary_table``)."""
-    summary_table = _library("mm_core.measure", "summary_table")
-    if table is None or summary_table is None:
-        return None
-    out = summary_table(table)
-    return out.reset_index() if out.index.name or not isinstance(out.index, pd.RangeIndex) else out
+    """Count, mean, spread, median, min and max of each measure (:func:`mm_core.measure.summary_table`)."""
+    return None if table is None else summary_table(table).round(3)
 
 
 def histogram(table: pd.DataFrame | None, out: Path, stem: str) -> Path | None:
     """The size histogram of the objects as ``<stem>_sizes.png`` in ``out`` (None without objects)."""
-    size_histogram_png = _library("mm_core.viz.plots", "size_histogram_png")
-    if table is None or not len(table) or size_histogram_png is None:
+    if table is None or not len(table):
         return None
-    return Path(size_histogram_png(table, Path(out) / f"{stem}_sizes.png"))
+    return plots.write_png(Path(out) / f"{stem}_sizes.png", plots.size_histogram(table))
 
 
-def track_plot(result, out: Path, stem: str) -> Path | None:
-    """Objects per frame over time, divisions marked, as ``<stem>_per_frame.png`` in ``out``."""
-    tracking_plot_png = _library("mm_core.viz.plots", "tracking_plot_png")
-    if tracking_plot_png is None:
-        return None
-    return Path(tracking_plot_png(result, Path(out) / f"{stem}_per_frame.png"))
-
-
-def _library(module: str, name: str):
-    """A library function, or ``None`` while the library does not have it (the app then leaves
-    that picture out rather than failing the run)."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+def track_plot(result, out: Path, stem: str) -> Path:
+    """Objects per frame over time, divisions as bars, as ``<stem>_per_frame.png`` in ``out``."""
+    per_frame = objects_per_frame(result.masks, result.tracks)
+    return plots.write_png(Path(out) / f"{stem}_per_frame.png", plots.tracking_plot(per_frame))
 
 
 def file_pixel_size(loaded) -> float | None:

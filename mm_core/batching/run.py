@@ -225,11 +225,11 @@ def _row_of(fut, it: Item) -> dict | None:
         return None
 
 
-def _local_rows(items: list[Item], settings: Settings, verbose: bool = False):
+def _local_rows(items: list[Item], settings: Settings, verbose: bool = False, matcher=None):
     model = None
     for it in items:
         if model is None:
-            model = Model(settings)
+            model = Model(settings, matcher)
             if verbose:
                 print(f"engine: {model.engine_note}\nhead: {model.head_note}", file=sys.stderr)
         yield process(model, it, settings)
@@ -255,7 +255,7 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
           scheduler: str | None = None, resume: bool = False, engine: str = "auto", head=None,
           boxes: dict | None = None, channels=None, tile: int = DEFAULT_TILE, overlap: int | None = None,
           progress: bool = True, on_result: Callable[[dict], None] | None = None,
-          pixel_size=None, tile_progress=None) -> pd.DataFrame:
+          pixel_size=None, tile_progress=None, matcher=None) -> pd.DataFrame:
     """Segment or count many images; results stream into ``out`` as they finish.
 
     Parameters
@@ -289,6 +289,9 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
         else pixels); the manifest's ``pixel_size`` says which was used.
     tile_progress : callable, optional
         ``progress(fraction, "tile i/n")`` over the tiles of each tiled image (in-process runs only).
+    matcher : Matcher, optional
+        The model to run (in-process runs only; ``engine``/``head`` are then not used): a caller
+        that holds one (the app) does not load a second.
 
     Returns
     -------
@@ -337,7 +340,7 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     bar = tqdm(total=len(items), initial=len(done), desc=task, unit="image", file=sys.stderr,
                disable=not progress)
     try:
-        rows = (_local_rows(todo, settings, progress) if workers == 1 and not scheduler
+        rows = (_local_rows(todo, settings, progress, matcher) if workers == 1 and not scheduler
                 else _dask_rows(todo, settings, int(workers), scheduler))
         for row in rows:
             manifest.add(row)

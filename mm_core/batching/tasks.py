@@ -54,10 +54,11 @@ class Settings:
 class Model:
     """The :class:`mm_core.Matcher` of one process, built once and reused for every image."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, matcher=None):
         from mm_core.models import Matcher
 
-        self.matcher = Matcher(engine=settings.engine, head={settings.task: settings.head})
+        self.matcher = matcher if matcher is not None else Matcher(engine=settings.engine,
+                                                                   head={settings.task: settings.head})
         self.engine_note = self.matcher.engine_note
         self.head_note = self.matcher.head_notes()[settings.task]
 

@@ -201,3 +201,17 @@ def test_cli_pixel_size_from_file_and_given(tmp_path, capsys):
 
 
 geff = pytest.importorskip("geff")
+
+
+def test_image_past_the_limit_is_refused_before_decoding(tmp_path):
+    """A 120 MP TIFF cut to its header: refused by its declared size, naming the setting (no data to decode)."""
+    import os
+
+    from mm_core.settings import Settings
+
+    assert Settings().app_max_pixels == 100_000_000
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, shape=(12000, 10000), dtype="uint8")
+    os.truncate(path, 4096)
+    with pytest.raises(InputError, match=r"120\.0 megapixels.*limit of 100\.0 megapixels.*MM_MAX_PIXELS"):
+        read_image(path, max_pixels=Settings().app_max_pixels)

@@ -35,11 +35,21 @@ def main(side: int = 4000) -> None:
     t0 = time.time()
     ann, *_ = client.predict(handle_file(str(path)), api_name="/seg_upload")
     t1 = time.time()
-    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.45, False, "",
-                         api_name="/seg_run")
+    job = client.submit({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.45, False, "",
+                        api_name="/seg_run")
+    last = None
+    while not job.done():  # the progress the page shows: one step per tile, with the time left
+        units = job.status().progress_data
+        desc = units[0].desc if units else None
+        if desc and desc != last:
+            print(f"  {time.time() - t1:6.0f} s  {desc}", flush=True)
+            last = desc
+        time.sleep(1)
+    out = job.result()
     t2 = time.time()
-    n = out[1].split("mm-big-num")[1].split(">")[1].split("<")[0]
-    print(f"{side}x{side}: upload+read {t1 - t0:.1f} s, run (tiled) to result {t2 - t1:.1f} s, {n} objects")
+    n = out[1].split("mm-big-num'")[1].split(">")[1].split("<")[0]
+    print(f"{side}x{side}: upload+read {t1 - t0:.1f} s, run (tiled) to result on screen {t2 - t1:.1f} s, "
+          f"{n} objects", flush=True)
     demo.close()
 
 

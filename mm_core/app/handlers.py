@@ -126,7 +126,7 @@ def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, prog
 
 
 def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress(),
-                pixel=None):
+              pixel=None):
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]

@@ -155,7 +155,7 @@ def box_contrast(image: np.ndarray, box) -> float:
     """
     g = np.asarray(image, np.float32)
     g = g.mean(axis=-1) if g.ndim == 3 else g
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
     w, h = max(x1 - x0, 1), max(y1 - y0, 1)
     inner = g[y0 + h // 4:max(y1 - h // 4, y0 + h // 4 + 1), x0 + w // 4:max(x1 - w // 4, x0 + w // 4 + 1)]
     ring = np.zeros(g.shape, bool)
@@ -177,8 +177,8 @@ def background_boxes(found: np.ndarray, boxes, try_: str, image: np.ndarray | No
     if not any(bad):
         return []
     which = "the box" if len(b) == 1 else f"{sum(bad)} of the {len(b)} boxes"
-    return [f"The box matched nothing like itself: {which} holds no object found, or looks like its "
-            f"surroundings, so it probably sits on background and the objects found do not resemble it. {try_}"]
+    return [(f"The box matched nothing like itself: {which} holds no object found, or looks like its "
+             f"surroundings, so it probably sits on background and the objects found do not resemble it. {try_}")]
 
 
 def box_warnings(labels: np.ndarray, boxes, try_: str, image: np.ndarray | None = None) -> list[str]:
@@ -274,9 +274,9 @@ def _count_vs_area(count: int, fg: np.ndarray, boxes, try_: str) -> list[str]:
     seen = float(fg.sum()) / max(unit, 1.0)
     if abs(count - seen) >= MIN_EXTRA and not seen / MAX_COUNT_VS_AREA <= count <= seen * MAX_COUNT_VS_AREA:
         what = "more" if count > seen else "fewer"
-        return [f"The count ({count:,}) is far from the objects seen: at the box's size the matched area "
-                f"holds about {seen:,.0f} objects, so either {what} were counted than the image shows or the "
-                f"box is not the size of one object. {try_}"]
+        return [(f"The count ({count:,}) is far from the objects seen: at the box's size the matched area "
+                 f"holds about {seen:,.0f} objects, so either {what} were counted than the image shows or the "
+                 f"box is not the size of one object. {try_}")]
     return []
 
 

@@ -202,6 +202,9 @@ def _run_track(args) -> int:
         return EXIT_REFUSED
     bar.close()
     export.save(res, out)
+    from mm_core.viz.plots import write_result_plots
+
+    write_result_plots(res, out)
     print(f"{res.n_tracks} tracks, {res.n_divisions} divisions over {len(seq.frames)} frames; "
           f"CTC results and GEFF tracks.zarr in {out}. {res.pixel_size_note()}", file=sys.stderr)
     _print_warnings(name, res.warnings)

@@ -72,8 +72,10 @@ class SegmentationResult(_Calibrated):
         return len(np.unique(self.labels[self.labels > 0]))
 
     def table(self, intensity: np.ndarray | None = None) -> pd.DataFrame:
-        """Per-object measurements, in µm too when the pixel size is known (see
-        :func:`mm_core.measure.measurements_table`)."""
+        """Per-object measurements, in µm too when the pixel size is known.
+
+        See :func:`mm_core.measure.measurements_table`.
+        """
         from mm_core.measure import measurements_table
 
         return measurements_table(self.labels, self.image if intensity is None else intensity, self.pixel_size)
@@ -105,8 +107,6 @@ class TrackResult(_Calibrated):
     maps: list[MatchMaps] | None = None
     head_note: str = ""
     warnings: list[str] = field(default_factory=list)
-    pixel_size: float | None = None
-    pixel_size_source: str = UNKNOWN
     pixel_size: float | None = None
     pixel_size_source: str = UNKNOWN
 

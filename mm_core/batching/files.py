@@ -76,8 +76,7 @@ def _mean_area(out: Path, base: str, task: str) -> tuple[float, float]:
     if task != "segment" or not (out / f"{base}.csv").is_file():
         return float("nan"), float("nan")
     t = pd.read_csv(out / f"{base}.csv")
-    mean = lambda c: float(t[c].mean()) if c in t.columns and len(t) else float("nan")  # noqa: E731
-    return mean("area_px"), mean("area_um2")
+    return tuple(float(t[c].mean()) if c in t.columns and len(t) else float("nan") for c in ("area_px", "area_um2"))
 
 
 def _summary(manifest: pd.DataFrame, out: Path, task: str) -> pd.DataFrame:

@@ -136,15 +136,19 @@ def _tiled_boxes(item: Item, shape: tuple[int, int]) -> np.ndarray | None:
 def _save(result, out: Path, base: str, intensity) -> None:
     """:func:`mm_core.export.save` into a scratch folder, then each file moved into ``out``.
 
-    ``counts.csv`` is left out (the batch writes it once from the manifest); the files are
+    Plots (:func:`mm_core.viz.plots.write_result_plots`) go with them. ``counts.csv`` is left
+    out (the batch writes it once from the manifest); the files are
     moved in the order they were written, the table last, so a complete set is recognisable.
     """
     from mm_core import export
+
+    from mm_core.viz.plots import write_result_plots
 
     scratch = out / f".{base}.partial"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         files = [f for f in export.save(result, scratch, base, intensity=intensity) if f.name != "counts.csv"]
+        files += write_result_plots(result, scratch, base)
         files.sort(key=lambda f: f.suffix == ".csv")
         for f in files:
             target = out / f.name

@@ -67,8 +67,8 @@ def run_image(matcher, task: str, image, boxes=None, progress: ProgressFn | None
     name = Path(image).name if isinstance(image, (str, Path)) else getattr(image, "source", "the image")
     img = LazyImage(data.astype(np.float32, copy=False), "YX" if data.ndim == 2 else "YXC", name)
     head = matcher.head(task, mode_of(bx))
-    notes = dict(engine_note=matcher.engine_note, head_note=matcher.head_notes()[task],
-                 pixel_size=size, pixel_size_source=source)
+    notes = {"engine_note": matcher.engine_note, "head_note": matcher.head_notes()[task],
+             "pixel_size": size, "pixel_size_source": source}
     runner = tile_fn(matcher.engine, head, task)
     if task == "segment":
         labels = np.zeros(data.shape[:2], np.uint32)

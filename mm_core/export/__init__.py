@@ -30,8 +30,22 @@ from mm_core.export.files import (
 from mm_core.export.geojson import geojson_features, write_geojson
 
 __all__ = [
-    "geojson_features", "write_geojson",
-    "UINT16_MAX", "ctc_frame_name", "label_dtype", "measurements_table", "object_contour", "save",
-    "tracks_table", "write_counts", "write_ctc", "write_ctc_zip", "write_density", "write_imagej_rois",
-    "write_labels", "write_measurements", "write_points", "write_tracks_csv",
+    "UINT16_MAX",
+    "ctc_frame_name",
+    "geojson_features",
+    "label_dtype",
+    "measurements_table",
+    "object_contour",
+    "save",
+    "tracks_table",
+    "write_counts",
+    "write_ctc",
+    "write_ctc_zip",
+    "write_density",
+    "write_geojson",
+    "write_imagej_rois",
+    "write_labels",
+    "write_measurements",
+    "write_points",
+    "write_tracks_csv",
 ]

@@ -30,6 +30,8 @@ import pandas as pd
 import tifffile
 
 from mm_core.errors import InputError
+from mm_core.export.common import object_contour
+from mm_core.export.common import out_path as _out_path
 from mm_core.io.atomic import atomic_path, atomic_write
 from mm_core.io.labels import CTC_MASK_RE
 from mm_core.measure import (
@@ -45,15 +47,6 @@ UINT16_MAX = 65535
 
 
 # --------------------------------------------------------------------------- helpers
-def _out_path(path) -> Path:
-    """Return ``path`` as a Path, creating its missing parent folders."""
-    p = Path(path)
-    if p.exists() and p.is_dir():
-        raise InputError(f"cannot write the file {p}: a folder of that name exists")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
-
-
 def label_dtype(labels: np.ndarray) -> np.dtype:
     """Storage dtype of a label image: uint16 if the largest id is <= 65,535, else uint32.
 
@@ -112,25 +105,6 @@ def write_measurements(path, labels, intensity=None, pixel_size: float | None = 
 
 
 # --------------------------------------------------------------------------- ImageJ ROIs
-def object_contour(mask: np.ndarray) -> np.ndarray:
-    """Outline of a binary object as an ``(N, 2)`` float array of ImageJ ``x, y``.
-
-    :func:`skimage.measure.find_contours` at level 0.5 on the mask padded by one
-    pixel (so objects touching the border are closed); the longest contour (the
-    outer boundary of the largest fragment) is kept. ImageJ puts pixel ``(col,
-    row)`` in the square ``[col, col+1) x [row, row+1)``, so coordinates are
-    shifted by +0.5 from skimage's pixel-centre convention.
-    """
-    from skimage.measure import find_contours
-
-    padded = np.pad(np.asarray(mask, dtype=np.float32), 1)
-    contours = find_contours(padded, 0.5)
-    if not contours:
-        raise InputError("cannot outline an empty object")
-    rc = max(contours, key=len)[:-1]  # closed contour: last point repeats the first
-    return np.stack([rc[:, 1] - 0.5, rc[:, 0] - 0.5], axis=1)
-
-
 def write_imagej_rois(path, labels) -> Path:
     """Write one polygon ROI per object to an ImageJ ROI-set zip (Fiji's ROI Manager).
 

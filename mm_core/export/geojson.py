@@ -9,7 +9,7 @@ the object's label id, and ``properties.measurements`` a name -> number mapping 
 columns of :func:`mm_core.measure.measurements_table`, with µm when the pixel size is known).
 
 Each outline follows the object's pixel edges exactly (the marching-squares contour of
-:func:`mm_core.export.files.object_contour` with its cut corners put back), so the polygon's
+:func:`mm_core.export.common.object_contour` with its cut corners put back), so the polygon's
 area is the object's pixel count (for an object without holes; a hole is filled and, for
 an object in several pieces, only the largest piece is outlined).
 """
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mm_core.errors import InputError
+from mm_core.export.common import object_contour, out_path
 from mm_core.io.atomic import atomic_write
 from mm_core.measure import as_labels, measurements_table
 
@@ -39,8 +40,6 @@ def pixel_outline(mask: np.ndarray) -> np.ndarray:
     (the lattice point shared by the two edges) is put back, then points on straight
     runs are dropped. Coordinates are relative to the mask's top-left corner.
     """
-    from mm_core.export.files import object_contour
-
     xy = object_contour(mask)
     nxt = np.roll(xy, -1, axis=0)
     ring = []
@@ -113,9 +112,7 @@ def write_geojson(path, labels, table: pd.DataFrame | None = None, object_type: 
     Path
         The file written.
     """
-    from mm_core.export.files import _out_path
-
     doc = geojson_features(labels, table, object_type)
-    out = _out_path(path)
+    out = out_path(path)
     atomic_write(out, json.dumps(doc, allow_nan=False))
     return out

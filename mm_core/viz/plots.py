@@ -6,7 +6,8 @@ Drawn with Pillow (no plotting library needed): numbers in, ``(H, W, 3)`` uint8 
 - :func:`size_histogram`: histogram of one measurement of the objects (default the
   equivalent diameter, in µm when the table has it, else in pixels);
 - :func:`tracking_plot`: objects per frame over time with each frame's divisions as bars
-  (the data: :func:`mm_core.measure.objects_per_frame`).
+  (the data: :func:`mm_core.measure.objects_per_frame`);
+- :func:`write_result_plots`: the PNGs the CLI and the app write beside a result's files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mm_core.errors import InputError
 
-__all__ = ["png_bytes", "size_histogram", "tracking_plot", "write_png"]
+__all__ = ["png_bytes", "size_histogram", "tracking_plot", "write_png", "write_result_plots"]
 
 #: Plot size in pixels (width, height) and margins (left, top, right, bottom).
 SIZE, MARGIN = (640, 400), (70, 40, 20, 55)
@@ -175,3 +176,31 @@ def write_png(path, rgb: np.ndarray) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, png_bytes(rgb))
     return out
+
+
+def write_result_plots(result, out_dir, stem: str = "") -> list[Path]:
+    """Write the plots of a result beside its files (the CLI and the app write the same).
+
+    Parameters
+    ----------
+    result : SegmentationResult, CountResult or TrackResult
+    out_dir : str or Path
+    stem : str
+        File name prefix, as in :func:`mm_core.export.save`.
+
+    Returns
+    -------
+    list of Path
+        Segmentation with objects: ``<stem>_sizes.png`` (:func:`size_histogram` of
+        ``result.table()``); tracking: ``<stem>_per_frame.png`` (``per_frame.png`` without a
+        stem; :func:`tracking_plot`); counting: none.
+    """
+    from mm_core.measure import objects_per_frame
+
+    out = Path(out_dir)
+    if hasattr(result, "labels") and result.n_objects:
+        return [write_png(out / f"{stem}_sizes.png", size_histogram(result.table()))]
+    if hasattr(result, "masks") and hasattr(result, "tracks"):
+        name = f"{stem}_per_frame.png" if stem else "per_frame.png"
+        return [write_png(out / name, tracking_plot(objects_per_frame(result.masks, result.tracks)))]
+    return []

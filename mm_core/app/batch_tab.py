@@ -73,7 +73,8 @@ def run_many(tab: str, files, pixel, progress=None):
         done = run_files(paths, TASK[tab], out, matcher=matcher(), pixel_size=size, progress=bar)
         table, zip_path, rows = done.summary, done.zip_path, done.manifest
     pictures = gallery_pictures(rows, out, tab)
-    return (panels.shown(table), gr.update(value=pictures or None, visible=bool(pictures)),
+    shown = table.round(3).astype(object).where(table.notna(), "")  # a refused file: blanks, not "null"
+    return (panels.shown(shown), gr.update(value=pictures or None, visible=bool(pictures)),
             gr.update(value=str(zip_path), visible=True))
 
 

@@ -10,19 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from skimage.draw import disk
+from conftest import blobs_image
 
 from mm_core.cli import expand_inputs, main, read_boxes_csv
 from mm_core.errors import InputError
 
 
 def _blobs(shape=(96, 96), centres=((24, 24), (24, 70), (70, 30), (72, 72)), r=9, seed=0):
-    rng = np.random.default_rng(seed)
-    img = np.full(shape, 100.0)
-    for c in centres:
-        rr, cc = disk(c, r, shape=shape)
-        img[rr, cc] = 1000.0
-    return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)
+    return blobs_image(seed, shape, centres, r)
 
 
 @pytest.fixture()

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import blobs_image
 from PIL import Image
-from skimage.draw import disk
 
 from mm_core.batching.files import run_files
 from mm_core.measure import measurements_table, objects_per_frame, summary_table
@@ -18,12 +18,7 @@ from mm_core.viz.plots import png_bytes, size_histogram, tracking_plot
 
 
 def _blobs(seed=0, shape=(96, 96)):
-    rng = np.random.default_rng(seed)
-    img = np.full(shape, 100.0)
-    for c in ((24, 24), (24, 70), (70, 30), (72, 72)):
-        rr, cc = disk(c, 9, shape=shape)
-        img[rr, cc] = 1000.0
-    return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)
+    return blobs_image(seed, shape)
 
 
 def test_summary_in_px_and_um():

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import blobs_image
 from skimage.draw import disk
 
 from mm_core import Matcher, export
@@ -19,13 +20,8 @@ from mm_core.io import read_image, read_sequence
 from mm_core.io.calibration import FROM_FILE, GIVEN, UNKNOWN, check_pixel_size, zarr_pixel_size
 
 
-def _blobs(shape=(96, 96), centres=((24, 24), (24, 70), (70, 30), (72, 72)), r=9, seed=0):
-    rng = np.random.default_rng(seed)
-    img = np.full(shape, 100.0)
-    for c in centres:
-        rr, cc = disk(c, r, shape=shape)
-        img[rr, cc] = 1000.0
-    return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)
+def _blobs(seed=0, shape=(96, 96)):
+    return blobs_image(seed, shape)
 
 
 def _write(kind: str, path, data):

@@ -567,10 +567,14 @@ def test_box_drawing_is_ready_on_load_and_delete_removes_it(page):
     bb = img.bounding_box()
     nw = img.evaluate("i => i.naturalWidth")
     k = bb["width"] / nw
-    page.mouse.click(bb["x"] + 55 * k, bb["y"] + 55 * k)  # select the box
+    page.mouse.click(bb["x"] + 55 * k, bb["y"] + 55 * k)  # select the box (drawing is on: issue 23)
+    page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('selected')",
+                           timeout=10_000)
     page.keyboard.press("Delete")
     page.wait_for_function("s => document.querySelector(s).innerText.includes('Automatic mode')",
                            arg="#seg-mode", timeout=10_000)
+    page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('ON')",
+                           timeout=10_000)  # drawing is back once the box is gone
 
 
 # ---- issue 23: a biologist's afternoon ----------------------------------------------------------
@@ -619,9 +623,9 @@ def test_issue23_walk_on_a_laptop_screen(browser, server, shared_data):
         # two boxes: drawing stays on after the first, its label says so
         labels = tifffile.imread(img.parent.parent / "masks" / "img2d.tif")
         draw_box(page, "seg", first_object_box(labels))
-        page.wait_for_timeout(900)
+        page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('ON')",
+                               timeout=10_000)  # drawing stays on for the next box
         assert "highlight" in (page.locator("#seg-annotator button[aria-label=exemplar]").get_attribute("class") or "")
-        assert "ON" in page.inner_text("#seg-drawstate")
         x0, y0, x1, y1 = first_object_box(labels)
         draw_box(page, "seg", (x0 + 200, y0 + 150, x1 + 200, y1 + 150) if x1 + 200 < 511 else (5, 5, 25, 25))
         page.wait_for_function("() => document.querySelector('#seg-mode').innerText.includes('2 boxes')",

@@ -147,9 +147,10 @@ SEG_LEGEND = ("<div class='mm-legend' data-testid='seg-legend'>One colour per ob
 
 #: Box drawing made easier than gradio_bbox_annotator 0.1.1 does by itself (it has no option for
 #: these): drawing is on when a picture appears and stays on after each box (the annotator switches
-#: its pencil off after one box; the page switches it on again unless the user switched it off);
-#: a line beside the picture says whether drawing is on; Delete / Backspace removes the selected
-#: box by pressing the annotator's own bin button.
+#: its pencil off after one box; the page switches it on again unless the user switched it off or
+#: a box is selected); a press on a box while drawing selects it; a line beside the picture says
+#: whether drawing is on; Delete / Backspace removes the selected box by pressing the annotator's
+#: own bin button.
 BOX_JS = """<script>
 setInterval(() => {
   document.querySelectorAll('[id$="-annotator"]').forEach((ann) => {
@@ -168,18 +169,41 @@ setInterval(() => {
     }
     if (ann.dataset.mmSrc !== img.src) { ann.dataset.mmSrc = img.src; ann.dataset.mmUserOff = ''; }
     const busy = document.body.dataset.mmDragging === '1';
-    if (!pen.classList.contains('highlight') && !ann.dataset.mmUserOff && !busy) pen.click();
+    const remove = ann.querySelector('button[aria-label="Remove"]');
+    const picking = Date.now() - Number(ann.dataset.mmPickT || 0) < 800;  // a press on a box just now
+    if ((!remove || remove.disabled) && !picking) ann.dataset.mmPicked = '';
+    // a box the user pressed on is selected: drawing waits until it is deleted or let go (the
+    // annotator may also select a box just drawn: that one does not hold drawing back)
+    const selected = ann.dataset.mmPicked === '1';
+    if (!pen.classList.contains('highlight') && !ann.dataset.mmUserOff && !busy && !selected) pen.click();
     const on = pen.classList.contains('highlight');
-    if (line && line.dataset.on !== String(on)) {
-      line.dataset.on = String(on);
+    const state = on ? 'on' : (selected ? 'selected' : 'off');
+    if (line && line.dataset.on !== state) {
+      line.dataset.on = state;
       line.innerHTML = on
         ? "<span class='mm-draw-on'>Drawing boxes: ON \u2014 drag on the picture (again for another box)</span>"
-        : "<span class='mm-draw-off'>Drawing boxes: OFF \u2014 click the pencil button to draw</span>";
+        : (selected ? "<span class='mm-draw-off'>A box is selected: Delete removes it; drawing resumes after</span>"
+          : "<span class='mm-draw-off'>Drawing boxes: OFF \u2014 click the pencil button to draw</span>");
     }
   });
 }, 300);
-document.addEventListener('mousedown', () => { document.body.dataset.mmDragging = '1'; }, true);
-document.addEventListener('mouseup', () => { document.body.dataset.mmDragging = ''; }, true);
+document.addEventListener('pointerdown', () => { document.body.dataset.mmDragging = '1'; }, true);
+document.addEventListener('pointerdown', (e) => {  // with drawing on, a press on a box selects it
+  const ann = e.target.closest && e.target.closest('[id$="-annotator"]');
+  const pen = ann && ann.querySelector('button[aria-label="exemplar"]');
+  if (!pen) return;
+  const shown = Array.from(ann.querySelectorAll('.box-preview'));  // the boxes as drawn
+  const i = shown.findIndex((c) => {
+    const r = c.getBoundingClientRect();
+    return e.clientX >= r.left && e.clientX <= r.right && e.clientY >= r.top && e.clientY <= r.bottom;
+  });
+  if (i < 0) return;
+  ann.dataset.mmPicked = '1';  // the user chose this box: its selection holds drawing back
+  ann.dataset.mmPickT = String(Date.now());
+  // drawing off before the annotator sees the press: its own handlers then select the box
+  if (pen.classList.contains('highlight')) pen.click();
+}, true);
+document.addEventListener('pointerup', () => { document.body.dataset.mmDragging = ''; }, true);
 document.addEventListener('keydown', (e) => {
   if (e.key !== 'Delete' && e.key !== 'Backspace') return;
   const t = e.target;

@@ -54,14 +54,21 @@ def _per_scale(img: np.ndarray, s: float, g_prev: np.ndarray | None) -> tuple[li
     return chans, g
 
 
-def _up2(a: np.ndarray, axis: int) -> np.ndarray:
-    """Double ``a`` along ``axis`` by linear interpolation: coarse sample ``j`` lands on fine ``2j``."""
-    a = np.moveaxis(a, axis, 0)
-    out = np.empty((2 * a.shape[0], *a.shape[1:]), a.dtype)
-    out[0::2] = a
-    out[1:-1:2] = 0.5 * (a[:-1] + a[1:])
-    out[-1] = a[-1]
-    return np.moveaxis(out, 0, axis)
+def _interp_axis(a: np.ndarray, k: int, n: int, axis: int) -> np.ndarray:
+    """``n`` samples along ``axis`` of a level ``k`` array: full-size pixel ``i`` reads level position ``i / 2**k``.
+
+    Linear interpolation between the two level samples around it; past the last one, that one.
+    """
+    f = 2 ** k
+    i = np.arange(n)
+    j = np.minimum(i >> k, a.shape[axis] - 1)
+    j1 = np.minimum(j + 1, a.shape[axis] - 1)
+    t = np.where(j1 == j, 0.0, (i & (f - 1)) / f).astype(np.float32)
+    shape = [1, 1]
+    shape[axis] = n
+    lo, hi = np.take(a, j, axis=axis), np.take(a, j1, axis=axis)
+    lo += (hi - lo) * t.reshape(shape)
+    return lo
 
 
 def _upsample(a: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
@@ -73,9 +80,9 @@ def _upsample(a: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
     ``(2**k - 1) / 2`` working pixels down and right: matched objects came out shifted by up
     to 4 input pixels and grown where the working grid is coarse, i.e. for large objects.)
     """
-    for _ in range(k):
-        a = _up2(_up2(a, 0), 1)
-    return a[: shape[0], : shape[1]]
+    if k == 0:
+        return a
+    return _interp_axis(_interp_axis(a, k, shape[0], 0), k, shape[1], 1)
 
 
 def filter_bank(img: np.ndarray, sigmas) -> np.ndarray:

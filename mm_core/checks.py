@@ -70,8 +70,10 @@ MIN_BOX_CONTRAST = 0.08
 #: matches do not resemble the box.
 BOX_SIZE_RANGE = (0.5, 2.0)
 #: A count over (or under) the objects the matched area holds at the boxes' size by more than
-#: this factor (and by ``MIN_EXTRA`` objects) is far from the objects seen.
-MAX_COUNT_VS_AREA = 1.35
+#: this factor (and by ``MIN_EXTRA`` objects) is far from the objects seen. Overlapping cells
+#: share area: on the first 8 VGG cells images (one 12-px box each) good counts (10-20 % under
+#: the truth) ran 1.2-1.4x the area's estimate, so 1.35 warned on half of them.
+MAX_COUNT_VS_AREA = 1.6
 
 
 def suggestion(mode: str, n_boxes: int = 0) -> str:

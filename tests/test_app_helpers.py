@@ -308,7 +308,7 @@ def test_run_track_animation_frames_and_downloads(app_module, tmp_path, monkeypa
     with pytest.raises(InputError, match="frame number"):
         app_module.show_frame(key, 99, False)
     names = {Path(f).name for f in files}
-    assert names == {"movie_ctc.zip", "movie_tracks.csv", "movie_tracks_geff.zip"}
+    assert names == {"movie_ctc.zip", "movie_tracks.csv", "movie_tracks_geff.zip", "movie_per_frame.png"}
     table = pd.read_csv(tmp_path / "out" / Path(files[0]).parent.name / "movie_tracks.csv")
     assert set(table["frame"]) <= {0, 1, 2} and len(table) >= 3
 

@@ -101,8 +101,11 @@ def test_current_files_tell_a_late_result_apart():
     assert cur.is_current("s", "seg", a)  # nothing known: show it
     cur.set("s", "seg", a)
     assert cur.is_current("s", "seg", a)
-    cur.set("s", "seg", None)  # another file is being chosen
+    cur.let_go("s", "seg", a)  # another file is being chosen
     assert not cur.is_current("s", "seg", a)
+    cur.set("s", "seg", b)
+    cur.let_go("s", "seg", a)  # the notice came after b was read: b stays
+    assert cur.is_current("s", "seg", b)
     cur.set("s", "seg", b)
     assert not cur.is_current("s", "seg", a) and cur.is_current("s", "seg", b)
     assert cur.is_current("other", "seg", a) and cur.is_current(None, "seg", a)

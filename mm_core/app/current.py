@@ -32,6 +32,18 @@ class CurrentFiles:
         with self._lock:
             self._now[(session, tab)] = identity(loaded)
 
+    def let_go(self, session: str | None, tab: str, loaded) -> None:
+        """A new file is being chosen in place of ``loaded``: no result of ``loaded`` may show now.
+
+        Does nothing when another file is already loaded (this notice came late, after the new
+        file was read: requests are not ordered on a busy server)."""
+        if session is None:
+            return
+        with self._lock:
+            key = (session, tab)
+            if self._now.get(key, identity(loaded)) == identity(loaded):
+                self._now[key] = None
+
     def is_current(self, session: str | None, tab: str, loaded) -> bool:
         """Whether ``loaded`` is still the tab's file (always true outside a server or when
         the session never loaded through the page, e.g. an API client that sent its own state)."""

@@ -52,11 +52,13 @@ def keep_previous(session: str | None, tab: str, loaded) -> str | None:
     return None
 
 
-def forget(tab: str, request: gr.Request = None) -> None:
-    """A new file is being chosen: no result of the old one may show, the previous one goes."""
+def forget(tab: str, old, request: gr.Request = None) -> None:
+    """A new file is being chosen in place of ``old``: no result of ``old`` may show, and its
+    previous result goes (unless the notice came after the new file was loaded)."""
     session = _session(request)
-    CURRENT.set(session, tab, None)
-    if session is not None:
+    CURRENT.let_go(session, tab, old)
+    prev = STORE.get(prev_key(session, tab)) if session is not None else None
+    if prev is not None and prev.get("ident") == identity(old):
         STORE.drop(prev_key(session, tab))
 
 

@@ -149,8 +149,8 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     def reader(v, request: gr.Request = None):
         return load(v[0] if v else None, request)
 
-    def forget(request: gr.Request = None):
-        runs.forget(tab, request)
+    def forget(old, request: gr.Request = None):
+        runs.forget(tab, old, request)
 
     empty = lambda: (*_empty_input(), "")
     loads = [gallery.select(pick, None, outs, concurrency_limit=4, api_name=f"{tab}_example"),
@@ -167,7 +167,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     ann.change(None, [ann], [mode], js=_MODE_JS, show_progress="hidden")
     # what clears the previous result: a new file, an example, or emptying the file
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
-    gr.on(triggers, forget, None, None, queue=False, show_progress="hidden",
+    gr.on(triggers, forget, [loaded], None, queue=False, show_progress="hidden",
           api_name=False)
     if zooms:
         gr.on(triggers, panels.reset_zoom, None, zooms, queue=False, show_progress="hidden", api_name=False)

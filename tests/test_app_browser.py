@@ -567,7 +567,9 @@ def test_box_drawing_is_ready_on_load_and_delete_removes_it(page):
     bb = img.bounding_box()
     nw = img.evaluate("i => i.naturalWidth")
     k = bb["width"] / nw
-    page.mouse.click(bb["x"] + 55 * k, bb["y"] + 55 * k)  # select the box (drawing is on: issue 23)
+    page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('ON')",
+                           timeout=10_000)  # drawing stays on after a box (issue 23)
+    page.mouse.click(bb["x"] + 55 * k, bb["y"] + 55 * k)  # a press on the box selects it all the same
     page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('selected')",
                            timeout=10_000)
     page.keyboard.press("Delete")

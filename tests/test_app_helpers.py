@@ -261,7 +261,7 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
     assert f">{n}<" in html and 5 <= n <= 13
     assert overlay.shape == (384, 384, 3) and overlay.dtype == np.uint8  # shown enlarged
     names = sorted(Path(f).name for f in files)
-    assert names == ["blobs.csv", "blobs.geojson", "blobs.tif", "blobs_rois.zip"]  # GeoJSON for QuPath
+    assert names == ["blobs.csv", "blobs.geojson", "blobs.tif", "blobs_rois.zip", "blobs_sizes.png"]  # as the CLI
     assert tifffile.imread(next(f for f in files if f.endswith(".tif"))).max() > 0
     np.testing.assert_array_equal(cache["boxes"], [[12, 12, 29, 29]])
     again = app_module.rerender(au.segmentation_view, key, 0.0)

@@ -86,6 +86,7 @@ def track_files(paths: list[str], out: Path, pixel_size, progress=None):
     from mm_core import export
     from mm_core.errors import MMError
     from mm_core.io import read_sequence
+    from mm_core.viz.plots import write_result_plots
 
     out.mkdir(parents=True, exist_ok=True)
     rows, n = [], len(paths)
@@ -96,12 +97,14 @@ def track_files(paths: list[str], out: Path, pixel_size, progress=None):
         try:
             seq = read_sequence(path, max_frames=au.MAX_FRAMES, max_pixels=max_pixels(), pixel_size=pixel_size)
 
-            def tick(frac, desc="", i=i):
+            def tick(frac, desc="", i=i, name=name):
                 if progress is not None:
                     progress((i + frac) / n, f"file {i + 1}/{n} {name}: {desc}")
 
             res = matcher().track(seq, progress=tick)
-            export.save(res, out / Path(path).stem, Path(path).stem)  # a folder each: CTC frame names repeat
+            stem = Path(path).stem  # a folder each: CTC frame names repeat from one sequence to the next
+            export.save(res, out / stem, stem)
+            write_result_plots(res, out / stem, stem)
             row.update(status="done", tracks=res.n_tracks, divisions=res.n_divisions, output=Path(path).stem,
                        warnings=" | ".join(res.warnings), pixel_size=res.pixel_size_note())
         except MMError as exc:

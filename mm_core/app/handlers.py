@@ -16,7 +16,7 @@ import gradio as gr
 import numpy as np
 
 from mm_core import export, viz
-from mm_core.app import display, tables, zoom
+from mm_core.app import display, zoom
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.lifecycle import STORE
@@ -24,6 +24,7 @@ from mm_core.app.lifecycle import session_of as _session
 from mm_core.batching.whole import run_image
 from mm_core.errors import InputError, MMError
 from mm_core.viz import tracks as viz_tracks
+from mm_core.viz.plots import write_result_plots
 
 log = logging.getLogger("mm_core.app")
 MAX_FILE_SIZE = os.environ.get("MM_APP_MAX_FILE_SIZE", "200mb")
@@ -118,7 +119,7 @@ def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, prog
     frame = loaded.frames[0]
     # larger than a tile (2048 px a side): tile by tile, progress per tile (the library's tiling)
     res = _calibrated(run_image(matcher(), "segment", frame, boxes, _progress(progress), _size(pixel)), pixel)
-    files = export.save(res, out, loaded.name, intensity=frame)
+    files = [*export.save(res, out, loaded.name, intensity=frame), *write_result_plots(res, out, loaded.name)]
     key = ar.keep_image_result(STORE, _session(request), "seg", res, frame, boxes, out)
     return (key, rerender(au.segmentation_view, key, opacity),
             display.result_html(res.n_objects, "objects", res.warnings), _downloads(files),
@@ -150,7 +151,7 @@ def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Pro
     rendered = np.stack(viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True,
                                                  min_side=384))
     gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", list(rendered), fps=4)
-    files = [*export.save(res, out, loaded.name), tables.track_plot(res, out, loaded.name)]
+    files = [*export.save(res, out, loaded.name), *write_result_plots(res, out, loaded.name)]
     maps = np.stack([au.map_view(im, m) for im, m in zip(images, res.maps)]) if res.maps else None
     key = ar.keep_track_result(STORE, _session(request), rendered, maps, out, gif=gif)
     STORE.get(key)["pixel_note"] = res.pixel_size_note()

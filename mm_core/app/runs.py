@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from mm_core.app import display, panels, tables
@@ -104,14 +102,11 @@ def image_run(tab: str, loaded, ann, opacity, show_map, pixel, request: gr.Reque
     kept = STORE.get(key)
     kept["ident"] = identity(loaded)
     table = tables.object_table(files, tab, loaded.name)
-    summary, hist = None, None
-    if tab == "seg":
-        summary = tables.summary(table)
-        hist = tables.histogram(table, Path(files[0]).parent, loaded.name) if files else None
-        files += [str(hist)] if hist else []
+    summary = tables.summary(table) if tab == "seg" else None
+    hist = next((f for f in files if f.endswith("_sizes.png")), None)  # written with the other files
     note = kept["result"].pixel_size_note()
-    extras = (panels.shown(table), panels.shown(summary), panels.shown(None if hist is None else str(hist)),
-              note, *_compare(session, tab, opacity))
+    extras = (panels.shown(table), panels.shown(summary), panels.shown(hist), note,
+              *_compare(session, tab, opacity))
     return (*out[:3], files, *out[4:], *extras)
 
 

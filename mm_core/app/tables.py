@@ -1,10 +1,10 @@
 """Results as a table and a picture, and the pixel size in use (no Gradio here).
 
 The per-object table shown on screen is the CSV the downloads hold, read back, so the
-two always have the same columns. The summary (count, mean and spread of each measure)
-and the size histogram come from :mod:`mm_core.measure` and :mod:`mm_core.viz.plots`;
-tracking gets objects per frame over time with the divisions as bars (PNG files, so they
-are downloads too).
+two always have the same columns; the summary (count, mean and spread of each measure) is
+:func:`mm_core.measure.summary_table` of it. The plots (size histogram, objects per frame
+with divisions) are PNG downloads written by :func:`mm_core.viz.plots.write_result_plots`,
+as the CLI writes them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from mm_core.io.calibration import FROM_FILE, check_pixel_size, resolve_pixel_size
-from mm_core.measure import objects_per_frame, summary_table
-from mm_core.viz import plots
+from mm_core.measure import summary_table
 
 #: Which download holds the per-object table, by tab (file name ending).
 TABLE_FILE = {"seg": ".csv", "count": "_points.csv", "track": "_tracks.csv"}
@@ -37,19 +36,6 @@ def object_table(files, tab: str, stem: str) -> pd.DataFrame | None:
 def summary(table: pd.DataFrame | None) -> pd.DataFrame | None:
     """Count, mean, spread, median, min and max of each measure (:func:`mm_core.measure.summary_table`)."""
     return None if table is None else summary_table(table).round(3)
-
-
-def histogram(table: pd.DataFrame | None, out: Path, stem: str) -> Path | None:
-    """The size histogram of the objects as ``<stem>_sizes.png`` in ``out`` (None without objects)."""
-    if table is None or not len(table):
-        return None
-    return plots.write_png(Path(out) / f"{stem}_sizes.png", plots.size_histogram(table))
-
-
-def track_plot(result, out: Path, stem: str) -> Path:
-    """Objects per frame over time, divisions as bars, as ``<stem>_per_frame.png`` in ``out``."""
-    per_frame = objects_per_frame(result.masks, result.tracks)
-    return plots.write_png(Path(out) / f"{stem}_per_frame.png", plots.tracking_plot(per_frame))
 
 
 def file_pixel_size(loaded) -> float | None:

@@ -274,3 +274,26 @@ def test_many_files_one_table_one_zip_and_a_refused_file_is_one_row(server, imag
     assert {"cells.tif", "cells.csv", "cells.geojson", "second.csv", "manifest.csv"} <= set(names)
     with pytest.raises(Exception, match="the pixel size must be a positive number"):
         client.predict([handle_file(str(image_file))], "-2", api_name="/seg_batch")
+
+
+def test_many_time_lapses_each_in_its_own_folder(server, tmp_path):
+    """Tracking's many-files run: one folder per sequence (CTC frame names repeat), a refused file is a row."""
+    import zipfile
+
+    movie = REPO / "examples" / "timelapse_division.tif"
+    again = tmp_path / "again.tif"
+    again.write_bytes(movie.read_bytes())
+    one = tmp_path / "one_frame.tif"
+    tifffile.imwrite(one, np.zeros((64, 64), np.uint16))
+    client = _client(server)
+    table, gallery, zipped = client.predict([handle_file(str(p)) for p in (movie, one, again)], "",
+                                            api_name="/track_batch")
+    table = _value(table)
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert rows["timelapse_division.tif"]["status"] == "done" and rows["again.tif"]["status"] == "done"
+    assert rows["timelapse_division.tif"]["tracks"] == rows["again.tif"]["tracks"] > 0
+    assert rows["one_frame.tif"]["status"] == "failed" and rows["one_frame.tif"]["message"]
+    assert len(_value(gallery)) == 2
+    names = set(zipfile.ZipFile(_value(zipped)["path"]).namelist())
+    assert {"timelapse_division/timelapse_division_tracks.csv", "again/again_ctc.zip",
+            "again/again_per_frame.png", "summary.csv"} <= names

@@ -15,7 +15,11 @@ often each fires on them is measured by ``benchmarks/warnings.py``):
 - objects lying where the match map is weak (the output does not follow the match);
 - a count that rests mostly on clump areas rather than on centres found;
 - most tracks lasting one frame, far more tracks than objects per frame, many divisions;
-- new tracks or divisions where the frames do not change (:func:`frame_change`).
+- new tracks or divisions where the frames do not change (:func:`frame_change`);
+- with exemplar boxes: no object found inside a box (the box sits on background and the
+  matches resemble nothing in it), objects far smaller or larger than the boxes (the
+  matches do not resemble the box), and a count far from the objects the matched area holds
+  at the boxes' size.
 
 Each warning ends with a suggestion that depends on the mode: in automatic mode "draw
 a box around one typical object"; with one box "draw it tightly around one whole
@@ -64,6 +68,19 @@ MAX_DIVISIONS_PER_OBJECT = 0.5
 STILL_CHANGE = 0.01
 #: Below this (a copy, or only rounding noise), tracking reuses the previous frame's objects.
 SAME_CHANGE = 1e-3
+#: Fraction of a box's pixels inside objects below which nothing was found in the box.
+MIN_BOX_COVER = 0.15
+#: Difference between the middle of a box and a ring around it, as a fraction of the image's
+#: 1st-99th percentile range, below which the box looks like its surroundings (background).
+MIN_BOX_CONTRAST = 0.08
+#: Median object diameter over the box's (sqrt(width x height)) outside this range: the
+#: matches do not resemble the box.
+BOX_SIZE_RANGE = (0.5, 2.0)
+#: A count over (or under) the objects the matched area holds at the boxes' size by more than
+#: this factor (and by ``MIN_EXTRA`` objects) is far from the objects seen. Overlapping cells
+#: share area: on the first 8 VGG cells images (one 12-px box each) good counts (10-20 % under
+#: the truth) ran 1.2-1.4x the area's estimate, so 1.35 warned on half of them.
+MAX_COUNT_VS_AREA = 1.6
 
 
 def suggestion(mode: str, n_boxes: int = 0) -> str:
@@ -134,7 +151,80 @@ def _n_boxes(maps) -> int:
     return int(getattr(maps, "info", {}).get("n_boxes", 0) or 0)
 
 
-def check_segmentation(labels: np.ndarray, maps, n_boxes: int | None = None) -> list[str]:
+def _box_sides(boxes) -> np.ndarray:
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    return np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1).clip(1, None)
+
+
+def box_contrast(image: np.ndarray, box) -> float:
+    """How much the middle of a box differs from a ring around it (fraction of the image's range).
+
+    The middle half of the box against the ring of half a box side around it: the difference of
+    their medians over the image's 1st-99th percentile range (gray: mean of the channels).
+    """
+    g = np.asarray(image, np.float32)
+    g = g.mean(axis=-1) if g.ndim == 3 else g
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    w, h = max(x1 - x0, 1), max(y1 - y0, 1)
+    inner = g[y0 + h // 4:max(y1 - h // 4, y0 + h // 4 + 1), x0 + w // 4:max(x1 - w // 4, x0 + w // 4 + 1)]
+    ring = np.zeros(g.shape, bool)
+    ring[max(0, y0 - h // 2):y1 + h // 2, max(0, x0 - w // 2):x1 + w // 2] = True
+    ring[max(y0, 0):y1, max(x0, 0):x1] = False
+    lo, hi = np.percentile(g, [1, 99])
+    if not ring.any() or not inner.size or hi <= lo:
+        return 1.0
+    return float(abs(np.median(inner) - np.median(g[ring])) / (hi - lo))
+
+
+def background_boxes(found: np.ndarray, boxes, try_: str, image: np.ndarray | None = None) -> list[str]:
+    """One warning when a box holds nothing found (``found``: a mask) or looks like its surroundings."""
+    b = np.asarray(boxes, float).reshape(-1, 4).round().astype(int)
+    bad = [float(found[max(y0, 0):y1, max(x0, 0):x1].mean()) < MIN_BOX_COVER if x1 > x0 and y1 > y0 else True
+           for x0, y0, x1, y1 in b]
+    if image is not None:
+        bad = [k or box_contrast(image, box) < MIN_BOX_CONTRAST for k, box in zip(bad, b)]
+    if not any(bad):
+        return []
+    which = "the box" if len(b) == 1 else f"{sum(bad)} of the {len(b)} boxes"
+    return [(f"The box matched nothing like itself: {which} holds no object found, or looks like its "
+             f"surroundings, so it probably sits on background and the objects found do not resemble it. {try_}")]
+
+
+def box_warnings(labels: np.ndarray, boxes, try_: str, image: np.ndarray | None = None) -> list[str]:
+    """Warnings comparing the objects found with the exemplar boxes (none without boxes).
+
+    Parameters
+    ----------
+    labels : ndarray, (H, W) int
+    boxes : array-like (N, 4) or None
+        ``x0, y0, x1, y1`` in pixels (x1/y1 exclusive).
+    try_ : str
+        The suggestion ending every warning.
+    image : ndarray, optional
+        The (normalised) image: a box whose middle looks like its surroundings
+        (:func:`box_contrast` under :data:`MIN_BOX_CONTRAST`) sits on background.
+
+    Returns
+    -------
+    list of str
+    """
+    if boxes is None or not len(boxes) or not np.asarray(labels).any():
+        return []
+    labels = np.asarray(labels)
+    b = np.asarray(boxes, float).reshape(-1, 4).round().astype(int)
+    out = background_boxes(labels > 0, b, try_, image)
+    areas = np.bincount(labels[labels > 0].ravel().astype(np.int64))
+    med = float(2.0 * np.sqrt(np.median(areas[areas > 0]) / np.pi))
+    box_d = float(np.median(np.sqrt(_box_sides(b).prod(axis=1))))
+    if not BOX_SIZE_RANGE[0] * box_d <= med <= BOX_SIZE_RANGE[1] * box_d:
+        what = "smaller" if med < box_d else "larger"
+        out.append(f"The objects found ({med:.0f} px across) are far {what} than the box ({box_d:.0f} px): "
+                   f"the matches do not resemble the box. {try_}")
+    return out
+
+
+def check_segmentation(labels: np.ndarray, maps, n_boxes: int | None = None, boxes=None,
+                       image: np.ndarray | None = None) -> list[str]:
     """Warnings for an instance segmentation (empty list: nothing suspicious).
 
     Parameters
@@ -142,17 +232,23 @@ def check_segmentation(labels: np.ndarray, maps, n_boxes: int | None = None) -> 
     labels : ndarray, (H, W) int
     maps : MatchMaps
     n_boxes : int, optional
-        Exemplar boxes used (for the suggestion); default from ``maps.info``.
+        Exemplar boxes used (for the suggestion); default from ``maps.info`` or ``boxes``.
+    boxes : array-like (N, 4), optional
+        The exemplar boxes: adds :func:`box_warnings`.
+    image : ndarray, optional
+        The normalised image (for the boxes' contrast with their surroundings).
 
     Returns
     -------
     list of str
     """
     s = segmentation_stats(labels, maps)
-    try_ = suggestion(maps.mode, _n_boxes(maps) if n_boxes is None else n_boxes)
+    if n_boxes is None:
+        n_boxes = len(boxes) if boxes is not None else _n_boxes(maps)
+    try_ = suggestion(maps.mode, n_boxes)
     if s.n_objects == 0:
         return [f"No objects were found. {try_}"]
-    out = []
+    out = box_warnings(labels, boxes, try_, image)
     if s.coverage > MAX_COVERAGE:
         out.append(f"Objects cover {s.coverage:.0%} of the image: the background was probably taken "
                    f"for objects. {try_}")
@@ -179,7 +275,22 @@ def check_segmentation(labels: np.ndarray, maps, n_boxes: int | None = None) -> 
     return out
 
 
-def check_count(count: int, n_centres_found: int, maps, n_boxes: int | None = None) -> list[str]:
+def _count_vs_area(count: int, fg: np.ndarray, boxes, try_: str) -> list[str]:
+    """A count far from what the matched area holds at the boxes' object size."""
+    if boxes is None or not len(boxes):
+        return []
+    unit = float(np.median(np.pi / 4.0 * _box_sides(boxes).prod(axis=1)))  # an ellipse filling its box
+    seen = float(fg.sum()) / max(unit, 1.0)
+    if abs(count - seen) >= MIN_EXTRA and not seen / MAX_COUNT_VS_AREA <= count <= seen * MAX_COUNT_VS_AREA:
+        what = "more" if count > seen else "fewer"
+        return [(f"The count ({count:,}) is far from the objects seen: at the box's size the matched area "
+                 f"holds about {seen:,.0f} objects, so either {what} were counted than the image shows or the "
+                 f"box is not the size of one object. {try_}")]
+    return []
+
+
+def check_count(count: int, n_centres_found: int, maps, n_boxes: int | None = None, boxes=None,
+                image: np.ndarray | None = None) -> list[str]:
     """Warnings for a count.
 
     Parameters
@@ -187,20 +298,29 @@ def check_count(count: int, n_centres_found: int, maps, n_boxes: int | None = No
     count : int
         The reported count.
     n_centres_found : int
-        Centres the head found before the count was spread over them.
+        Object centres reported (the rows of the result's centres table).
     maps : MatchMaps
     n_boxes : int, optional
-        Exemplar boxes used (for the suggestion); default from ``maps.info``.
+        Exemplar boxes used (for the suggestion); default from ``maps.info`` or ``boxes``.
+    boxes : array-like (N, 4), optional
+        The exemplar boxes: the count is compared with the matched area at their size.
+    image : ndarray, optional
+        The normalised image: a box that looks like its surroundings sits on background.
 
     Returns
     -------
     list of str
     """
-    try_ = suggestion(maps.mode, _n_boxes(maps) if n_boxes is None else n_boxes)
+    if n_boxes is None:
+        n_boxes = len(boxes) if boxes is not None else _n_boxes(maps)
+    try_ = suggestion(maps.mode, n_boxes)
     if count == 0:
         return [f"Nothing was counted. {try_}"]
     out = []
     fg = maps.at_input("foreground") > 0.5
+    if image is not None and boxes is not None and len(boxes):
+        out += background_boxes(fg, boxes, try_, image)
+    out += _count_vs_area(count, fg, boxes, try_)
     cover = float(fg.mean()) if fg.size else 0.0
     if cover > MAX_COVERAGE:
         out.append(f"The match covers {cover:.0%} of the image: the background is probably counted. {try_}")
@@ -281,5 +401,5 @@ def check_tracks(masks: np.ndarray, tracks: pd.DataFrame, seed_mode: str = "auto
     return out
 
 
-__all__ = ["SegmentationStats", "check_count", "check_segmentation", "check_tracks", "frame_change",
-           "segmentation_stats", "suggestion"]
+__all__ = ["SegmentationStats", "box_contrast", "box_warnings", "check_count", "check_segmentation",
+           "check_tracks", "frame_change", "segmentation_stats", "suggestion"]

@@ -88,6 +88,16 @@ def _naming(name: str, exc: Exception) -> str:
     return msg if name in msg else f"{name}: {msg}"
 
 
+def _pixel_size(text: str) -> float:
+    """``--pixel-size``: a positive number of µm, else argparse's one-line usage error."""
+    from mm_core.io.calibration import check_pixel_size
+
+    try:
+        return check_pixel_size(text, "--pixel-size")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _out_dir(path: str) -> Path:
     out = Path(path)
     try:
@@ -125,7 +135,7 @@ def _run_batch(args, task: str) -> int:
     tiles = {} if task == "track" else {"tile": args.tile, "overlap": args.overlap}
     table = batch(files, task=task, out=_out_dir(args.out), workers=args.workers, scheduler=args.scheduler,
                   resume=args.resume, engine=args.engine, head=args.head, boxes=boxes,
-                  channels=args.channels, **tiles)
+                  channels=args.channels, pixel_size=args.pixel_size, **tiles)
     failures = int((table["status"] != "done").sum())
     print(f"{len(files) - failures} of {len(files)} {what} done; results and manifest.csv in {args.out}",
           file=sys.stderr)
@@ -196,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exemplar box in pixels (x = column, x1/y1 exclusive); repeat for several")
         p.add_argument("--boxes", metavar="CSV", help="CSV with header image,x0,y0,x1,y1 "
                        "(image = file name without extension" + ("; 'first' = first frame)" if what == "track" else ")"))
+        p.add_argument("--pixel-size", metavar="UM", default=None, type=_pixel_size,
+                       help="pixel size in micrometres (µm per pixel), overriding the file's calibration; "
+                       "measurements are then in µm and µm² as well as pixels (default: read from the file "
+                       "(OME-TIFF, ImageJ TIFF, TIFF resolution, OME-Zarr), else pixels only)")
         p.add_argument("--channels", type=int, nargs="+", default=None,
                        help="channels to use (0-based) for multi-channel images; default: RGB stays RGB, "
                        "other multi-channel images become a composite")

@@ -13,11 +13,12 @@ import pandas as pd
 from mm_core.errors import InputError
 from mm_core.io.labels import TRACK_COLUMNS
 
-#: Columns of :func:`tracks_table`.
-TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area", "parent"]
+#: Columns of :func:`tracks_table` (``area_um2`` follows ``area_px`` when the pixel size is known).
+TRACK_TABLE_COLUMNS = ["track_id", "frame", "x", "y", "area_px", "parent"]
 
-__all__ = ["TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "as_labels", "checked_tracks", "measurements_table",
-           "objects_per_frame", "tracks_from_masks", "tracks_table", "validate_track_table"]
+__all__ = ["SUMMARY_COLUMNS", "TRACK_COLUMNS", "TRACK_TABLE_COLUMNS", "add_physical", "as_labels",
+           "checked_tracks", "measurements_table", "object_rows", "objects_per_frame", "summary_table", "tracks_from_masks",
+           "tracks_table", "validate_track_table"]
 
 
 def as_labels(labels, ndims: tuple[int, ...] = (2,), what: str = "label image") -> np.ndarray:
@@ -61,12 +62,34 @@ def as_labels(labels, ndims: tuple[int, ...] = (2,), what: str = "label image") 
 
 _PROPS = ("label", "area", "centroid", "bbox", "equivalent_diameter_area", "eccentricity")
 _INTENSITY_PROPS = ("intensity_mean", "intensity_min", "intensity_max")
-_RENAME = {"centroid-0": "centroid_y", "centroid-1": "centroid_x",
+_RENAME = {"centroid-0": "centroid_y", "centroid-1": "centroid_x", "area": "area_px",
            "bbox-0": "bbox_y0", "bbox-1": "bbox_x0", "bbox-2": "bbox_y1", "bbox-3": "bbox_x1",
-           "equivalent_diameter_area": "equivalent_diameter"}
+           "equivalent_diameter_area": "equivalent_diameter_px"}
 
 
-def measurements_table(labels, intensity=None) -> pd.DataFrame:
+def add_physical(table: pd.DataFrame, pixel_size: float | None) -> pd.DataFrame:
+    """Add ``area_um2`` and ``equivalent_diameter_um`` after their pixel columns (``pixel_size`` in µm).
+
+    A table without ``equivalent_diameter_px`` gets it from ``area_px``. Without a pixel
+    size the table is returned with pixel columns only.
+    """
+    from mm_core.io.calibration import check_pixel_size
+
+    size = check_pixel_size(pixel_size)
+    out = table.copy()
+    if "equivalent_diameter_px" not in out.columns and "area_px" in out.columns:
+        out["equivalent_diameter_px"] = np.sqrt(4.0 * out["area_px"].to_numpy(float) / np.pi)
+    if size is None or "area_px" not in out.columns:
+        return out
+    cols = list(out.columns)
+    out["area_um2"] = out["area_px"].to_numpy(float) * size**2
+    out["equivalent_diameter_um"] = out["equivalent_diameter_px"].to_numpy(float) * size
+    cols.insert(cols.index("area_px") + 1, "area_um2")
+    cols.insert(cols.index("equivalent_diameter_px") + 1, "equivalent_diameter_um")
+    return out[cols]
+
+
+def measurements_table(labels, intensity=None, pixel_size: float | None = None) -> pd.DataFrame:
     """Per-object measurements from :func:`skimage.measure.regionprops_table`.
 
     Parameters
@@ -75,15 +98,17 @@ def measurements_table(labels, intensity=None) -> pd.DataFrame:
         ``(H, W)`` integer labels, 0 = background.
     intensity : ndarray, optional
         ``(H, W)`` or ``(H, W, C)`` image measured inside each object.
+    pixel_size : float, optional
+        µm per pixel: adds ``area_um2`` and ``equivalent_diameter_um``.
 
     Returns
     -------
     pandas.DataFrame
-        One row per object, sorted by label, with columns ``label``, ``area``
-        (pixels), ``centroid_x``, ``centroid_y`` (x = column, y = row),
-        ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (x1/y1 exclusive, as the
-        exemplar boxes), ``equivalent_diameter`` (of the circle with the same
-        area), ``eccentricity`` and, with ``intensity``, ``mean_intensity``,
+        One row per object, sorted by label, with columns ``label``, ``area_px``
+        (and ``area_um2``), ``centroid_x``, ``centroid_y`` (pixels; x = column, y = row),
+        ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (pixels, x1/y1 exclusive, as the
+        exemplar boxes), ``equivalent_diameter_px`` (of the circle with the same
+        area; and ``equivalent_diameter_um``), ``eccentricity`` and, with ``intensity``, ``mean_intensity``,
         ``min_intensity``, ``max_intensity`` (for ``C > 1`` channels one column
         per channel: ``mean_intensity_ch0``, ...).
     """
@@ -105,9 +130,10 @@ def measurements_table(labels, intensity=None) -> pd.DataFrame:
         rename[f"intensity_{stat}"] = f"{stat}_intensity"
         for c in range(img.shape[-1] if img is not None and img.ndim == 3 else 0):
             rename[f"intensity_{stat}-{c}"] = f"{stat}_intensity_ch{c}"
-    first = ["label", "area", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
+    first = ["label", "area_px", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
     table = table.rename(columns=rename).astype({c: np.int64 for c in first if "centroid" not in c})
-    return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
+    table = table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
+    return add_physical(table, pixel_size)
 
 
 def tracks_from_masks(masks) -> pd.DataFrame:
@@ -148,18 +174,21 @@ def checked_tracks(masks, tracks=None) -> tuple[np.ndarray, pd.DataFrame]:
     return arr, (_tracks_of(arr) if tracks is None else validate_track_table(tracks))
 
 
-def tracks_table(masks, tracks=None) -> pd.DataFrame:
-    """One row per object per frame: ``track_id, frame, x, y, area, parent``.
+def tracks_table(masks, tracks=None, pixel_size: float | None = None) -> pd.DataFrame:
+    """One row per object per frame: ``track_id, frame, x, y, area_px, parent``.
 
-    ``x``, ``y`` are the object's centroid (x = column, y = row) in that frame,
-    ``area`` its pixels and ``parent`` the track it divided from (0 = none).
-    Sorted by track, then frame.
+    ``x``, ``y`` are the object's centroid in pixels (x = column, y = row) in that frame,
+    ``area_px`` its pixels (followed by ``area_um2`` when ``pixel_size``, µm per pixel,
+    is given) and ``parent`` the track it divided from (0 = none). Sorted by track, then frame.
     """
-    return objects_per_frame(*checked_tracks(masks, tracks))
+    return object_rows(*checked_tracks(masks, tracks), pixel_size)
 
 
-def objects_per_frame(masks: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`tracks_table` of inputs already checked by :func:`checked_tracks` (not checked again)."""
+def object_rows(masks: np.ndarray, table: pd.DataFrame, pixel_size: float | None = None) -> pd.DataFrame:
+    """:func:`tracks_table` of inputs already checked by :func:`checked_tracks` (not checked again).
+
+    (Per-frame totals, objects and divisions in each frame, are :func:`objects_per_frame`.)
+    """
     from skimage.measure import regionprops_table
 
     parts = []
@@ -167,15 +196,18 @@ def objects_per_frame(masks: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
         if frame.any():
             p = regionprops_table(frame.astype(np.int64), properties=("label", "centroid", "area"))
             parts.append(pd.DataFrame({"track_id": p["label"], "frame": t, "x": p["centroid-1"],
-                                       "y": p["centroid-0"], "area": p["area"]}))
+                                       "y": p["centroid-0"], "area_px": p["area"]}))
     cols = TRACK_TABLE_COLUMNS
     if not parts:
-        return pd.DataFrame(columns=cols)
-    out = pd.concat(parts, ignore_index=True)
-    parent = dict(zip(table["label"], table["parent"]))
-    out["parent"] = out["track_id"].map(parent).fillna(0).astype(np.int64)
-    out[["track_id", "area"]] = out[["track_id", "area"]].astype(np.int64)
-    return out[cols].sort_values(["track_id", "frame"], ignore_index=True)
+        out = pd.DataFrame(columns=cols)
+    else:
+        out = pd.concat(parts, ignore_index=True)
+        parent = dict(zip(table["label"], table["parent"]))
+        out["parent"] = out["track_id"].map(parent).fillna(0).astype(np.int64)
+        out[["track_id", "area_px"]] = out[["track_id", "area_px"]].astype(np.int64)
+        out = out[cols].sort_values(["track_id", "frame"], ignore_index=True)
+    out = add_physical(out, pixel_size)
+    return out.drop(columns=["equivalent_diameter_px", "equivalent_diameter_um"], errors="ignore")
 
 
 def validate_track_table(tracks) -> pd.DataFrame:
@@ -201,3 +233,70 @@ def validate_track_table(tracks) -> pd.DataFrame:
         return df[TRACK_COLUMNS].astype(np.int64).reset_index(drop=True)
     except (TypeError, ValueError) as err:
         raise InputError(f"the track table must hold whole numbers: {err}") from None
+
+
+#: Columns :func:`summary_table` summarises, when present (in this order).
+SUMMARY_COLUMNS = ("area_px", "area_um2", "equivalent_diameter_px", "equivalent_diameter_um", "mean_intensity")
+
+
+def summary_table(table: pd.DataFrame, columns=None) -> pd.DataFrame:
+    """Count, mean and spread of the per-object measurements.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Per-object measurements (:func:`measurements_table`; any table with those columns).
+    columns : sequence of str, optional
+        Columns to summarise (default: those of :data:`SUMMARY_COLUMNS` the table has, then
+        ``mean_intensity_ch*``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per measurement (``measurement`` column, the unit in its name: ``area_um2``)
+        with ``count``, ``mean``, ``std`` (sample standard deviation; NaN for one object),
+        ``median``, ``min``, ``max``; NaN statistics when there are no objects.
+    """
+    if columns is None:
+        columns = [c for c in SUMMARY_COLUMNS if c in table.columns]
+        columns += [c for c in table.columns if c.startswith("mean_intensity_ch")]
+    rows = []
+    for c in columns:
+        if c not in table.columns:
+            raise InputError(f"the table has no column {c!r} to summarise")
+        v = pd.to_numeric(table[c], errors="coerce").dropna().to_numpy(float)
+        stats = (v.mean(), v.std(ddof=1) if len(v) > 1 else np.nan, np.median(v), v.min(), v.max()) if len(v) \
+            else (np.nan,) * 5
+        rows.append((c, len(v), *stats))
+    return pd.DataFrame(rows, columns=["measurement", "count", "mean", "std", "median", "min", "max"])
+
+
+def objects_per_frame(masks, tracks=None) -> pd.DataFrame:
+    """Objects and divisions in each frame of a tracking result.
+
+    Parameters
+    ----------
+    masks : ndarray, (T, H, W)
+        Labels; a label is a track id in every frame.
+    tracks : DataFrame, optional
+        ``label, begin, end, parent`` (divisions: daughters' first frames; default: from the
+        masks, no divisions).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per frame (the per-object rows are :func:`object_rows`): columns ``frame``,
+        ``objects`` (distinct labels in the frame), ``divisions`` (parents
+        whose daughters begin in that frame) and ``cumulative_divisions``.
+    """
+    arr, tr = checked_tracks(masks, tracks)
+    counts = [len(np.unique(f[f > 0])) for f in arr]
+    div = np.zeros(len(arr), np.int64)
+    daughters = tr[tr["parent"] > 0]
+    for _, grp in daughters.groupby("parent"):
+        if len(grp) >= 2:
+            t = int(grp["begin"].min())
+            if 0 <= t < len(arr):
+                div[t] += 1
+    return pd.DataFrame({"frame": np.arange(len(arr)), "objects": np.asarray(counts, np.int64), "divisions": div,
+                         "cumulative_divisions": np.cumsum(div)})

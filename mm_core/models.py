@@ -161,7 +161,8 @@ class Matcher:
         return "; ".join(f"{t}: {n}" for t, n in self.head_notes().items())
 
     # ------------------------------------------------------------------ tasks
-    def segment(self, image, boxes=None, progress: ProgressFn | None = None) -> SegmentationResult:
+    def segment(self, image, boxes=None, progress: ProgressFn | None = None,
+                pixel_size=None) -> SegmentationResult:
         """Instance segmentation of one image by within-image matching.
 
         Parameters
@@ -173,6 +174,9 @@ class Matcher:
             exclusive); ``None`` = automatic mode.
         progress : callable, optional
             ``progress(fraction, description)``.
+        pixel_size : float, optional
+            µm per pixel; overrides the calibration of a file (an array has none).
+            The result's ``pixel_size`` / ``pixel_size_source`` say which was used.
 
         Returns
         -------
@@ -181,9 +185,9 @@ class Matcher:
         mode = mode_of(boxes)
         head = self.head("segment", mode)
         return run_segment(self.engine, head, image, boxes, progress,
-                           (self.engine_note, self._note("segment", mode)))
+                           (self.engine_note, self._note("segment", mode)), pixel_size)
 
-    def count(self, image, boxes=None, progress: ProgressFn | None = None) -> CountResult:
+    def count(self, image, boxes=None, progress: ProgressFn | None = None, pixel_size=None) -> CountResult:
         """Count objects in one image; parameters as :meth:`segment`.
 
         Returns
@@ -193,10 +197,11 @@ class Matcher:
         """
         mode = mode_of(boxes)
         head = self.head("count", mode)
-        return run_count(self.engine, head, image, boxes, progress, (self.engine_note, self._note("count", mode)))
+        return run_count(self.engine, head, image, boxes, progress, (self.engine_note, self._note("count", mode)),
+                         pixel_size)
 
     def track(self, frames, boxes=None, progress: ProgressFn | None = None,
-              keep_maps: bool = False) -> TrackResult:
+              keep_maps: bool = False, pixel_size=None) -> TrackResult:
         """Track objects through a time-lapse (see :func:`mm_core.pipelines.run_track`).
 
         Parameters
@@ -209,13 +214,16 @@ class Matcher:
             ``progress(fraction, description)``.
         keep_maps : bool
             Keep every frame's match maps in the result (for display).
+        pixel_size : float, optional
+            µm per pixel; overrides the calibration a :class:`~mm_core.io.SequenceData` brings.
 
         Returns
         -------
         TrackResult
         """
         seg, link, note = self.track_heads(mode_of(boxes))
-        return run_track(self.engine, seg, link, frames, boxes, progress, keep_maps, (self.engine_note, note))
+        return run_track(self.engine, seg, link, frames, boxes, progress, keep_maps, (self.engine_note, note),
+                         pixel_size)
 
     def track_heads(self, mode: str = "automatic") -> tuple[object, object, str]:
         """Per-frame segmentation head, linker and their note for :meth:`track` in ``mode``.
@@ -265,18 +273,18 @@ def default_matcher(engine: str | Engine = "auto", head=None) -> Matcher:
 
 
 def segment(image, boxes=None, engine: str | Engine = "auto", progress: ProgressFn | None = None,
-            head=None) -> SegmentationResult:
+            head=None, pixel_size=None) -> SegmentationResult:
     """:meth:`Matcher.segment` on the default :class:`Matcher` for ``engine`` and ``head``."""
-    return default_matcher(engine, head).segment(image, boxes, progress)
+    return default_matcher(engine, head).segment(image, boxes, progress, pixel_size)
 
 
 def count(image, boxes=None, engine: str | Engine = "auto", progress: ProgressFn | None = None,
-          head=None) -> CountResult:
+          head=None, pixel_size=None) -> CountResult:
     """:meth:`Matcher.count` on the default :class:`Matcher` for ``engine`` and ``head``."""
-    return default_matcher(engine, head).count(image, boxes, progress)
+    return default_matcher(engine, head).count(image, boxes, progress, pixel_size)
 
 
 def track(frames, boxes=None, engine: str | Engine = "auto", progress: ProgressFn | None = None,
-          keep_maps: bool = False, head=None) -> TrackResult:
+          keep_maps: bool = False, head=None, pixel_size=None) -> TrackResult:
     """:meth:`Matcher.track` on the default :class:`Matcher` for ``engine`` and ``head``."""
-    return default_matcher(engine, head).track(frames, boxes, progress, keep_maps)
+    return default_matcher(engine, head).track(frames, boxes, progress, keep_maps, pixel_size)

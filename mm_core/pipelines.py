@@ -20,6 +20,8 @@ from mm_core import checks
 from mm_core.engines.base import Engine, MatchMaps
 from mm_core.errors import InputError
 from mm_core.heads.objects import boxes_from_labels
+from mm_core.heads.shares import count_from_density
+from mm_core.io.calibration import UNKNOWN, check_pixel_size, describe_pixel_size, resolve_pixel_size
 from mm_core.io.limits import Limits
 from mm_core.progress import ProgressFn, tick
 from mm_core.transforms import normalize, prepare_boxes
@@ -37,8 +39,19 @@ MAX_EXEMPLARS = 64
 SCALE_DRIFT = 1.3
 
 
+class _Calibrated:
+    """What every result says about its pixel size (``pixel_size``, ``pixel_size_source``)."""
+
+    pixel_size: float | None
+    pixel_size_source: str
+
+    def pixel_size_note(self) -> str:
+        """One sentence: the pixel size in use and where it came from (or that there is none)."""
+        return describe_pixel_size(self.pixel_size, self.pixel_size_source)
+
+
 @dataclass
-class SegmentationResult:
+class SegmentationResult(_Calibrated):
     """Instance segmentation of one image."""
 
     labels: np.ndarray  #: (H, W) integer labels, 0 = background
@@ -47,6 +60,8 @@ class SegmentationResult:
     engine_note: str  #: which engine ran and why
     head_note: str = ""  #: which head turned the maps into labels
     warnings: list[str] = field(default_factory=list)  #: signs that the result may be wrong
+    pixel_size: float | None = None  #: µm per pixel (None: unknown, measurements in pixels)
+    pixel_size_source: str = UNKNOWN  #: "from file", "given" or "unknown: pixels"
 
     @property
     def n_objects(self) -> int:
@@ -54,14 +69,17 @@ class SegmentationResult:
         return len(np.unique(self.labels[self.labels > 0]))
 
     def table(self, intensity: np.ndarray | None = None) -> pd.DataFrame:
-        """Per-object measurements (see :func:`mm_core.measure.measurements_table`)."""
+        """Per-object measurements, in µm too when the pixel size is known.
+
+        See :func:`mm_core.measure.measurements_table`.
+        """
         from mm_core.measure import measurements_table
 
-        return measurements_table(self.labels, self.image if intensity is None else intensity)
+        return measurements_table(self.labels, self.image if intensity is None else intensity, self.pixel_size)
 
 
 @dataclass
-class CountResult:
+class CountResult(_Calibrated):
     """Object count of one image."""
 
     count: int  #: number of objects: the sum of ``points["n"]`` and of ``density``
@@ -72,10 +90,12 @@ class CountResult:
     engine_note: str
     head_note: str = ""
     warnings: list[str] = field(default_factory=list)
+    pixel_size: float | None = None
+    pixel_size_source: str = UNKNOWN
 
 
 @dataclass
-class TrackResult:
+class TrackResult(_Calibrated):
     """Tracks through a time-lapse, in Cell Tracking Challenge terms."""
 
     masks: np.ndarray  #: (T, H, W) labels; a label is a track id in every frame
@@ -84,6 +104,8 @@ class TrackResult:
     maps: list[MatchMaps] | None = None
     head_note: str = ""
     warnings: list[str] = field(default_factory=list)
+    pixel_size: float | None = None
+    pixel_size_source: str = UNKNOWN
 
     @property
     def n_tracks(self) -> int:
@@ -100,7 +122,7 @@ class TrackResult:
         """One row per object per frame (see :func:`mm_core.measure.tracks_table`)."""
         from mm_core.measure import tracks_table
 
-        return tracks_table(self.masks, self.tracks)
+        return tracks_table(self.masks, self.tracks, self.pixel_size)
 
 
 def as_image(image, name: str = "the image", allow_constant: bool = False) -> np.ndarray:
@@ -136,8 +158,33 @@ def as_image(image, name: str = "the image", allow_constant: bool = False) -> np
     return normalize(arr)
 
 
+def calibrated(image, pixel_size=None) -> tuple[object, float | None, str]:
+    """The image (an array; a file is read here) with the pixel size in use and its source.
+
+    Parameters
+    ----------
+    image : ndarray, path or ImageData
+        A file is read with :func:`mm_core.io.read_image` (its calibration is kept); an
+        :class:`~mm_core.io.ImageData` brings its own.
+    pixel_size : float, optional
+        µm per pixel; overrides the file's.
+
+    Returns
+    -------
+    (ndarray, float or None, str)
+    """
+    from mm_core.io import read_image
+
+    if isinstance(image, (str, Path)):
+        img = read_image(image, pixel_size=pixel_size)
+        return img.data, img.pixel_size, img.pixel_size_source
+    if hasattr(image, "data") and hasattr(image, "pixel_size_source") and check_pixel_size(pixel_size) is None:
+        return image.data, image.pixel_size, image.pixel_size_source
+    return (getattr(image, "data", image), *resolve_pixel_size(pixel_size))
+
+
 def _match(engine: Engine, image, boxes, progress: ProgressFn | None, head=None):
-    """The steps segment and count share: read/normalise, check boxes, match.
+    """The steps segment and count share: normalise, check boxes, match; the image, maps and boxes.
 
     A head with its own ``match(engine, image, boxes)`` (the paper's heads, which condition
     the UNet pass themselves) makes the maps instead of ``engine.match``.
@@ -148,74 +195,7 @@ def _match(engine: Engine, image, boxes, progress: ProgressFn | None, head=None)
     own = getattr(head, "match", None)
     maps = own(engine, img, bx) if callable(own) else engine.match(img, bx)
     tick(progress, 0.7, "post-processing")
-    return img, maps, 0 if bx is None else len(bx)
-
-
-def count_from_density(density: np.ndarray, centres: np.ndarray, scale: float,
-                       count: int | None = None) -> tuple[int, pd.DataFrame]:
-    """One whole-number count that agrees with the centres and the density map.
-
-    The count is the density's integral rounded to a whole number. Every pixel's
-    density goes to its nearest centre; density lying farther than one object
-    diameter (``scale``) from every centre, in a patch holding at least half an
-    object, first gets a centre of its own (at the patch's density-weighted centre).
-    Each centre then counts its share, rounded so that the shares sum to the count
-    (largest remainders): a clump the head could not split counts more than one
-    (``n`` > 1); a centre whose share rounds to zero is not reported.
-
-    Parameters
-    ----------
-    density : ndarray, (H, W)
-    centres : ndarray, (N, 2)
-        ``(row, col)`` from the head.
-    scale : float
-        Object diameter in pixels.
-    count : int, optional
-        The whole number to share out (default: the density's integral, rounded); the
-        tiles of a large image pass their part of the image's rounded total.
-
-    Returns
-    -------
-    count : int
-    points : DataFrame
-        Columns ``x``, ``y`` (x = column) and ``n``; ``points["n"].sum() == count``.
-    """
-    from scipy import ndimage as ndi
-
-    dens = np.clip(np.nan_to_num(np.asarray(density, np.float64)), 0, None)
-    count = int(np.floor(dens.sum() + 0.5)) if count is None else int(count)
-    pts = np.asarray(centres, float).reshape(-1, 2)
-    pts = pts[np.isfinite(pts).all(axis=1)]
-    pts = np.clip(np.round(pts), 0, np.array(dens.shape) - 1).astype(int)
-    empty = pd.DataFrame({"x": pd.Series(dtype=float), "y": pd.Series(dtype=float), "n": pd.Series(dtype=int)})
-    if count == 0 or dens.size == 0:
-        return 0, empty
-    seeds = np.zeros(dens.shape, bool)
-    seeds[pts[:, 0], pts[:, 1]] = True
-    far = ndi.distance_transform_edt(~seeds) > max(float(scale), 1.0) if seeds.any() else np.ones_like(seeds)
-    patches, n_patch = ndi.label(far & (dens > 1e-6))
-    if n_patch:
-        idx = np.arange(1, n_patch + 1)
-        mass = ndi.sum(dens, patches, idx)
-        extra = [ndi.center_of_mass(dens, patches, i) for i, m in zip(idx, mass) if m >= 0.5]
-        if extra:
-            pts = np.vstack([pts, np.round(extra).astype(int)])
-    if len(pts) == 0:
-        pts = np.array([np.unravel_index(int(np.argmax(dens)), dens.shape)])
-    pts = np.unique(pts, axis=0)
-    seeds[:] = False
-    seeds[pts[:, 0], pts[:, 1]] = True
-    _, (ri, ci) = ndi.distance_transform_edt(~seeds, return_indices=True)
-    owner = np.full(dens.shape, -1, np.int64)
-    owner[pts[:, 0], pts[:, 1]] = np.arange(len(pts))
-    share = np.bincount(owner[ri, ci].ravel(), weights=dens.ravel(), minlength=len(pts))
-    share *= count / max(share.sum(), 1e-12)
-    n = np.floor(share).astype(int)
-    rest = count - int(n.sum())
-    if rest > 0:
-        n[np.argsort(-(share - n), kind="stable")[:rest]] += 1
-    keep = n > 0
-    return count, pd.DataFrame({"x": pts[keep, 1].astype(float), "y": pts[keep, 0].astype(float), "n": n[keep]})
+    return img, maps, bx
 
 
 def with_head_scale(head, maps: MatchMaps, image: np.ndarray) -> tuple[MatchMaps, dict]:
@@ -235,7 +215,7 @@ def with_head_scale(head, maps: MatchMaps, image: np.ndarray) -> tuple[MatchMaps
 
 
 def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | None = None,
-                notes: tuple[str, str] = ("", "")) -> SegmentationResult:
+                notes: tuple[str, str] = ("", ""), pixel_size=None) -> SegmentationResult:
     """Match ``image`` with ``engine`` and turn the maps into instances with ``head``.
 
     Parameters
@@ -249,22 +229,26 @@ def run_segment(engine: Engine, head, image, boxes=None, progress: ProgressFn | 
     progress : callable, optional
     notes : tuple of str
         ``(engine_note, head_note)`` recorded in the result.
+    pixel_size : float, optional
+        µm per pixel; overrides a file's calibration (see :func:`calibrated`).
 
     Returns
     -------
     SegmentationResult
     """
-    img, maps, n_boxes = _match(engine, image, boxes, progress, head)
+    image, size, source = calibrated(image, pixel_size)
+    img, maps, bx = _match(engine, image, boxes, progress, head)
     shown, kw = with_head_scale(head, maps, img)
     labels = np.asarray(head.predict(maps, img, **kw))
     maps = shown
     tick(progress, 1.0, "done")
     return SegmentationResult(labels=labels, image=img, maps=maps, engine_note=notes[0], head_note=notes[1],
-                              warnings=checks.check_segmentation(labels, maps, n_boxes))
+                              warnings=checks.check_segmentation(labels, maps, boxes=bx, image=img),
+                              pixel_size=size, pixel_size_source=source)
 
 
 def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | None = None,
-              notes: tuple[str, str] = ("", "")) -> CountResult:
+              notes: tuple[str, str] = ("", ""), pixel_size=None) -> CountResult:
     """Match ``image`` with ``engine`` and count with ``head``; parameters as :func:`run_segment`.
 
     Returns
@@ -274,7 +258,8 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
         :func:`count_from_density`); ``density`` is the head's density map scaled
         to integrate to it (a change of at most half an object).
     """
-    img, maps, n_boxes = _match(engine, image, boxes, progress, head)
+    image, size, source = calibrated(image, pixel_size)
+    img, maps, bx = _match(engine, image, boxes, progress, head)
     shown, kw = with_head_scale(head, maps, img)
     density, centres = head.predict(maps, img, **kw)
     maps = shown
@@ -283,9 +268,10 @@ def run_count(engine: Engine, head, image, boxes=None, progress: ProgressFn | No
     total = float(density.sum())
     density = (density * (count / total) if total > 0 else density).astype(np.float32)
     tick(progress, 1.0, "done")
-    warnings = checks.check_count(count, len(np.asarray(centres).reshape(-1, 2)), maps, n_boxes)
+    warnings = checks.check_count(count, len(pts), maps, boxes=bx, image=img)  # the centres the table holds
     return CountResult(count=count, density=density, points=pts, image=img, maps=maps,
-                       engine_note=notes[0], head_note=notes[1], warnings=warnings)
+                       engine_note=notes[0], head_note=notes[1], warnings=warnings,
+                       pixel_size=size, pixel_size_source=source)
 
 
 def as_frames(frames) -> list[np.ndarray]:
@@ -313,7 +299,7 @@ def as_frames(frames) -> list[np.ndarray]:
 
 
 def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: ProgressFn | None = None,
-              keep_maps: bool = False, notes: tuple[str, str] = ("", "")) -> TrackResult:
+              keep_maps: bool = False, notes: tuple[str, str] = ("", ""), pixel_size=None) -> TrackResult:
     """Track objects through a time-lapse.
 
     Frame 0 is matched against ``boxes`` (or in automatic mode); every later frame
@@ -338,12 +324,17 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
         Keep every frame's match maps in the result (for display).
     notes : tuple of str
         ``(engine_note, head_note)`` recorded in the result.
+    pixel_size : float, optional
+        µm per pixel (a :class:`~mm_core.io.SequenceData` brings its file's; this overrides it).
 
     Returns
     -------
     TrackResult
     """
-    frames = as_frames(frames)
+    size, source = resolve_pixel_size(pixel_size, getattr(frames, "pixel_size", None))
+    if pixel_size is None and size is not None:
+        source = getattr(frames, "pixel_size_source", source)
+    frames = as_frames(getattr(frames, "frames", frames))
     seed = prepare_boxes(boxes, frames[0].shape[:2], max_boxes=Limits.resolve().max_boxes)
     whole = getattr(linker, "track_sequence", None)
     if callable(whole):  # a tracker that runs its own sequence (the paper's head)
@@ -352,7 +343,8 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
         warnings = checks.check_tracks(masks, tracks, maps[0].mode if maps else "automatic",
                                        0 if seed is None else len(seed))
         return TrackResult(masks=masks, tracks=tracks, engine_note=notes[0], head_note=notes[1],
-                           maps=maps if keep_maps else None, warnings=warnings)
+                           maps=maps if keep_maps else None, warnings=warnings, pixel_size=size,
+                           pixel_size_source=source)
     labels, summaries, kept = [], [], []
     keep = keep_maps or bool(getattr(linker, "needs_maps", False))
     exemplars, T = seed, len(frames)
@@ -373,7 +365,7 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
             maps = engine.match(frame, seed)  # the chain drifted: back to the seed
         lab = relabel_sequential(np.asarray(seg_head.predict(maps, frame)))[0]
         if t == 0:
-            first = [f"First frame: {w}" for w in checks.check_segmentation(lab, maps, n_seed)]
+            first = [f"First frame: {w}" for w in checks.check_segmentation(lab, maps, n_seed, boxes=seed, image=frame)]
         labels.append(lab)
         summaries.append(linker.frame_summary(lab, maps, frame))
         if keep:
@@ -386,4 +378,5 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     still = [c < checks.STILL_CHANGE for c in change]
     warnings = first + checks.check_tracks(masks, tracks, seed_mode, n_seed, still=still)
     return TrackResult(masks=masks, tracks=tracks, engine_note=notes[0], head_note=notes[1],
-                       maps=kept if keep_maps else None, warnings=warnings)
+                       maps=kept if keep_maps else None, warnings=warnings, pixel_size=size,
+                       pixel_size_source=source)

@@ -89,8 +89,10 @@ class Settings:
                                    "Folder of the app's per-request outputs (unset: `<temp>/mm_app`).")
     app_max_age_s: float = setting("MM_APP_MAX_AGE_S", 3600.0,
                                    "Seconds after which the app deletes an output folder.", positive=True)
-    app_max_pixels: int = setting("MM_APP_MAX_PIXELS", 4096 * 4096,
-                                  "Most pixels per image or frame uploaded to the app.", positive=True)
+    app_max_pixels: int = setting(
+        "MM_APP_MAX_PIXELS", 100_000_000,
+        "Most pixels per image or frame the app accepts (checked before decoding); large images run tiled.",
+        positive=True)
     app_max_frames: int = setting("MM_APP_MAX_FRAMES", 300, "Most frames per time-lapse uploaded to the app.",
                                   positive=True)
     app_max_file_size: str = setting("MM_APP_MAX_FILE_SIZE", "200mb",

@@ -72,3 +72,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def blobs_image(seed: int = 0, shape=(96, 96), centres=((24, 24), (24, 70), (70, 30), (72, 72)), r: int = 9):
+    """Four bright disks (radius 9) on a noisy background, uint16: a small image with 4 objects."""
+    import numpy as np
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 100.0)
+    for c in centres:
+        rr, cc = disk(c, r, shape=shape)
+        img[rr, cc] = 1000.0
+    return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)

@@ -113,7 +113,7 @@ def test_run_keeps_a_small_result_and_guards_every_handler(server, image_file):
     ann, summary, *_ = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
     assert "96×96" in summary
     value = {"image": handle_file(ann["image"]["path"]), "annotations": []}
-    out = client.predict(value, 0.5, False, api_name="/seg_run")
+    out = client.predict(value, 0.5, False, "", api_name="/seg_run")
     assert "objects" in out[1]
     store = server["store"]
     key = next(k for k in list(store._items) if k.startswith(client.session_hash))
@@ -140,7 +140,7 @@ def test_idle_results_are_freed_for_api_clients(server, image_file):
     store = server["store"]
     client = _client(server)
     ann, *_ = client.predict(handle_file(str(image_file)), api_name="/count_upload")
-    client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False,
+    client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, "",
                    api_name="/count_run")
     key = next(k for k in list(store._items) if k.startswith(client.session_hash))
     folder = store._items[key].folder
@@ -198,7 +198,6 @@ def test_pre_existing_content_of_the_output_root_is_kept_and_not_served(server, 
     import time
 
     from mm_core.app import helpers as au
-
     from mm_core.settings import get_settings
 
     root, max_age = au.output_root(), get_settings().app_max_age_s
@@ -208,7 +207,7 @@ def test_pre_existing_content_of_the_output_root_is_kept_and_not_served(server, 
     os.chmod(root, 0o755)
     client = _client(server)
     ann, *_ = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
-    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False,
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, "",
                          api_name="/seg_run")
     au.cleanup_old(root, max_age)  # what the app's timer runs
     assert (old / "secret.png").is_file()  # not made by the app: not deleted
@@ -241,5 +240,152 @@ def test_malformed_boxes_sent_through_the_api_get_one_message(server, image_file
     box = {"left": 1, "top": 1, "right": 9, "bottom": 9, "label": "exemplar"}
     for bad in ([dict(box, left="abc")], [{"left": 1}], "nonsense", [[1, 2, 3, 4]], [dict(box, left=1.5)], [None]):
         with pytest.raises(Exception, match="the boxes cannot be used"):
-            client.predict({"image": image, "annotations": bad}, 0.5, False, api_name="/seg_run")
-    assert "objects" in client.predict({"image": image, "annotations": [box]}, 0.5, False, api_name="/seg_run")[1]
+            client.predict({"image": image, "annotations": bad}, 0.5, False, "", api_name="/seg_run")
+    assert "objects" in client.predict({"image": image, "annotations": [box]}, 0.5, False, "", api_name="/seg_run")[1]
+
+
+# ---- issue 23: no stale results, pixel size, tables, readable heat-map ------------------------------
+
+
+def _big_cells(path: Path, side: int = 768, seed: int = 1) -> Path:
+    """A synthetic image whose run takes a few seconds (time to load another file meanwhile)."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = np.full((side, side), 100.0)
+    for _ in range(side * side // 900):
+        img[disk(tuple(rng.integers(8, side - 8, 2)), 6, shape=img.shape)] = 900.0
+    tifffile.imwrite(path, (img + rng.normal(0, 10, img.shape)).astype(np.uint16))
+    return path
+
+
+def _value(update):
+    """The value of a widget update as an API client receives it (or the value itself)."""
+    return update.get("value") if isinstance(update, dict) and "__type__" in update else update
+
+
+def test_a_late_result_is_not_shown_under_the_next_file(server, image_file, tmp_path):
+    """Issue 23: a run on A that ends after B was loaded must not fill B's outputs."""
+    import time
+
+    from gradio_client.utils import Status
+
+    client = _client(server)
+    big = _big_cells(tmp_path / "slow_a.tif")
+    ann, *_ = client.predict(handle_file(str(big)), api_name="/seg_upload")
+    job = client.submit({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, "",
+                        api_name="/seg_run")
+    deadline = time.time() + 60
+    while job.status().code not in (Status.PROCESSING, Status.PROGRESS) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not job.done(), "the run ended before the next file could be loaded"
+    client.predict(handle_file(str(image_file)), api_name="/seg_upload")  # B, while A runs
+    out = job.result(timeout=300)
+    assert "objects" not in str(out[1])  # the count of A is not shown under B
+    assert "path" not in str(out[2])  # nor A's downloads
+    ann, *_ = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, "",
+                         api_name="/seg_run")
+    assert "objects" in out[1] and out[2]  # B's own result shows
+
+
+def test_pixel_size_field_bad_values_and_the_summary_says_which(server, image_file):
+    client = _client(server)
+    ann, *_, pixel = client.predict(handle_file(str(image_file)), api_name="/seg_upload")
+    assert pixel == ""  # the file has no calibration
+    value = {"image": handle_file(ann["image"]["path"]), "annotations": []}
+    for bad in ("0", "-1", "abc"):
+        with pytest.raises(Exception, match="the pixel size must be a positive number"):
+            client.predict(value, 0.5, False, bad, api_name="/seg_run")
+    out = client.predict(value, 0.5, False, "0.5", api_name="/seg_run")
+    table, summary, note = _value(out[6]), _value(out[7]), out[9]
+    assert "0.5 µm (given)" in note
+    assert "area_um2" in table["headers"] and "area_px" in table["headers"]
+    assert summary["data"]
+    assert any(str(f["path"]).endswith(".geojson") for f in out[2])
+    out = client.predict(value, 0.5, False, "", api_name="/seg_run")
+    assert "unknown" in out[9] and "area_um2" not in _value(out[6])["headers"]
+
+
+def test_calibrated_tiff_prefills_the_pixel_size(server, tmp_path):
+    from skimage.draw import disk
+
+    img = np.full((96, 96), 100, np.uint16)
+    for c in ((20, 20), (70, 70)):
+        img[disk(c, 8, shape=img.shape)] = 1000
+    path = tmp_path / "calibrated.tif"
+    tifffile.imwrite(path, img, imagej=True, resolution=(1 / 0.24, 1 / 0.24), metadata={"unit": "um"})
+    client = _client(server)
+    ann, summary, *_, pixel = client.predict(handle_file(str(path)), api_name="/seg_upload")
+    assert float(pixel) == pytest.approx(0.24) and "0.24 µm/px" in summary
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.5, False, pixel,
+                         api_name="/seg_run")
+    assert "0.24 µm (from file)" in out[9]
+
+
+def test_heat_map_stands_out_on_h_and_e_at_the_default_opacity(server):
+    """Issue 23: on H&E the map's purples looked like the stain. The heat must be more colourful
+    than the stained objects it is not on (chroma = max - min of RGB)."""
+    from PIL import Image
+
+    client = _client(server)
+    he = REPO / "examples" / "real_he_tissue.png"
+    ann, *_ = client.predict(handle_file(str(he)), api_name="/count_upload")
+    out = client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, 0.6, False, "",
+                         api_name="/count_run")
+    density = tifffile.imread(next(f["path"] for f in out[2] if f["path"].endswith("_density.tif")))
+    picture = np.asarray(Image.open(out[0]["path"]).convert("RGB"), np.float32)
+    k = picture.shape[0] // density.shape[0]
+    picture = picture[::k, ::k][: density.shape[0], : density.shape[1]]
+    unit = density / np.percentile(density, 99.5)
+    raw = np.asarray(Image.open(he).convert("L"), np.float32)
+    chroma = picture.max(-1) - picture.min(-1)
+    stained = (unit < 0.05) & (raw < np.percentile(raw, 30))
+    assert chroma[unit > 0.2].mean() - chroma[stained].mean() > 20
+
+
+def test_many_files_one_table_one_zip_and_a_refused_file_is_one_row(server, image_file, tmp_path):
+    """Issue 23: several files in one run; a broken one is a row with its reason, the others go on."""
+    import zipfile
+
+    second = tmp_path / "second.tif"
+    second.write_bytes(image_file.read_bytes())
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00garbage" * 20)
+    client = _client(server)
+    table, gallery, zipped = client.predict([handle_file(str(p)) for p in (image_file, bad, second)], "",
+                                            api_name="/seg_batch")
+    table = _value(table)
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert set(rows) == {"cells.tif", "broken.tif", "second.tif"}
+    assert rows["broken.tif"]["status"] != "done" and "broken.tif" in rows["broken.tif"]["message"]
+    assert rows["cells.tif"]["status"] == "done" and rows["cells.tif"]["count"] == rows["second.tif"]["count"] > 0
+    assert rows["cells.tif"]["mean_area_px"] > 0
+    assert len(_value(gallery)) == 2
+    names = zipfile.ZipFile(_value(zipped)["path"]).namelist()
+    assert {"cells.tif", "cells.csv", "cells.geojson", "second.csv", "manifest.csv"} <= set(names)
+    with pytest.raises(Exception, match="the pixel size must be a positive number"):
+        client.predict([handle_file(str(image_file))], "-2", api_name="/seg_batch")
+
+
+def test_many_time_lapses_each_in_its_own_folder(server, tmp_path):
+    """Tracking's many-files run: one folder per sequence (CTC frame names repeat), a refused file is a row."""
+    import zipfile
+
+    movie = REPO / "examples" / "timelapse_division.tif"
+    again = tmp_path / "again.tif"
+    again.write_bytes(movie.read_bytes())
+    one = tmp_path / "one_frame.tif"
+    tifffile.imwrite(one, np.zeros((64, 64), np.uint16))
+    client = _client(server)
+    table, gallery, zipped = client.predict([handle_file(str(p)) for p in (movie, one, again)], "",
+                                            api_name="/track_batch")
+    table = _value(table)
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert rows["timelapse_division.tif"]["status"] == "done" and rows["again.tif"]["status"] == "done"
+    assert rows["timelapse_division.tif"]["tracks"] == rows["again.tif"]["tracks"] > 0
+    assert rows["one_frame.tif"]["status"] == "failed" and rows["one_frame.tif"]["message"]
+    assert len(_value(gallery)) == 2
+    names = set(zipfile.ZipFile(_value(zipped)["path"]).namelist())
+    assert {"timelapse_division/timelapse_division_tracks.csv", "again/again_ctc.zip",
+            "again/again_per_frame.png", "summary.csv"} <= names

@@ -567,7 +567,148 @@ def test_box_drawing_is_ready_on_load_and_delete_removes_it(page):
     bb = img.bounding_box()
     nw = img.evaluate("i => i.naturalWidth")
     k = bb["width"] / nw
-    page.mouse.click(bb["x"] + 55 * k, bb["y"] + 55 * k)  # select the box
+    page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('ON')",
+                           timeout=10_000)  # drawing stays on after a box (issue 23)
+    page.mouse.click(bb["x"] + 55 * k, bb["y"] + 55 * k)  # a press on the box selects it all the same
+    page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('selected')",
+                           timeout=10_000)
     page.keyboard.press("Delete")
     page.wait_for_function("s => document.querySelector(s).innerText.includes('Automatic mode')",
                            arg="#seg-mode", timeout=10_000)
+    page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('ON')",
+                           timeout=10_000)  # drawing is back once the box is gone
+
+
+# ---- issue 23: a biologist's afternoon ----------------------------------------------------------
+
+
+def _in_viewport(page, sel: str) -> bool:
+    return page.evaluate(
+        "s => { const r = document.querySelector(s).getBoundingClientRect();"
+        " return r.top >= 0 && r.bottom <= window.innerHeight && r.height > 0 }", sel)
+
+
+def test_issue23_walk_on_a_laptop_screen(browser, server, shared_data):
+    """1280x720: Run without a file is one message (no error badges); drawing stays on for a second
+    box, with an ON/OFF label; the count is in view after Run; the table, summary and pixel size show;
+    the previous result of the same file stays beside the new one; a new file clears it and the
+    match-map legend; the tracking example has a name. With a real image from ../shared/data."""
+    img = shared_data / "seg" / "stardist_dsb2018_example" / "images" / "img2d.tif"
+    if not img.exists():
+        pytest.skip(f"{img} not present")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = ctx.new_page()
+    try:
+        page.goto(server)
+        page.wait_for_selector("#seg-run", timeout=60_000)
+        # Run with nothing loaded: one message, no red "Error" badges on the outputs
+        page.click("#seg-run")
+        assert "upload" in toast_text(page).lower()
+        page.wait_for_timeout(800)
+        badges = page.locator(".error:not([class*=toast]):visible", has_text=re.compile(r"^\s*Error\s*$"))
+        assert badges.count() == 0, [b.evaluate("e => e.outerHTML.slice(0, 300)") for b in badges.all()]
+        for btn in page.locator("[data-testid=toast-close]").all():
+            btn.click()
+        # a real image; automatic run; the number is on screen after Run
+        upload(page, "seg", img)
+        wait_annotator_image(page, "seg")
+        assert page.input_value("#seg-pixel textarea, #seg-pixel input") == ""
+        page.fill("#seg-pixel textarea, #seg-pixel input", "0.5")
+        _, n_auto = run_and_wait(page, "seg")
+        page.wait_for_timeout(500)
+        assert _in_viewport(page, "#seg-count .mm-big-num")
+        page.wait_for_function("() => document.querySelector('#seg-pixelnote').innerText.includes('0.5 µm (given)')",
+                               timeout=30_000)
+        headers = page.locator("#seg-table th").all_inner_texts()
+        assert any("area_um2" in h for h in headers) and any("area_px" in h for h in headers)
+        assert page.locator("#seg-table tbody tr").count() >= min(n_auto, 5)
+        # two boxes: drawing stays on after the first, its label says so
+        labels = tifffile.imread(img.parent.parent / "masks" / "img2d.tif")
+        draw_box(page, "seg", first_object_box(labels))
+        page.wait_for_function("() => document.querySelector('#seg-drawstate').innerText.includes('ON')",
+                               timeout=10_000)  # drawing stays on for the next box
+        assert "highlight" in (page.locator("#seg-annotator button[aria-label=exemplar]").get_attribute("class") or "")
+        x0, y0, x1, y1 = first_object_box(labels)
+        draw_box(page, "seg", (x0 + 200, y0 + 150, x1 + 200, y1 + 150) if x1 + 200 < 511 else (5, 5, 25, 25))
+        page.wait_for_function("() => document.querySelector('#seg-mode').innerText.includes('2 boxes')",
+                               timeout=10_000)
+        # run again with the boxes: the automatic result stays beside it
+        run_and_wait(page, "seg")
+        page.wait_for_selector("#seg-prev-overlay img", timeout=30_000)
+        assert "previous run (automatic)" in page.inner_text("#seg-prev-count")
+        assert float(page.inner_text("#seg-prev-count .mm-big-num").replace(",", "")) == n_auto
+        # the match map and its legend; a new file clears legend, previous result and table
+        page.locator("#seg-showmap input").check()
+        page.wait_for_selector("#seg-map-legend [data-testid=match-legend]", state="visible", timeout=15_000)
+        click_example(page, "seg", "phase_cells.png")
+        page.wait_for_function("() => document.querySelector('#seg-summary').innerText.includes('phase_cells')",
+                               timeout=60_000)
+        page.wait_for_selector("#seg-map-legend [data-testid=match-legend]", state="hidden", timeout=15_000)
+        page.wait_for_selector("#seg-prev", state="hidden", timeout=15_000)
+        # the tracking example has a name under its thumbnail
+        open_tab(page, "Tracking")
+        cap = page.locator("#track-examples .caption-label").first
+        assert "timelapse_division" in cap.inner_text()
+        gallery, caption = page.locator("#track-examples").bounding_box(), cap.bounding_box()
+        assert cap.is_visible() and caption["y"] + caption["height"] <= gallery["y"] + gallery["height"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "issue23_walk.png"), full_page=True)
+    finally:
+        ctx.close()
+
+
+def test_issue23_zoomed_box_many_files_and_tracking_plots(page, shared_data, tmp_path):
+    """A box drawn on the zoomed view; several real files in one run (a table row each, a refused
+    file included, one zip, a gallery); tracking shows its table and its per-frame plot."""
+    cells = sorted((shared_data / "count" / "vgg_cells" / "images").glob("*.png"))[:4]
+    frames = sorted((shared_data / "track" / "Fluo-N2DH-SIM+" / "01").glob("t*.tif"))[:4]
+    img = shared_data / "seg" / "stardist_dsb2018_example" / "images" / "img2d.tif"
+    if len(cells) < 4 or len(frames) < 4 or not img.exists():
+        pytest.skip("shared data (vgg_cells, Fluo-N2DH-SIM+, stardist example) not present")
+    # zoom 4x on a real image, box on the zoomed view, run
+    upload(page, "seg", img)
+    wait_annotator_image(page, "seg")
+    first = page.locator("#seg-annotator .image-frame img").get_attribute("src")
+    page.click("#seg-zoom button, #seg-zoom .label-wrap")
+    page.locator("#seg-zoom-factor label", has_text=re.compile(r"^\s*4\s*$")).click()
+    page.wait_for_function("() => document.querySelector('#seg-zoom-line').innerText.includes('Showing x')",
+                           timeout=30_000)
+    page.wait_for_function("([s, b]) => { const i = document.querySelector(s); return i && i.src !== b"
+                           " && i.complete && i.naturalWidth > 0 }",
+                           arg=["#seg-annotator .image-frame img", first], timeout=30_000)
+    draw_box(page, "seg", (300, 300, 420, 420))  # a nucleus-sized box on the 4x view
+    _, n = run_and_wait(page, "seg")
+    assert n > 0
+    # many files in one run: 3 real images and one broken file
+    open_tab(page, "Counting")
+    page.click("#count-batch button, #count-batch .label-wrap")
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"nonsense" * 10)
+    page.set_input_files("#count-batch-files input[type=file]", [str(p) for p in cells[:3]] + [str(bad)])
+    page.wait_for_timeout(1500)
+    page.click("#count-batch-run")
+    page.wait_for_selector("#count-batch-zip a", timeout=RESULT_TIMEOUT_MS * 2)
+    text = page.inner_text("#count-batch-table")
+    assert "null" not in text and "nan" not in text.lower().split()
+    assert "broken.png" in text and "not a valid PNG" in text and all(p.name in text for p in cells[:3])
+    assert page.locator("#count-batch-gallery img").count() >= 3
+    zipped = zipfile.ZipFile(io.BytesIO(page.request.get(
+        page.locator("#count-batch-zip a").first.get_attribute("href")).body()))
+    assert any(n.endswith("counts.csv") for n in zipped.namelist())
+    import pandas as pd
+
+    summary = pd.read_csv(zipped.open("summary.csv"))  # one row per file, the refused one included
+    assert sorted(summary["image"]) == sorted([p.name for p in cells[:3]] + ["broken.png"])
+    # tracking: 4 real frames as a zip, the tracks table and the per-frame plot
+    seq = tmp_path / "sim4.zip"
+    with zipfile.ZipFile(seq, "w") as z:
+        for f in frames:
+            z.write(f, f.name)
+    open_tab(page, "Tracking")
+    upload(page, "track", seq)
+    wait_annotator_image(page, "track")
+    run_and_wait(page, "track")
+    page.wait_for_selector("#track-table tbody tr", timeout=30_000)
+    page.wait_for_selector("#track-plot img", timeout=30_000)
+    names = [a.get_attribute("download") or "" for a in page.locator("#track-files a").all()]
+    assert any(n.endswith("_per_frame.png") for n in names)

@@ -115,9 +115,9 @@ def test_track_table_used_by_the_app():
     masks[1, 10:14, 10:14] = 3
     tracks = pd.DataFrame({"label": [1, 2, 3], "begin": [0, 1, 1], "end": [0, 1, 1], "parent": [0, 1, 1]})
     table = export.tracks_table(masks, tracks)
-    assert list(table.columns) == ["track_id", "frame", "x", "y", "area", "parent"]
+    assert list(table.columns) == ["track_id", "frame", "x", "y", "area_px", "parent"]
     assert table["track_id"].tolist() == [1, 2, 3] and table["parent"].tolist() == [0, 1, 1]
-    np.testing.assert_allclose(table.loc[0, ["x", "y", "area"]].to_numpy(float), [3.5, 3.5, 16])
+    np.testing.assert_allclose(table.loc[0, ["x", "y", "area_px"]].to_numpy(float), [3.5, 3.5, 16])
     assert export.tracks_table(np.zeros((2, 5, 5), int), tracks.iloc[:0]).empty
 
 
@@ -268,7 +268,7 @@ def test_run_segment_writes_downloads_and_rerenders(app_module, loaded_image, tm
     assert f">{n}<" in html and 5 <= n <= 13
     assert overlay.shape == (384, 384, 3) and overlay.dtype == np.uint8  # shown enlarged
     names = sorted(Path(f).name for f in files)
-    assert names == ["blobs.csv", "blobs.tif", "blobs_rois.zip"]
+    assert names == ["blobs.csv", "blobs.geojson", "blobs.tif", "blobs_rois.zip", "blobs_sizes.png"]  # as the CLI
     assert tifffile.imread(next(f for f in files if f.endswith(".tif"))).max() > 0
     np.testing.assert_array_equal(cache["boxes"], [[12, 12, 29, 29]])
     again = app_module.rerender(au.segmentation_view, key, 0.0)
@@ -315,7 +315,7 @@ def test_run_track_animation_frames_and_downloads(app_module, tmp_path, mm_env):
     with pytest.raises(InputError, match="frame number"):
         app_module.show_frame(key, 99, False)
     names = {Path(f).name for f in files}
-    assert names == {"movie_ctc.zip", "movie_tracks.csv", "movie_tracks_geff.zip"}
+    assert names == {"movie_ctc.zip", "movie_tracks.csv", "movie_tracks_geff.zip", "movie_per_frame.png"}
     assert Path(files[0]).parent.parent == au.served_root() and au.served_root().parent == tmp_path / "out"
     table = pd.read_csv(Path(files[0]).parent / "movie_tracks.csv")
     assert set(table["frame"]) <= {0, 1, 2} and len(table) >= 3
@@ -331,3 +331,28 @@ def test_example_thumbnails_small_and_cached(tmp_path):
     img = au.example_thumbnail(EXAMPLES / "crowded_cells.png", False, tmp_path, side=64)
     with Image.open(img) as im:
         assert im.size == (64, 64)
+
+
+def test_past_the_app_limit_is_refused_from_the_header_naming_the_setting(app_module, tmp_path, mm_env,
+                                                                          monkeypatch):
+    """Issue 23: up to 100 MP by default (run tiled); past it, refused before decoding."""
+    mm_env(MM_APP_OUTPUT_ROOT=tmp_path / "out")
+    uploads = tmp_path / "uploads"  # this server's upload folder: the only place on_upload reads from
+    uploads.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    from mm_core.app import handlers
+    from mm_core.settings import get_settings
+
+    limit = get_settings().app_max_pixels
+    assert handlers.max_pixels() in (limit, au.LDM_MAX_PIXELS) and limit >= 100_000_000
+    huge = uploads / "huge.tif"  # 110 MP of zeros, 120 kB compressed: decoding it would take 110 MB
+    tifffile.imwrite(huge, np.zeros((11000, 10000), np.uint8), compression="zlib", tile=(1024, 1024))
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(InputError, match=r"110\.0 megapixels.*\(MM_APP_MAX_PIXELS\)"):
+        app_module.on_upload(str(huge), sequence=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000_000  # never decoded
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -49,7 +49,7 @@ def test_two_worker_local_cluster_matches_in_process_run(folder, tmp_path):
     two = mb.batch(_files(d), "segment", tmp_path / "two", workers=2, engine="classic", head="analytic",
                    progress=False)
     for table in (one, two):
-        assert list(table.columns) == ["image", "output", "status", "objects", "seconds", "message"]
+        assert list(table.columns) == ["image", "output", "status", "objects", "pixel_size", "seconds", "message"]
         assert len(table) == 5 and (table["status"] == "done").sum() == 4
         bad = table[table["status"] == "failed"]
         assert list(bad["output"]) == ["broken"] and "broken.tif" in bad["message"].iloc[0]
@@ -210,7 +210,7 @@ def test_track_batch_of_two_time_lapses_resumes_the_unfinished_one(tmp_path):
     assert list(first["output"]) == ["a"] and list(first["status"]) == ["done"] and not (out / "b").exists()
     stamp = (out / "a" / "tracks.csv").stat().st_mtime_ns
     table = mb.batch(seqs, "track", out, resume=True, engine="classic", head="analytic", progress=False)
-    assert list(table.columns) == ["image", "output", "status", "tracks", "seconds", "message"]
+    assert list(table.columns) == ["image", "output", "status", "tracks", "pixel_size", "seconds", "message"]
     rows = table.set_index("output")
     assert rows.loc["a", "message"] == "resumed: outputs complete" and rows.loc["b", "status"] == "done"
     assert (out / "a" / "tracks.csv").stat().st_mtime_ns == stamp  # not run again

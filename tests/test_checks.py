@@ -167,3 +167,73 @@ def test_new_tracks_where_the_frames_do_not_change_are_warned_about():
     assert not any("hardly differ" in w for w in moving)
     still = check_tracks(masks, tracks, still=[False, True, True])
     assert any("1 new tracks and 1 divisions begin at frames that hardly differ" in w for w in still)
+# --------------------------------------------------------------------------- boxes (issue 23)
+def _cells_with_nuclei(seed=0):
+    """Nine cells (r 25) with bright nuclei (r 7) on a dark background."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = np.full((256, 256), 50.0)
+    for i in range(3):
+        for j in range(3):
+            c = (40 + 70 * i + rng.integers(-5, 5), 40 + 70 * j + rng.integers(-5, 5))
+            rr, cc = disk(c, 25, shape=img.shape)
+            img[rr, cc] = 120
+            rr, cc = disk(c, 7, shape=img.shape)
+            img[rr, cc] = 255
+    return img + rng.normal(0, 5, img.shape)
+
+
+def _texture_and_objects(seed=1):
+    """Eight bright disks on the left; a smooth sinusoidal texture (background) on the right."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = np.full((200, 200), 40.0)
+    for i in range(4):
+        for j in range(2):
+            rr, cc = disk((25 + 50 * i, 25 + 50 * j), 9, shape=img.shape)
+            img[rr, cc] = 200
+    yy, xx = np.mgrid[:200, :200]
+    img[:, 110:] += 30 * np.sin(xx[:, 110:] / 6.0) * np.cos(yy[:, 110:] / 7.0)
+    return img + rng.normal(0, 4, img.shape)
+
+
+def test_matches_that_do_not_resemble_the_box_warn():
+    lab = _disks(r=4, step=20)  # objects 9 px across
+    box = np.array([[0, 0, 40, 40]])  # a box drawn around something 40 px across
+    warns = checks.check_segmentation(lab, _maps(lab > 0, 9.0, "exemplar"), boxes=box)
+    assert any("do not resemble the box" in w and "far smaller" in w for w in warns)
+    fitting = np.array([[5, 5, 15, 15]])
+    assert not any("resemble" in w for w in checks.check_segmentation(lab, _maps(lab > 0, 9.0, "exemplar"),
+                                                                      boxes=fitting))
+
+
+def test_box_on_background_warns_end_to_end():
+    from mm_core import Matcher
+
+    img, m = _texture_and_objects(), Matcher(engine="classic")
+    on_bg = m.segment(img, boxes=[[150, 150, 160, 160]])
+    assert any("matched nothing" in w for w in on_bg.warnings)
+    assert any("matched nothing" in w for w in m.count(img, boxes=[[150, 150, 160, 160]]).warnings)
+    on_object = m.segment(img, boxes=[[16, 16, 35, 35]])
+    assert on_object.n_objects == 8 and on_object.warnings == []
+
+
+def test_count_far_from_the_objects_seen_warns():
+    fg = np.zeros((200, 200), bool)
+    fg[:100, :100] = True  # room for about 20 objects of a 20 x 20 box (ellipse area 314)
+    maps = _maps(fg, 20.0, "exemplar")
+    box = np.array([[0, 0, 20, 20]])
+    far = checks.check_count(60, 60, maps, boxes=box)
+    assert any("far from the objects seen" in w and "about 32" in w for w in far)
+    assert any("fewer were counted" in w for w in checks.check_count(12, 12, maps, boxes=box))
+    assert not any("objects seen" in w for w in checks.check_count(40, 40, maps, boxes=box))
+
+
+def test_count_warning_names_the_centres_the_table_holds():
+    from mm_core import Matcher
+
+    res = Matcher(engine="classic").count(_cells_with_nuclei(), boxes=[[215, 100, 250, 135]])
+    said = [w for w in res.warnings if "object centres were found" in w]
+    assert said and said[0].startswith(f"Only {len(res.points)} object centres")

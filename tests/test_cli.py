@@ -10,19 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from skimage.draw import disk
+from conftest import blobs_image
 
 from mm_core.cli import expand_inputs, main, read_boxes_csv
 from mm_core.errors import InputError
 
 
 def _blobs(shape=(96, 96), centres=((24, 24), (24, 70), (70, 30), (72, 72)), r=9, seed=0):
-    rng = np.random.default_rng(seed)
-    img = np.full(shape, 100.0)
-    for c in centres:
-        rr, cc = disk(c, r, shape=shape)
-        img[rr, cc] = 1000.0
-    return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)
+    return blobs_image(seed, shape, centres, r)
 
 
 @pytest.fixture()
@@ -64,7 +59,7 @@ def test_segment_writes_labels_and_measurements(images, tmp_path):
         table = pd.read_csv(out / f"{base}.csv")
         assert labels.shape == (96, 96) and 3 <= labels.max() <= 5
         assert len(table) == len(np.unique(labels)) - 1
-        assert {"label", "area", "centroid_x", "mean_intensity"} <= set(table.columns)
+        assert {"label", "area_px", "centroid_x", "mean_intensity"} <= set(table.columns)
 
 
 def test_count_writes_counts_density_points(images, tmp_path):
@@ -110,7 +105,7 @@ def test_track_writes_valid_ctc(tmp_path):
     assert len(tracks) == 10
     assert sorted(p.name for p in out.iterdir()) == sorted(  # one time-lapse: its files in --out itself
         [f"mask{t:03d}.tif" for t in range(5)] + ["res_track.txt", "ctc.zip", "tracks.csv", "tracks.zarr",
-                                                 "tracks_geff.zip", "manifest.csv"])
+                                                 "tracks_geff.zip", "per_frame.png", "manifest.csv"])
     row = pd.read_csv(out / "manifest.csv").iloc[0]
     assert (row["output"], row["status"], row["tracks"]) == ("movie", "done", 2)
 

@@ -76,15 +76,15 @@ def _two_objects():
 def test_measurements_columns_and_values(tmp_path):
     lab, img = _two_objects()
     t = measurements_table(lab, img)
-    assert list(t.columns) == ["label", "area", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1",
-                               "bbox_y1", "equivalent_diameter", "eccentricity", "mean_intensity",
+    assert list(t.columns) == ["label", "area_px", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1",
+                               "bbox_y1", "equivalent_diameter_px", "eccentricity", "mean_intensity",
                                "min_intensity", "max_intensity"]
     assert t["label"].tolist() == [1, 7]
-    assert t["area"].tolist() == [24, 25]
+    assert t["area_px"].tolist() == [24, 25]
     assert t["centroid_x"].tolist() == pytest.approx([5.5, 12.0])
     assert t["centroid_y"].tolist() == pytest.approx([3.5, 12.0])
     assert t.loc[0, ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].tolist() == [3, 2, 9, 6]
-    assert t["equivalent_diameter"].tolist() == pytest.approx(np.sqrt(4 * np.array([24, 25]) / np.pi))
+    assert t["equivalent_diameter_px"].tolist() == pytest.approx(np.sqrt(4 * np.array([24, 25]) / np.pi))
     assert t.loc[1, "eccentricity"] == pytest.approx(0.0, abs=1e-9)  # a square
     assert 0 < t.loc[0, "eccentricity"] < 1
     assert t["mean_intensity"].tolist() == pytest.approx([(23 * 2 + 10) / 24, 12.0])
@@ -190,7 +190,7 @@ def test_ctc_tracks_from_masks_and_stale_files(tmp_path):
 def test_tracks_csv(tmp_path):
     masks, tracks = _division_sequence()
     table = pd.read_csv(write_tracks_csv(tmp_path / "tracks.csv", masks, tracks))
-    assert list(table.columns) == ["track_id", "frame", "x", "y", "area", "parent"]
+    assert list(table.columns) == ["track_id", "frame", "x", "y", "area_px", "parent"]
     assert len(table) == 3 + 3 + 3 + 5  # objects over all frames
     assert table.loc[table.track_id == 2, "parent"].tolist() == [1, 1, 1]
     first = table.iloc[0]
@@ -241,7 +241,7 @@ def test_save_tracks_checks_encodes_and_measures_once(tmp_path, monkeypatch):
 
     spy(et, "encode_mask", "encode")
     spy(mm_core.measure, "validate_track_table", "check")
-    spy(et, "objects_per_frame", "measure")
+    spy(et, "object_rows", "measure")
     spy(eg, "_write", "geff")
     out = tmp_path / "o"
     files = save(SimpleNamespace(masks=masks, tracks=tracks), out, "mov")

@@ -95,7 +95,7 @@ def test_zarr_slide_segmented_in_tiles_to_ome_zarr_and_bigtiff(tmp_path):
     specs = {type(s).__name__ for node in reader.Reader(parse_url(str(out / "slide.ome.zarr")))() for s in node.specs}
     assert {"Multiscales", "Labels", "Label"} <= specs  # what napari's ome-zarr reader looks for
     objects = pd.read_csv(out / "slide.csv")
-    assert len(objects) == n and objects["area"].between(150, 400).all()
+    assert len(objects) == n and objects["area_px"].between(150, 400).all()
 
 
 def test_big_tiff_past_the_in_memory_limit_is_read_lazily(tmp_path, monkeypatch, mm_env):

@@ -9,6 +9,7 @@ refusal messages that name the app's own settings, and the page's own CSS and sc
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 
@@ -76,6 +77,34 @@ def result_html(value: float, caption: str, warnings: list[str] | None = None,
     return out
 
 
+class Estimate:
+    """A progress callback ``(fraction, description)`` that adds its own time left to the description.
+
+    Gradio's own estimate is the mean duration of earlier runs (of any image size); this one is
+    measured on the run itself: time so far × (1 − fraction) / fraction, once a tenth is done and
+    only over counted steps ("tile 3/16", "frame 4/12"), where the fraction is the share of work
+    done. The fraction is clipped to [0, 1] and never goes back.
+    """
+
+    def __init__(self, progress, clock=None):
+        import time
+
+        self.progress, self.clock = progress, clock or time.monotonic
+        self.t0, self.done = self.clock(), 0.0
+
+    def __call__(self, frac, desc: str = "") -> None:
+        self.done = max(self.done, min(max(float(frac), 0.0), 1.0))
+        self.progress(self.done, desc=self.describe(desc))
+
+    def describe(self, desc: str = "") -> str:
+        """``desc`` with the time so far and, once a tenth is done, the time left."""
+        spent = self.clock() - self.t0
+        words = f"{desc} · {spent:.0f} s" if desc else f"{spent:.0f} s"
+        if 0.1 <= self.done < 1.0 and re.search(r"\b\d+/\d+\b", desc or ""):
+            words += f", about {spent * (1 - self.done) / self.done:.0f} s left"
+        return words
+
+
 def _num(v) -> str:
     if isinstance(v, (int, np.integer)) or float(v).is_integer():
         return f"{int(v):,d}"
@@ -118,18 +147,64 @@ SEG_LEGEND = ("<div class='mm-legend' data-testid='seg-legend'>One colour per ob
               "yellow box: your example.</div>")
 
 #: Box drawing made easier than gradio_bbox_annotator 0.1.1 does by itself (it has no option for
-#: these): the pencil is switched on when a picture without boxes appears (ready to draw), and
-#: Delete / Backspace removes the selected box by pressing the annotator's own bin button.
+#: these): drawing is on when a picture appears and stays on after each box (the annotator switches
+#: its pencil off after one box; the page switches it on again unless the user switched it off or
+#: a box is selected); a press on a box while drawing selects it; a line beside the picture says
+#: whether drawing is on; Delete / Backspace removes the selected box by pressing the annotator's
+#: own bin button.
 BOX_JS = """<script>
-setInterval(() => {  // a new picture in an annotator: switch its pencil on, once per picture
+setInterval(() => {
   document.querySelectorAll('[id$="-annotator"]').forEach((ann) => {
     const img = ann.querySelector('.image-frame img');
     const pen = ann.querySelector('button[aria-label="exemplar"]');
-    if (!img || !pen || pen.offsetParent === null || !img.complete || ann.dataset.mmSrc === img.src) return;
-    ann.dataset.mmSrc = img.src;
-    if (!pen.classList.contains('highlight')) pen.click();
+    const line = document.getElementById(ann.id.replace('-annotator', '-drawstate'));
+    if (!img || !pen || pen.offsetParent === null || !img.complete) {
+      if (line && line.dataset.on) { line.dataset.on = ''; line.innerHTML = ''; }
+      return;
+    }
+    if (!pen.dataset.mmWatch) {  // a click by the user on the pencil is the user's choice
+      pen.dataset.mmWatch = '1';
+      pen.addEventListener('click', (e) => {
+        if (e.isTrusted) ann.dataset.mmUserOff = pen.classList.contains('highlight') ? '1' : '';
+      }, true);
+    }
+    if (ann.dataset.mmSrc !== img.src) { ann.dataset.mmSrc = img.src; ann.dataset.mmUserOff = ''; }
+    const busy = document.body.dataset.mmDragging === '1';
+    const remove = ann.querySelector('button[aria-label="Remove"]');
+    const picking = Date.now() - Number(ann.dataset.mmPickT || 0) < 800;  // a press on a box just now
+    if ((!remove || remove.disabled) && !picking) ann.dataset.mmPicked = '';
+    // a box the user pressed on is selected: drawing waits until it is deleted or let go (the
+    // annotator may also select a box just drawn: that one does not hold drawing back)
+    const selected = ann.dataset.mmPicked === '1';
+    if (!pen.classList.contains('highlight') && !ann.dataset.mmUserOff && !busy && !selected) pen.click();
+    const on = pen.classList.contains('highlight');
+    const state = on ? 'on' : (selected ? 'selected' : 'off');
+    if (line && line.dataset.on !== state) {
+      line.dataset.on = state;
+      line.innerHTML = on
+        ? "<span class='mm-draw-on'>Drawing boxes: ON \u2014 drag on the picture (again for another box)</span>"
+        : (selected ? "<span class='mm-draw-off'>A box is selected: Delete removes it; drawing resumes after</span>"
+          : "<span class='mm-draw-off'>Drawing boxes: OFF \u2014 click the pencil button to draw</span>");
+    }
   });
 }, 300);
+document.addEventListener('pointerdown', () => { document.body.dataset.mmDragging = '1'; }, true);
+document.addEventListener('pointerdown', (e) => {  // with drawing on, a press on a box selects it
+  const ann = e.target.closest && e.target.closest('[id$="-annotator"]');
+  const pen = ann && ann.querySelector('button[aria-label="exemplar"]');
+  if (!pen) return;
+  const shown = Array.from(ann.querySelectorAll('.box-preview'));  // the boxes as drawn
+  const i = shown.findIndex((c) => {
+    const r = c.getBoundingClientRect();
+    return e.clientX >= r.left && e.clientX <= r.right && e.clientY >= r.top && e.clientY <= r.bottom;
+  });
+  if (i < 0) return;
+  ann.dataset.mmPicked = '1';  // the user chose this box: its selection holds drawing back
+  ann.dataset.mmPickT = String(Date.now());
+  // drawing off before the annotator sees the press: its own handlers then select the box
+  if (pen.classList.contains('highlight')) pen.click();
+}, true);
+document.addEventListener('pointerup', () => { document.body.dataset.mmDragging = ''; }, true);
 document.addEventListener('keydown', (e) => {
   if (e.key !== 'Delete' && e.key !== 'Backspace') return;
   const t = e.target;
@@ -152,4 +227,12 @@ CSS = """
 .mm-legend-ends {display:flex; justify-content:space-between}
 .mm-legend-title {font-weight:600}
 .mm-legend-note {opacity:.8}
+[id$="-annotator"] button[aria-label="exemplar"].highlight {background:#15803d !important;
+  color:#fff !important; border-radius:6px}
+[id$="-annotator"] button[aria-label="exemplar"]:not(.highlight) {background:#e5e7eb !important;
+  color:#6b7280 !important; border-radius:6px}
+.mm-draw-on {color:#fff; background:#15803d; padding:.15em .6em; border-radius:4px; font-weight:600}
+[id$="-examples"] .thumbnail-item {max-width:130px}
+.wrap:has(.progress-level) .progress-text {display:none}
+.mm-draw-off {color:#374151; background:#e5e7eb; padding:.15em .6em; border-radius:4px; font-weight:600}
 """

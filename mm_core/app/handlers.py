@@ -8,20 +8,23 @@ The layout that wires them is :mod:`mm_core.app.ui`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import gradio as gr
 import numpy as np
 
 from mm_core import export, viz
-from mm_core.viz import tracks as viz_tracks
-from mm_core.app import display
+from mm_core.app import display, zoom
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.lifecycle import STORE
 from mm_core.app.lifecycle import session_of as _session
+from mm_core.batching.whole import run_image
 from mm_core.errors import InputError, MMError
 from mm_core.settings import get_settings
+from mm_core.viz import tracks as viz_tracks
+from mm_core.viz.plots import write_result_plots
 
 log = logging.getLogger("mm_core.app")
 MATCHER = {"matcher": None, "reason": "engine not loaded yet"}
@@ -81,6 +84,14 @@ def engine_line() -> str:
     return display.engine_words(getattr(getattr(MATCHER["matcher"], "engine", None), "name", None))
 
 
+def max_pixels() -> int:
+    """The app's pixel limit per image: ``MM_APP_MAX_PIXELS`` (100 MP by default, tiled) with the
+    weight-free engine, at most 16.8 MP with the LDM engine."""
+    ldm = getattr(getattr(MATCHER["matcher"], "engine", None), "name", "") == "ldm"
+    limit = get_settings().app_max_pixels
+    return min(limit, au.LDM_MAX_PIXELS) if ldm else limit
+
+
 def _empty_input():
     return None, None, "", au.mode_line(None), None
 
@@ -110,7 +121,7 @@ def load_file(path, sequence: bool):
     if not path:
         return _empty_input()
     try:
-        loaded = au.load_upload(path, sequence)
+        loaded = au.load_upload(path, sequence, max_pixels=max_pixels())
     except MMError as exc:  # the app's setting names in the message (MM_APP_MAX_PIXELS, ...)
         raise InputError(display.app_message(str(exc))) from None
     # the upload box is emptied again: it stays a drop zone for the next file
@@ -120,11 +131,11 @@ def load_file(path, sequence: bool):
 def _inputs(loaded, ann):
     if loaded is None:
         raise gr.Error("Upload an image first (or pick an example).", title="No image")
-    return au.boxes_from_annotation(ann, loaded.preview_scale), au.new_request_dir()
+    return zoom.boxes_in_image(ann, loaded), au.new_request_dir()
 
 
 def _progress(progress):
-    return lambda frac, desc="": progress(min(max(float(frac), 0.0), 1.0), desc=desc)
+    return display.Estimate(progress)
 
 
 def _note(res) -> str:
@@ -147,23 +158,26 @@ def _downloads(files) -> list[str]:
             and f.name != "res_track.txt" and not f.is_dir()]
 
 
-def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress()):
+def run_segment(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress(),
+                pixel=None):
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]
-    res = matcher().segment(frame, boxes=boxes, progress=_progress(progress))
-    files = export.save(res, out, loaded.name, intensity=frame)
+    # larger than a tile (2048 px a side): tile by tile, progress per tile (the library's tiling)
+    res = _calibrated(run_image(matcher(), "segment", frame, boxes, _progress(progress), _size(pixel)), pixel)
+    files = [*export.save(res, out, loaded.name, intensity=frame), *write_result_plots(res, out, loaded.name)]
     key = ar.keep_image_result(STORE, _session(request), "seg", res, frame, boxes, out)
     return (key, rerender(au.segmentation_view, key, opacity),
             display.result_html(res.n_objects, "objects", res.warnings), _downloads(files),
             _map_update(key, show_map), _note(res), display.SEG_LEGEND)
 
 
-def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress()):
+def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progress=gr.Progress(),
+              pixel=None):
     boxes, out = _inputs(loaded, ann)
     opacity = ar.as_fraction(opacity)
     frame = loaded.frames[0]
-    res = matcher().count(frame, boxes=boxes, progress=_progress(progress))
+    res = _calibrated(run_image(matcher(), "count", frame, boxes, _progress(progress), _size(pixel)), pixel)
     files = export.save(res, out, loaded.name)
     key = ar.keep_image_result(STORE, _session(request), "count", res, frame, boxes, out)
     return (key, rerender(au.count_view, key, opacity),
@@ -171,30 +185,45 @@ def run_count(loaded, ann, opacity, show_map, request: gr.Request = None, progre
             _map_update(key, show_map), _note(res), display.density_legend(res.density))
 
 
-def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Progress()):
+def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Progress(), pixel=None):
     boxes, out = _inputs(loaded, ann)
     frames = loaded.frames
     small = len(frames) * frames[0].shape[0] * frames[0].shape[1] <= 20_000_000
     res = matcher().track(list(frames), boxes=boxes, progress=_progress(progress),
-                          keep_maps=bool(show_map) or small)
+                          keep_maps=bool(show_map) or small, pixel_size=_size(pixel))
+    res = _calibrated(res, pixel)
     progress(1.0, desc="drawing")
     images = [viz.display_image(f) for f in frames]
     rendered = np.stack(viz_tracks.render_tracks(images, res.masks, tracks=res.tracks, numbers=True,
                                                  min_side=384))
     gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", list(rendered), fps=4)
-    files = export.save(res, out, loaded.name)
+    files = [*export.save(res, out, loaded.name), *write_result_plots(res, out, loaded.name)]
     maps = np.stack([au.map_view(im, m) for im, m in zip(images, res.maps)]) if res.maps else None
     key = ar.keep_track_result(STORE, _session(request), rendered, maps, out, gif=gif)
+    STORE.get(key)["pixel_note"] = res.pixel_size_note()
     stats = display.result_html(res.n_tracks, "tracks", res.warnings, extra=[(res.n_divisions, "divisions")])
     slider = gr.update(maximum=len(rendered) - 1, value=0, visible=True)
     return (key, str(gif), slider, stats, _downloads(files), _track_map(key, 0, show_map), _note(res),
             gr.update(visible=True))
 
 
+def _size(pixel):
+    """The µm per pixel of ``pixel`` ``(size, source)`` (from :func:`mm_core.app.tables.pixel_choice`)."""
+    return None if pixel is None else pixel[0]
+
+
+def _calibrated(res, pixel):
+    """``res`` saying where its pixel size came from (the app passes a file's size on as a number)."""
+    return res if pixel is None or pixel[0] is None else dataclasses.replace(res, pixel_size_source=pixel[1])
+
+
 def _map_update(key, show):
     cache = ar.kept(STORE, key)
     if not show or not cache:
         return gr.update(visible=bool(show), value=None)
+    if cache["result"].maps is None:
+        gr.Warning("A large image runs tile by tile: its match map is not kept.")
+        return gr.update(visible=True, value=None)
     return gr.update(visible=True, value=au.map_view(cache["display"], cache["result"].maps))
 
 

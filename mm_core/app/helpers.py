@@ -27,9 +27,10 @@ from mm_core.transforms import scale_boxes
 
 log = logging.getLogger("mm_core.app")
 
+#: Pixel limit with the LDM engine (GPU memory), unless ``MM_APP_MAX_PIXELS`` is lower.
+LDM_MAX_PIXELS = 4096 * 4096
 #: Longest side of the picture shown in the box annotator.
 PREVIEW_SIDE = 1024
-
 def output_root() -> Path:
     """Root of the per-request output folders (``MM_APP_OUTPUT_ROOT``, default ``<temp>/mm_app``)."""
     return Path(get_settings().app_output_root or Path(tempfile.gettempdir()) / "mm_app")
@@ -174,7 +175,8 @@ def write_preview(image: np.ndarray, path: Path, max_side: int = PREVIEW_SIDE) -
     return Path(path), scale
 
 
-def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -> Loaded:
+def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None,
+                max_pixels: int | None = None) -> Loaded:
     """Read an uploaded file with :mod:`mm_core.io`; write its frames and preview into ``out_dir``.
 
     ``out_dir`` (default: a new request folder) is made only once the file has been
@@ -188,28 +190,29 @@ def load_upload(path: str | Path, sequence: bool, out_dir: Path | None = None) -
     from mm_core.io import read_image, read_sequence
 
     path, settings = Path(path), get_settings()
+    max_pixels = max_pixels or settings.app_max_pixels  # the caller's (lower with LDM), else MM_APP_MAX_PIXELS
     if sequence:
-        seq = read_sequence(path, max_frames=settings.app_max_frames, max_pixels=settings.app_max_pixels,
+        seq = read_sequence(path, max_frames=settings.app_max_frames, max_pixels=max_pixels,
                             max_total_pixels=settings.app_max_total_pixels)
         frames = list(seq.frames)
         if len(frames) < 2:
             raise InputError(
                 f"{path.name} holds {len(frames)} frame; tracking needs a time-lapse of at least 2 frames"
             )
-        dtype, what = seq.dtype, f"{len(frames)} frames"
+        dtype, what, size = seq.dtype, f"{len(frames)} frames", getattr(seq, "pixel_size", None)
     else:
-        img = read_image(path, max_pixels=settings.app_max_pixels)
+        img = read_image(path, max_pixels=max_pixels)
         frames = [img.data]
-        dtype = img.dtype
+        dtype, size = img.dtype, getattr(img, "pixel_size", None)
         what = f"{img.n_channels} channel{'s' if img.n_channels != 1 else ''}"
     h, w = frames[0].shape[:2]
     out_dir = Path(out_dir) if out_dir is not None else new_request_dir()
     np.save(out_dir / FRAMES_FILE, np.stack(frames).astype(np.float32, copy=False))
     del frames
     preview, scale = write_preview(np.load(out_dir / FRAMES_FILE, mmap_mode="r")[0], out_dir / "preview.png")
-    summary = f"{path.name}: {w}×{h} px, {dtype}, {what}"
+    summary = f"{path.name}: {w}×{h} px, {dtype}, {what}" + (f", {size:.4g} µm/px" if size else "")
     return Loaded(folder=out_dir, name=path.stem, preview=str(preview), preview_scale=scale,
-                  summary=summary, shape=(h, w))
+                  summary=summary, shape=(h, w), info={"pixel_size": size})
 
 
 def example_thumbnail(path: str | Path, sequence: bool, out_dir: Path, side: int = 160) -> Path:
@@ -278,9 +281,9 @@ def count_view(
 ) -> np.ndarray:
     """Density heat-map, centre dots and exemplar boxes (the count is shown next to it)."""
     base = result.image if display is None else display
-    img = viz.overlay_heatmap(base, result.density, opacity=opacity, gamma=0.5)
+    img = viz.overlay_heatmap(muted(base), result.density, opacity=opacity, gamma=0.5)
     pts = result.points
-    radius = max(1.5, min(4.0, 0.12 * float(result.maps.scale or 10)))
+    radius = max(1.5, min(4.0, 0.12 * float(getattr(result.maps, "scale", None) or 10)))
     img = viz.upscale_nearest(viz.draw_boxes(viz.draw_points(img, pts["y"], pts["x"], radius=radius), boxes))
     if "n" in pts and (pts["n"] > 1).any():  # a clump counted as several objects: say how many
         many = pts[pts["n"] > 1]
@@ -288,6 +291,16 @@ def count_view(
         img = viz.draw_texts(img, many["y"], many["x"], [str(k) for k in many["n"]], zoom=zoom,
                              offset=(radius * zoom + 2, 0))
     return img
+
+
+def muted(image: np.ndarray) -> np.ndarray:
+    """A light grey version of a picture (float in [0.45, 0.95]) that heat-map colours stand out
+    on: on a stained (H&E) image the map's purples and reds would otherwise look like the stain."""
+    arr = np.asarray(image, np.float32)
+    if arr.dtype != np.float32 or arr.max(initial=0) > 1.0:
+        arr = arr / 255.0
+    grey = arr[..., :3].mean(-1) if arr.ndim == 3 else arr
+    return 0.45 + 0.5 * np.clip(grey, 0.0, 1.0)
 
 
 def map_view(result_image: np.ndarray, maps) -> np.ndarray:

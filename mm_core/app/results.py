@@ -30,23 +30,33 @@ def slim(result):
     """``result`` with only what re-rendering needs: no input image, no engine features,
     only the map that is shown (as float16), labels in the smallest integer type."""
     maps = result.maps
+    if maps is None:  # a tiled result keeps no maps
+        return dataclasses.replace(result, image=None, **_small_labels(result))
     shown = next(iter(maps.display), None) if getattr(maps, "display", None) else None
     small = np.float16  # a picture's precision is enough for the map that is shown
     display = {shown: np.asarray(maps.display[shown], small)} if shown else {}
     fg = np.zeros((1, 1), small) if shown else np.asarray(maps.foreground, small)
     maps = dataclasses.replace(maps, features=None, display=display, foreground=fg,
                                centers=np.zeros((1, 1), small))
-    changes = {"maps": maps, "image": None}
+    return dataclasses.replace(result, maps=maps, image=None, **_small_labels(result))
+
+
+def _small_labels(result) -> dict:
     labels = getattr(result, "labels", None)
     if labels is not None:
-        changes["labels"] = labels.astype(label_dtype(labels), copy=False)
-    return dataclasses.replace(result, **changes)
+        return {"labels": labels.astype(label_dtype(labels), copy=False)}
+    return {}
 
 
 def keep_image_result(store: SessionStore, session: str | None, tab: str, result, frame, boxes,
-                      folder: Path) -> str:
-    """Keep a segmentation or count result for re-rendering; returns its key."""
-    kept = {"result": slim(result), "boxes": boxes, "display": display8(frame)}
+                      folder: Path, ident: str | None = None) -> str:
+    """Keep a segmentation or count result for re-rendering (subsampled when larger than the
+    screen needs, :func:`mm_core.app.zoom.shrink`); returns its key. ``ident``: the file it is of."""
+    from mm_core.app.zoom import shrink, step
+
+    k = step(frame.shape)
+    small, display, shown = shrink(slim(result), display8(np.asarray(frame[::k, ::k])), boxes, k)
+    kept = {"result": small, "boxes": shown, "display": display, "ident": ident}
     return store.put(store.key(session, tab), kept, folder=folder)
 
 

@@ -156,6 +156,20 @@ class SessionStore:
             self._items.move_to_end(key)
             return entry.value
 
+    def move(self, src: str, dst: str) -> str | None:
+        """Keep the entry of ``src`` (with its folder) under ``dst`` instead, replacing what was
+        there; returns ``dst``, or ``None`` when ``src`` is gone."""
+        with self._lock:
+            entry = self._items.pop(src, None)
+            if entry is None:
+                return None
+            old = self._items.pop(dst, None)
+            entry.last = self.clock()
+            self._items[dst] = entry
+        if old is not None and old.folder != entry.folder:
+            remove_folder(old.folder)
+        return dst
+
     def drop(self, key: str | None) -> None:
         """Forget ``key`` and delete its folder."""
         if not isinstance(key, str):

@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from gradio_bbox_annotator import BBoxAnnotator
 
-from mm_core.app import display, offline, uploads
+from mm_core.app import batch_tab, display, offline, panels, runs, tables, uploads
 from mm_core.app import helpers as au
 from mm_core.app import results as ar
 from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py reach them here
@@ -92,13 +92,15 @@ _MODE_JS = """(v) => {
 
 
 def _input_column(tab: str, sequence: bool, loaded: gr.State):
-    """Upload, examples, annotator and mode line, wired to ``loaded``; returns the annotator."""
+    """Upload, examples, annotator, drawing state, zoom (images), mode line and pixel size, wired
+    to ``loaded``; returns ``(annotator, pixel field, triggers of a new file)``."""
     kinds = ("multi-page TIFF, OME-TIFF or a zip of frames" if sequence
              else "PNG, JPEG or TIFF (16-bit, multi-channel)")
     where = "on the first frame " if sequence else ""
     summary = gr.Markdown(elem_id=f"{tab}-summary", render=False)
     ann = checked_boxes(BBoxAnnotator(
-        label=f"Optional: drag a box {where}around one typical object; Delete removes a selected box",
+        label=f"Optional: drag a box {where}around one typical object (more boxes: drag again); "
+              "Delete removes a selected box",
         categories=["exemplar"],
         interactive=True,
         elem_id=f"{tab}-annotator",
@@ -107,15 +109,29 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         render=False,
     ))
     mode = gr.Markdown(au.mode_line(None), elem_id=f"{tab}-mode", render=False)
-    load = guarded("reading the file")(functools.partial(on_upload, sequence=sequence))
-    load_example = guarded("loading the example")(functools.partial(load_file, sequence=sequence))
+    pixel = panels.pixel_field(tab).unrender()
+
+    def loader(read, what: str):
+        """``read`` (:func:`on_upload`: an upload, checked; :func:`load_file`: an example), then the
+        file tagged as the tab's current one and its pixel size put in the field."""
+
+        @guarded(what)
+        def load(path, request: gr.Request = None):
+            out = read(path, sequence=sequence)
+            runs.loaded_now(tab, out[0], request)
+            return (*out, tables.pixel_field_value(out[0]))
+
+        return load
+
+    load = loader(on_upload, "reading the file")
+    load_example = loader(load_file, "loading the example")
     upload = gr.File(
         label=f"Drop a file here or click to choose one ({kinds})",
         file_types=SEQUENCE_TYPES if sequence else IMAGE_TYPES,
         elem_id=f"{tab}-upload",
         height=130,
     )
-    outs = [loaded, ann, summary, mode, upload]
+    outs = [loaded, ann, summary, mode, upload, pixel]
     folder = examples_dir()
     examples = [str(folder / n) for n in EXAMPLE_FILES[tab] if (folder / n).exists()]
     gallery = gr.Gallery(
@@ -133,31 +149,47 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     )
 
     @guarded("loading the example")
-    def pick(evt: gr.EventData = None):  # EventData, not SelectData: API calls may send no event data
+    def pick(evt: gr.EventData = None, request: gr.Request = None):  # EventData: API calls may send none
         data = getattr(evt, "_data", None)
         index = ar.as_index(data.get("index") if isinstance(data, dict) else None, len(examples),
                             "the example number")
-        return load_example(examples[index])
+        return load_example(examples[index], request)
 
-    for comp in (summary, ann, mode):
+    for comp in (summary, ann):
         comp.render()
-    reader = guarded("reading the file")(lambda v: load(v[0] if v else None))
+    panels.draw_state(tab)
+    zooms = [] if sequence else panels.zoom_controls(tab, loaded, ann)
+    mode.render()
+    pixel.render()
+
+    @guarded("reading the file")
+    def reader(v, request: gr.Request = None):
+        return load(v[0] if v else None, request)
+
+    def forget(old, request: gr.Request = None):
+        runs.forget(tab, old, request)
+
+    empty = lambda: (*_empty_input(), "")
     queue = {"concurrency_limit": LOADS_AT_ONCE, "concurrency_id": "load"}  # one limit for every tab's loads
     loads = [gallery.select(pick, None, outs, api_name=f"{tab}_example", **queue),
              upload.upload(load, [upload], outs, api_name=f"{tab}_upload", **queue),
              ann.upload(reader, [ann], outs, api_name=False, **queue)]
     for ev in loads:
-        ev.failure(_empty_input, None, outs, queue=False, api_name=False).then(
+        ev.failure(empty, None, outs, queue=False, api_name=False).then(
             _show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
         ev.then(_show_annotator, [loaded], [ann], queue=False, show_progress="hidden")
-    upload.clear(_empty_input, None, outs, queue=False, api_name=False)
-    ann.clear(_empty_input, None, outs, queue=False, api_name=False).then(_show_annotator, [loaded], [ann],
-                                                                         queue=False)
+    upload.clear(empty, None, outs, queue=False, api_name=False)
+    ann.clear(empty, None, outs, queue=False, api_name=False).then(_show_annotator, [loaded], [ann],
+                                                                   queue=False)
     # In the browser: boxes being dragged have fractional corners, which the server would refuse.
     ann.change(None, [ann], [mode], js=_MODE_JS, show_progress="hidden")
     # what clears the previous result: a new file, an example, or emptying the file
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
-    return ann, triggers
+    gr.on(triggers, forget, [loaded], None, queue=False, show_progress="hidden",
+          api_name=False)
+    if zooms:
+        gr.on(triggers, panels.reset_zoom, None, zooms, queue=False, show_progress="hidden", api_name=False)
+    return ann, pixel, triggers
 
 
 #: Runs of every tab share one queue: at most ``--concurrency`` at once (the queue's default
@@ -190,32 +222,71 @@ def _outputs(tab: str, files_label: str):
     return show_map, mapimg, files
 
 
+def _scroll_js(tab: str) -> str:
+    """After Run: bring the number and the self-check into view (a 1280×720 laptop has them
+    far above the Run button)."""
+    return (f"() => {{ const e = document.querySelector('#{tab}-count');"
+            " if (e) e.scrollIntoView({block: 'start', behavior: 'instant'}); }")
+
+
+def _run_events(run, tab: str, fn, inputs, outputs, api_name: str):
+    """Run: refused at once without a file (one message, no error badges), then the run, then
+    the result scrolled into view."""
+    ev = run.click(runs.need_file, [inputs[0]], None, queue=False, show_progress="hidden", api_name=False)
+    ev = ev.success(fn, inputs, outputs, api_name=api_name, **RUN_QUEUE)  # the shared run queue
+    ev.success(None, None, None, js=_scroll_js(tab), queue=False, show_progress="hidden")
+
+
 def _image_tab(tab: str, spec: dict, eng_md) -> None:
     """Segmentation or Counting tab."""
     with gr.Tab(spec["title"], id=tab):
         loaded, cache = _states()
         with gr.Row():
             with gr.Column():
-                ann, triggers = _input_column(tab, False, loaded)
+                ann, pixel, triggers = _input_column(tab, False, loaded)
                 run = gr.Button(f"Run {spec['title'].lower()}", variant="primary", elem_id=f"{tab}-run")
             with gr.Column():
                 big = gr.HTML(elem_id=f"{tab}-count")
-                picture = gr.Image(label=spec["picture"], type="numpy", format="png", interactive=False,
-                                   elem_id=f"{tab}-overlay")
+                with gr.Row():
+                    picture = gr.Image(label=spec["picture"], type="numpy", format="png", interactive=False,
+                                       elem_id=f"{tab}-overlay")
+                    prev = panels.compare_panel(tab)
                 legend = gr.HTML(elem_id=f"{tab}-legend")
                 label, value = spec["opacity"]
                 opacity = checked_input(gr.Slider(0, 1, value=value, step=0.05, label=label,
                                                   elem_id=f"{tab}-opacity"), "the opacity")
                 show_map, mapimg, files = _outputs(tab, spec["files"])
-        results = [cache, picture, big, files, mapimg, eng_md, legend]
-        run.click(guarded(spec["verb"])(globals()[spec["run"]]), [loaded, ann, opacity, show_map], results,
-                  api_name=f"{tab}_run", **RUN_QUEUE)
-        gr.on(triggers, cleared_image_tab, None, [cache, picture, big, files, mapimg, legend], queue=False,
-              show_progress="hidden")
+        # counting has no sizes: no summary, no histogram (states keep the outputs' order)
+        extras = [e if e is not None else gr.State() for e in panels.results_panel(tab)]
+        batch_tab.batch_panel(tab, pixel, IMAGE_TYPES)
+        results = [cache, picture, big, files, mapimg, eng_md, legend, *extras, *prev]
+        fn = guarded(spec["verb"])(functools.partial(runs.image_run, tab))
+        _run_events(run, tab, _with_request(fn), [loaded, ann, opacity, show_map, pixel], results, f"{tab}_run")
+        cleared = [cache, picture, big, files, mapimg, legend, show_map, *extras, *prev]
+        gr.on(triggers, _cleared_image(len(extras)), None, cleared, queue=False, show_progress="hidden")
         opacity.change(guarded("redrawing")(functools.partial(rerender, spec["view"])), [cache, opacity],
                        [picture], show_progress="hidden", concurrency_limit=None, api_name=f"{tab}_opacity")
         show_map.change(guarded("drawing the match map")(_map_update), [cache, show_map], [mapimg],
                         show_progress="hidden", api_name=f"{tab}_showmap")
+
+
+def _with_request(fn):
+    """``fn(loaded, ann, opacity, show_map, pixel, request=, progress=)`` as a handler that Gradio
+    passes the request and a progress bar to."""
+
+    def handler(loaded, ann, opacity, show_map, pixel, request: gr.Request = None, progress=gr.Progress()):
+        return fn(loaded, ann, opacity, show_map, pixel, request=request, progress=progress)
+
+    return handler
+
+
+def _cleared_image(n_extras: int):
+    """Outputs of an image tab emptied by a new file (the match-map box unticked, so its legend goes)."""
+    def cleared():
+        return (*cleared_image_tab()[:5], "", False, *panels.empty_results(n_extras),
+                gr.update(visible=False), None, "")
+
+    return cleared
 
 
 def _states():
@@ -230,7 +301,7 @@ def _track_tab(eng_md) -> None:
         loaded, cache = _states()
         with gr.Row():
             with gr.Column():
-                ann, triggers = _input_column("track", True, loaded)
+                ann, pixel, triggers = _input_column("track", True, loaded)
                 run = gr.Button("Run tracking", variant="primary", elem_id="track-run")
             with gr.Column():
                 stats = gr.HTML(elem_id="track-count")
@@ -242,14 +313,23 @@ def _track_tab(eng_md) -> None:
                                                     visible=False, elem_id="track-frame", scale=4),
                                           "the frame number")
                     again = gr.Button("▶ Play", visible=False, elem_id="track-play", scale=1)
-                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip")
-        run.click(guarded("tracking")(run_track), [loaded, ann, show_map],
-                  [cache, anim, frame, stats, files, mapimg, eng_md, again], api_name="track_run", **RUN_QUEUE)
+                show_map, mapimg, files = _outputs("track", "Downloads: CTC result zip, tracks CSV, GEFF zip, "
+                                                   "per-frame plot")
+        extras = [e for e in panels.results_panel("track") if e is not None]
+        batch_tab.batch_panel("track", pixel, SEQUENCE_TYPES)
+
+        @guarded("tracking")
+        def track(loaded, ann, show_map, pixel, request: gr.Request = None, progress=gr.Progress()):
+            return runs.track_run(loaded, ann, show_map, pixel, request=request, progress=progress)
+
+        _run_events(run, "track", track, [loaded, ann, show_map, pixel],
+                    [cache, anim, frame, stats, files, mapimg, eng_md, again, *extras], "track_run")
         frame.input(guarded("showing the frame")(show_frame), [cache, frame, show_map], [anim, mapimg],
                     show_progress="hidden", concurrency_limit=None, api_name="track_frame")
         again.click(guarded("playing the animation")(play), [cache], [anim], show_progress="hidden",
                     api_name="track_play")
-        gr.on(triggers, cleared_track_tab, None, [cache, anim, frame, stats, files, mapimg, again],
+        gr.on(triggers, lambda: (*cleared_track_tab(), False, *panels.empty_results(len(extras))), None,
+              [cache, anim, frame, stats, files, mapimg, again, show_map, *extras],
               queue=False, show_progress="hidden")
         show_map.change(guarded("drawing the match map")(_track_map), [cache, frame, show_map], [mapimg],
                         show_progress="hidden", api_name="track_showmap")

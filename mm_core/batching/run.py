@@ -3,8 +3,8 @@
 :func:`batch` runs ``segment`` or ``count`` over a list of image paths, or ``track`` over a
 list of time-lapses (one task per time-lapse), and writes every result into one folder as
 soon as it is ready, with a ``manifest.csv`` (one row per input: ``image, output, status``,
-``objects``, ``count`` or ``tracks``, ``seconds, message``) that is appended to and flushed
-after every input. A single time-lapse writes its files into the folder itself, several
+``objects``, ``count`` or ``tracks``, ``pixel_size, seconds, message``) that is appended to and
+flushed after every input. A single time-lapse writes its files into the folder itself, several
 each into a subfolder named by its ``output``. With ``workers > 1`` the images run as
 tasks on a :class:`distributed.LocalCluster` of single-threaded worker processes;
 with ``scheduler=`` they go to an existing Dask scheduler (a SLURM/PBS cluster through
@@ -59,7 +59,7 @@ class Manifest:
     def __init__(self, out: Path, task: str, keep: Iterable[dict] = ()):
         self.path = out / MANIFEST
         self.value_col = VALUE_COLUMNS[task]
-        self.cols = ["image", "output", "status", self.value_col, "seconds", "message"]
+        self.cols = ["image", "output", "status", self.value_col, "pixel_size", "seconds", "message"]
         self.rows: list[dict] = []
         self._fh = open_replacing(self.path)  # a link planted at the name is replaced
         self._w = csv.writer(self._fh)
@@ -74,7 +74,8 @@ class Manifest:
             f"{float(value):.6g}" if self.value_col == "count" else str(int(float(value))))
         rec = dict(row, value=v)
         self.rows.append(rec)
-        self._w.writerow([rec["image"], rec["output"], rec["status"], v, rec["seconds"], rec["message"]])
+        self._w.writerow([rec["image"], rec["output"], rec["status"], v, rec.get("pixel_size", ""),
+                          rec["seconds"], rec["message"]])
         self._fh.flush()
 
     def close(self) -> None:
@@ -105,6 +106,7 @@ def _already_done(out: Path, task: str, items: list[Item]) -> dict[str, dict]:
         if all((it.out_dir(out) / n).exists() for n in names):
             done[it.path] = {"image": it.path, "output": it.base, "status": "done",
                              "value": float(r[col]) if r.get(col, "") != "" else float("nan"),
+                             "pixel_size": r.get("pixel_size", ""),
                              "seconds": r.get("seconds", ""), "message": "resumed: outputs complete"}
     return done
 
@@ -146,7 +148,7 @@ def _on_worker(item: Item, options: TaskOptions) -> dict:
         model = plugin.get()
     except MMError as exc:
         return {"image": item.path, "output": item.base, "status": "failed", "value": float("nan"),
-                "seconds": 0.0, "message": str(exc)}
+                "pixel_size": "", "seconds": 0.0, "message": str(exc)}
     return process(model, item, options)
 
 
@@ -242,7 +244,7 @@ def _dask_rows(items: list[Item], options: TaskOptions, workers: int, scheduler:
 
 def _failed(it: Item, msg: str) -> dict:
     return {"image": it.path, "output": it.base, "status": "failed", "value": float("nan"),
-            "seconds": 0.0, "message": msg}
+            "pixel_size": "", "seconds": 0.0, "message": msg}
 
 
 def _row_of(fut, it: Item) -> dict | None:
@@ -256,11 +258,11 @@ def _row_of(fut, it: Item) -> dict | None:
         return None
 
 
-def _local_rows(items: list[Item], options: TaskOptions, verbose: bool = False):
+def _local_rows(items: list[Item], options: TaskOptions, verbose: bool = False, matcher=None):
     model = None
     for it in items:
         if model is None:
-            model = Model(options)
+            model = Model(options, matcher)
             if verbose:
                 print(f"engine: {model.engine_note}\nhead: {model.head_note}", file=sys.stderr)
         yield process(model, it, options)
@@ -285,7 +287,8 @@ def unique_bases(paths: list) -> list[str]:
 def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 1,
           scheduler: str | None = None, resume: bool = False, engine: str = "auto", head=None,
           boxes: dict | None = None, channels=None, tile: int = DEFAULT_TILE, overlap: int | None = None,
-          progress: bool = True, on_result: Callable[[dict], None] | None = None) -> pd.DataFrame:
+          progress: bool = True, on_result: Callable[[dict], None] | None = None,
+          pixel_size=None, tile_progress=None, matcher=None) -> pd.DataFrame:
     """Segment or count many images, or track many time-lapses; results stream into ``out`` as they finish.
 
     Parameters
@@ -317,6 +320,14 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
         Show a progress bar (stderr).
     on_result : callable, optional
         Called with each manifest row as it arrives.
+    pixel_size : float, optional
+        µm per pixel of every image, overriding the files' calibration (default: each file's own,
+        else pixels); the manifest's ``pixel_size`` says which was used.
+    tile_progress : callable, optional
+        ``progress(fraction, "tile i/n")`` over the tiles of each tiled image (in-process runs only).
+    matcher : Matcher, optional
+        The model to run (in-process runs only; ``engine``/``head`` are then not used): a caller
+        that holds one (the app) does not load a second.
 
     Returns
     -------
@@ -325,6 +336,9 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     """
     if task not in TASKS:
         raise InputError(f"unknown batch task {task!r}; choose one of {', '.join(TASKS)}")
+    from mm_core.io.calibration import check_pixel_size
+
+    pixel_size = check_pixel_size(pixel_size, "--pixel-size")
     if int(workers) < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     if int(tile) < 64:
@@ -352,8 +366,9 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
     several = task == "track" and len(paths) > 1  # time-lapses: one subfolder each
     items = [Item(p, b, boxes_of(p), b if several else "") for p, b in zip(paths, unique_bases(paths))]
     ch = None if channels is None else (tuple(channels) if not np.isscalar(channels) else (int(channels),))
-    options = TaskOptions(task, str(out), engine, head, ch, int(tile), overlap,
-                          show_tiles=bool(progress and workers == 1 and not scheduler))
+    local = workers == 1 and not scheduler
+    options = TaskOptions(task, str(out), engine, head, ch, int(tile), overlap, show_tiles=bool(progress and local),
+                          pixel_size=pixel_size, tile_progress=tile_progress if local else None)
     done = _already_done(out, task, items) if resume else {}
     todo = [it for it in items if it.path not in done]
     manifest = Manifest(out, task, keep=done.values())
@@ -363,7 +378,7 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
                file=sys.stderr,
                disable=not progress)
     try:
-        rows = (_local_rows(todo, options, progress) if workers == 1 and not scheduler
+        rows = (_local_rows(todo, options, progress, matcher) if local
                 else _dask_rows(todo, options, int(workers), scheduler))
         for row in rows:
             manifest.add(row)
@@ -371,7 +386,8 @@ def batch(paths: Iterable, task: str = "segment", out="results", workers: int = 
             if progress:
                 what = VALUE_COLUMNS[task]
                 name = printable(Path(row["image"]).name)
-                tqdm.write(f"{name}: {row['value']:g} {what}" if row["status"] == "done"
+                size = f"; pixel size {row['pixel_size']}" if row.get("pixel_size") else ""
+                tqdm.write(f"{name}: {row['value']:g} {what}{size}" if row["status"] == "done"
                            else f"skipped {name}: {printable(row['message'])}", file=sys.stderr)
                 if row["status"] == "done" and row["message"]:
                     for w in row["message"].split(" | "):

@@ -22,6 +22,7 @@ import numpy as np
 
 from mm_core.errors import InputWarning, MMError, printable
 from mm_core.io.atomic import clear_name
+from mm_core.io.calibration import resolve_pixel_size
 from mm_core.batching.tiled import DEFAULT_TILE
 
 #: TIFF planes with more pixels than this (and every zarr) are read lazily, never whole.
@@ -56,16 +57,20 @@ class TaskOptions:
     tile: int = DEFAULT_TILE
     overlap: int | None = None
     show_tiles: bool = False  #: a progress bar over the tiles of a large image (runs in this process)
+    pixel_size: float | None = None  #: µm per pixel given for every image (None: each file's own)
+    tile_progress: object = None  #: ``progress(fraction, "tile i/n")`` of a tiled image (in this process)
 
 
 class Model:
     """The :class:`mm_core.Matcher` of one process, built once and reused for every image."""
 
-    def __init__(self, options: TaskOptions):
+    def __init__(self, options: TaskOptions, matcher=None):
+        """``matcher``: one already built (the app's, or the CLI's), reused instead of a new one."""
         from mm_core.models import Matcher
 
         track = options.task == "track"  # one checkpoint serves its own task: segmentation or linking
-        self.matcher = Matcher(engine=options.engine, head=options.head if track else {options.task: options.head})
+        self.matcher = matcher if matcher is not None else Matcher(
+            engine=options.engine, head=options.head if track else {options.task: options.head})
         self.engine_note = self.matcher.engine_note
         self.head_note = self.matcher.track_heads()[2] if track else self.matcher.head_notes()[options.task]
 
@@ -94,6 +99,11 @@ def outputs(task: str, base: str, lazy: bool = False) -> list[str]:
     return [f"{base}_density.tif", f"{base}_points.csv"]
 
 
+def _pixel_size_text(size: float | None, source: str) -> str:
+    """The manifest's ``pixel_size``: ``"0.24 µm (from file)"``, or ``"unknown: pixels"``."""
+    return source if size is None else f"{size:.4g} µm ({source})"
+
+
 def _partial(path: Path) -> Path:
     """The name ``path`` is written under until complete (whatever was there, a link too, removed)."""
     return clear_name(path.with_name(path.name + ".partial"))
@@ -119,7 +129,9 @@ def is_lazy(path: str) -> bool:
 
 
 def _bar(s: TaskOptions, item: Item):
-    """``progress(fraction, description)`` drawing a tile progress bar, or None."""
+    """``progress(fraction, description)`` over the tiles: the caller's, a progress bar, or None."""
+    if s.tile_progress is not None:
+        return s.tile_progress
     if not s.show_tiles:
         return None
     from tqdm import tqdm
@@ -138,20 +150,21 @@ def _bar(s: TaskOptions, item: Item):
 
 def _tiled_boxes(item: Item, shape: tuple[int, int]) -> np.ndarray | None:
     """The item's exemplar boxes, validated against the whole image (None: automatic mode)."""
-    from mm_core.io.limits import Limits
-    from mm_core.transforms import prepare_boxes
+    from mm_core.batching.whole import exemplar_boxes
 
-    return prepare_boxes(item.boxes, shape, max_boxes=Limits.resolve().max_boxes) if item.boxes else None
+    return exemplar_boxes(item.boxes, shape)
 
 
 def _save(result, out: Path, base: str, intensity, last: str | None = None) -> None:
     """:func:`mm_core.export.save` into a scratch folder, then each file moved into ``out``.
 
-    ``counts.csv`` is left out (the batch writes it once from the manifest); the files are
-    moved with ``last`` (default: the tables, ``*.csv``) at the end, so a complete set is
-    recognisable (:func:`outputs`). A write that fails (a full disk) leaves no partial result.
+    Plots (:func:`mm_core.viz.plots.write_result_plots`) go with them. ``counts.csv`` is left
+    out (the batch writes it once from the manifest); the files are moved with ``last``
+    (default: the tables, ``*.csv``) at the end, so a complete set is recognisable
+    (:func:`outputs`). A write that fails (a full disk) leaves no partial result.
     """
     from mm_core import export
+    from mm_core.viz.plots import write_result_plots
 
     stem = f".{glob.escape(base)}."
     for left in [*out.glob(stem + "partial"), *out.glob(stem + "[a-z0-9_]" * 8 + ".partial")]:
@@ -159,6 +172,7 @@ def _save(result, out: Path, base: str, intensity, last: str | None = None) -> N
     scratch = Path(tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=out))  # fresh: no planted link
     try:
         files = [f for f in export.save(result, scratch, base, intensity=intensity) if f.name != "counts.csv"]
+        files += write_result_plots(result, scratch, base)
         files.sort(key=lambda f: f.name == last if last else f.suffix == ".csv")
         for f in files:
             target = out / f.name
@@ -172,7 +186,7 @@ def _save(result, out: Path, base: str, intensity, last: str | None = None) -> N
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _lazy_segment(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
+def _lazy_segment(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, str]:
     from mm_core.export import label_dtype
     from mm_core.export.large import create_ome_zarr, object_table, write_bigtiff
     from mm_core.io.lazy import open_lazy
@@ -180,18 +194,19 @@ def _lazy_segment(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
 
     tif, zpath, tab = out / f"{item.base}.tif", out / f"{item.base}.ome.zarr", out / f"{item.base}.csv"
     with open_lazy(item.path, s.channels) as img:
+        size, source = resolve_pixel_size(s.pixel_size, img.pixel_size)
         boxes = _tiled_boxes(item, img.shape)
-        lab = create_ome_zarr(_partial(zpath), img)
+        lab = create_ome_zarr(_partial(zpath), img, pixel_size=size)
         runner = model.tile_fn("segment", boxes)
         summary = segment_tiled(img, lab, runner, s.tile, s.overlap, _bar(s, item), boxes)
         write_bigtiff(_partial(tif), lab, label_dtype(summary.n_objects))  # ids 1..n
-        object_table(lab).to_csv(_partial(tab), index=False)
+        object_table(lab, pixel_size=size).to_csv(_partial(tab), index=False)
     for p in (tif, zpath, tab):
         _commit(p)
-    return float(summary.n_objects)
+    return float(summary.n_objects), _pixel_size_text(size, source)
 
 
-def _lazy_count(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
+def _lazy_count(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, str]:
     from mm_core import export
     from mm_core.export.large import create_zarr_array, write_bigtiff
     from mm_core.io.lazy import open_lazy
@@ -201,6 +216,7 @@ def _lazy_count(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
     scratch = Path(tempfile.mkdtemp(prefix=f".{item.base}_density.", suffix=".zarr.partial", dir=out))
     try:
         with open_lazy(item.path, s.channels) as img:
+            size, source = resolve_pixel_size(s.pixel_size, img.pixel_size)
             boxes = _tiled_boxes(item, img.shape)
             dens = create_zarr_array(scratch, img.shape, np.float32)
             runner = model.tile_fn("count", boxes)
@@ -211,53 +227,38 @@ def _lazy_count(model: Model, item: Item, s: TaskOptions, out: Path) -> float:
     export.write_points(_partial(pts_p), summary.points)
     for p in (dens_p, pts_p):
         _commit(p)
-    return float(summary.count)
+    return float(summary.count), _pixel_size_text(size, source)
 
 
-def _run_image(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, list[str]]:
-    """Segment or count one image, write its files; return the objects or the count, and the warnings."""
+def _run_image(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, list[str], str]:
+    """Segment or count one image, write its files; return the objects or the count, the warnings
+    and the pixel size used (as the manifest writes it)."""
+    from mm_core.batching.whole import run_image
     from mm_core.io import read_image
-    from mm_core.io.lazy import LazyImage
-    from mm_core.pipelines import CountResult, SegmentationResult
-    from mm_core.batching.tiled import count_tiled, needs_tiling, segment_tiled
 
     if s.task == "track":
         return _run_sequence(model, item, s, out)
     if is_lazy(item.path):
-        return (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out), []
-    data = read_image(item.path, channels=s.channels).data
-    m = model.matcher
-    if not needs_tiling(data.shape, s.tile):
-        res = getattr(m, s.task)(data, boxes=item.boxes)
-    else:
-        boxes = _tiled_boxes(item, data.shape[:2])
-        img = LazyImage(data, "YX" if data.ndim == 2 else "YXC", Path(item.path).name)
-        notes = dict(engine_note=m.engine_note, head_note=model.head_note)
-        if s.task == "segment":
-            labels = np.zeros(data.shape[:2], np.uint32)
-            runner = model.tile_fn("segment", boxes)
-            segment_tiled(img, labels, runner, s.tile, s.overlap, _bar(s, item), boxes)
-            res = SegmentationResult(labels=labels, image=data, maps=None, **notes)
-        else:
-            density = np.zeros(data.shape[:2], np.float32)
-            summary = count_tiled(img, density, model.tile_fn("count", boxes), s.tile, s.overlap,
-                                  _bar(s, item), boxes)
-            res = CountResult(count=summary.count, density=density, points=summary.points, image=data,
-                              maps=None, **notes)
+        value, size_text = (_lazy_segment if s.task == "segment" else _lazy_count)(model, item, s, out)
+        return value, [], size_text
+    img_data = read_image(item.path, channels=s.channels, pixel_size=s.pixel_size)
+    res = run_image(model.matcher, s.task, img_data, item.boxes, _bar(s, item), tile=s.tile, overlap=s.overlap)
+    data = img_data.data
     _save(res, out, item.base, data)
     value = float(res.n_objects) if s.task == "segment" else float(res.count)
-    return value, list(getattr(res, "warnings", []) or [])
+    return value, list(getattr(res, "warnings", []) or []), _pixel_size_text(res.pixel_size, res.pixel_size_source)
 
 
-def _run_sequence(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, list[str]]:
-    """Track one time-lapse and write its files into :meth:`Item.out_dir`; the tracks and the warnings."""
+def _run_sequence(model: Model, item: Item, s: TaskOptions, out: Path) -> tuple[float, list[str], str]:
+    """Track one time-lapse and write its files into :meth:`Item.out_dir`; the tracks, the warnings
+    and the pixel size used."""
     from mm_core.io import read_sequence
 
-    seq = read_sequence(item.path, channels=s.channels)
-    res = model.matcher.track(seq.frames, boxes=item.boxes, progress=_bar(s, item))
+    seq = read_sequence(item.path, channels=s.channels, pixel_size=s.pixel_size)
+    res = model.matcher.track(seq, boxes=item.boxes, progress=_bar(s, item))  # with the file's calibration
     item.out_dir(out).mkdir(parents=True, exist_ok=True)
     _save(res, item.out_dir(out), "", None, last=TRACK_OUTPUTS[-1])  # a complete result ends with it
-    return float(res.n_tracks), list(res.warnings)
+    return float(res.n_tracks), list(res.warnings), _pixel_size_text(res.pixel_size, res.pixel_size_source)
 
 
 def process(model: Model, item: Item, options: TaskOptions) -> dict:
@@ -266,15 +267,16 @@ def process(model: Model, item: Item, options: TaskOptions) -> dict:
     Returns
     -------
     dict
-        The manifest row: ``image, output, status ("done" | "failed"), value, seconds, message``
-        (for a done image, its self-check warnings, ``warning: ...`` joined by `` | ``).
+        The manifest row: ``image, output, status ("done" | "failed"), value, pixel_size, seconds,
+        message`` (for a done image, its self-check warnings, ``warning: ...`` joined by `` | ``;
+        ``pixel_size`` as ``"0.24 µm (from file)"`` or ``"unknown: pixels"``).
     """
     t0 = time.perf_counter()
-    out = Path(options.out)
+    out, size_text = Path(options.out), ""
     try:
         with warnings.catch_warnings(record=True) as caught:  # the boxes' warnings (swapped corners, ...)
             warnings.simplefilter("always", InputWarning)
-            value, checks = _run_image(model, item, options, out)
+            value, checks, size_text = _run_image(model, item, options, out)
         told = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
         status, msg = "done", " | ".join(f"warning: {w}" for w in told + checks)
     except MMError as exc:
@@ -284,6 +286,6 @@ def process(model: Model, item: Item, options: TaskOptions) -> dict:
     except Exception as exc:  # noqa: BLE001 - one image's failure must not end the batch
         value, status, msg = float("nan"), "failed", f"{type(exc).__name__}: {exc}"
     return {"image": item.path, "output": item.base, "status": status, "value": value,
-            "seconds": round(time.perf_counter() - t0, 3), "message": msg}
+            "pixel_size": size_text, "seconds": round(time.perf_counter() - t0, 3), "message": msg}
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 import tifffile
 
 from mm_core.errors import InputError
+from mm_core.export.common import object_contour
 from mm_core.io.atomic import atomic_path, atomic_write, out_path
 from mm_core.io.labels import label_dtype
 from mm_core.measure import as_labels, measurements_table
@@ -68,34 +69,16 @@ def write_labels(path, labels) -> Path:
 
 
 # --------------------------------------------------------------------------- measurements
-def write_measurements(path, labels, intensity=None) -> Path:
-    """Write :func:`measurements_table` as CSV (comma-separated, header row, no index)."""
-    table = measurements_table(labels, intensity)
+def write_measurements(path, labels, intensity=None, pixel_size: float | None = None,
+                       table: pd.DataFrame | None = None) -> Path:
+    """Write :func:`measurements_table` (or the given ``table``) as CSV (comma-separated, header row, no index)."""
+    table = measurements_table(labels, intensity, pixel_size) if table is None else table
     out = out_path(path)
     atomic_write(out, table.to_csv(index=False))
     return out
 
 
 # --------------------------------------------------------------------------- ImageJ ROIs
-def object_contour(mask: np.ndarray) -> np.ndarray:
-    """Outline of a binary object as an ``(N, 2)`` float array of ImageJ ``x, y``.
-
-    :func:`skimage.measure.find_contours` at level 0.5 on the mask padded by one
-    pixel (so objects touching the border are closed); the longest contour (the
-    outer boundary of the largest fragment) is kept. ImageJ puts pixel ``(col,
-    row)`` in the square ``[col, col+1) x [row, row+1)``, so coordinates are
-    shifted by +0.5 from skimage's pixel-centre convention.
-    """
-    from skimage.measure import find_contours
-
-    padded = np.pad(np.asarray(mask, dtype=np.float32), 1)
-    contours = find_contours(padded, 0.5)
-    if not contours:
-        raise InputError("cannot outline an empty object")
-    rc = max(contours, key=len)[:-1]  # closed contour: last point repeats the first
-    return np.stack([rc[:, 1] - 0.5, rc[:, 0] - 0.5], axis=1)
-
-
 def write_imagej_rois(path, labels) -> Path:
     """Write one polygon ROI per object to an ImageJ ROI-set zip (Fiji's ROI Manager).
 
@@ -237,23 +220,29 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
     list of Path
         The files written:
 
-        - segmentation: ``<stem>.tif`` (labels), ``<stem>.csv`` (measurements),
-          ``<stem>_rois.zip`` (ImageJ ROIs, when there are objects);
+        - segmentation: ``<stem>.tif`` (labels), ``<stem>.csv`` (measurements, in µm too when
+          the result's pixel size is known), ``<stem>.geojson`` (QuPath objects with the same
+          measurements: :mod:`mm_core.export.geojson`), ``<stem>_rois.zip`` (ImageJ ROIs, when
+          there are objects);
         - counting: ``<stem>_density.tif``, ``<stem>_points.csv`` and
           ``counts.csv`` (``image,count``; this image's row added or replaced);
         - tracking: the CTC result ``maskTTT.tif`` ... + ``res_track.txt``,
           ``<stem>_ctc.zip`` (the same under ``01_RES/``),
           ``<stem>_tracks.csv``, ``<stem>_tracks.zarr`` (GEFF graph + segmentation, a
-          folder: :mod:`mm_core.export.geff`) and ``<stem>_tracks_geff.zip`` (the same
+          folder: :mod:`mm_core.export.geff`; spatial axes in µm when the pixel size is known) and ``<stem>_tracks_geff.zip`` (the same
           zipped); without a stem ``ctc.zip``, ``tracks.csv``, ``tracks.zarr``, ``tracks_geff.zip``.
     """
     out = Path(out_dir)
+    size = getattr(result, "pixel_size", None)
     if hasattr(result, "labels"):
         if not stem:
             raise InputError("saving a segmentation needs a file name stem")
+        from mm_core.export.geojson import write_geojson
+
+        table = measurements_table(result.labels, result.image if intensity is None else intensity, size)
         files = [write_labels(out / f"{stem}.tif", result.labels),
-                 write_measurements(out / f"{stem}.csv", result.labels,
-                                    result.image if intensity is None else intensity)]
+                 write_measurements(out / f"{stem}.csv", result.labels, table=table),
+                 write_geojson(out / f"{stem}.geojson", result.labels, table)]
         if result.n_objects:
             files.append(write_imagej_rois(out / f"{stem}_rois.zip", result.labels))
         return files
@@ -266,5 +255,5 @@ def save(result, out_dir, stem: str = "", intensity=None) -> list[Path]:
     if hasattr(result, "masks") and hasattr(result, "tracks"):
         from mm_core.export.tracks import save_tracks
 
-        return save_tracks(out, result.masks, result.tracks, stem)
+        return save_tracks(out, result.masks, result.tracks, stem, pixel_size=size)
     raise InputError(f"cannot save a {type(result).__name__}: expected a segmentation, count or tracking result")

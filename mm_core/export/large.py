@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mm_core.errors import InputError
+from mm_core.measure import add_physical
 
 #: Chunk side of the zarr arrays written here.
 CHUNK = 1024
@@ -28,13 +29,19 @@ TIFF_TILE = 512
 LABEL_NAME = "segmentation"
 
 
-def _multiscales(axes: list[dict], name: str) -> list[dict]:
-    scale = [1.0] * len(axes)
+def _multiscales(axes: list[dict], name: str, pixel_size: float | None = None) -> list[dict]:
+    scale = [1.0 if a["type"] != "space" or pixel_size is None else float(pixel_size) for a in axes]
     return [{"version": "0.4", "name": name, "axes": axes,
              "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
 
 
-def create_ome_zarr(path, image, label_name: str = LABEL_NAME, dtype=np.uint32, chunk: int = CHUNK):
+def _space_axes(pixel_size: float | None) -> list[dict]:
+    unit = "pixel" if pixel_size is None else "micrometer"
+    return [{"name": "y", "type": "space", "unit": unit}, {"name": "x", "type": "space", "unit": unit}]
+
+
+def create_ome_zarr(path, image, label_name: str = LABEL_NAME, dtype=np.uint32, chunk: int = CHUNK,
+                    pixel_size: float | None = None):
     """Create an OME-Zarr image with an empty label image; return the label array.
 
     Parameters
@@ -49,6 +56,9 @@ def create_ome_zarr(path, image, label_name: str = LABEL_NAME, dtype=np.uint32, 
         Label dtype.
     chunk : int
         Chunk side.
+    pixel_size : float, optional
+        µm per pixel: the image and the labels get that ``scale`` on ``y``/``x``, unit
+        ``micrometer`` (default: the image's own calibration, else unit ``pixel``, scale 1).
 
     Returns
     -------
@@ -64,10 +74,12 @@ def create_ome_zarr(path, image, label_name: str = LABEL_NAME, dtype=np.uint32, 
         shutil.rmtree(p)
     h, w = image.shape
     root = zarr.open_group(str(p), mode="w", zarr_format=2)
-    yx = [{"name": "y", "type": "space", "unit": "pixel"}, {"name": "x", "type": "space", "unit": "pixel"}]
+    if pixel_size is None:
+        pixel_size = getattr(image, "pixel_size", None)
+    yx = _space_axes(pixel_size)
     rgb = image.n_channels == 3
     axes = ([{"name": "c", "type": "channel"}] if rgb else []) + yx
-    root.attrs["multiscales"] = _multiscales(axes, p.name)
+    root.attrs["multiscales"] = _multiscales(axes, p.name, pixel_size)
     shape, chunks = ((3, h, w), (1, chunk, chunk)) if rgb else ((h, w), (chunk, chunk))
     img0 = root.create_array("0", shape=shape, chunks=chunks, dtype=image.dtype, fill_value=0,
                              chunk_key_encoding={"name": "v2", "separator": "/"})
@@ -77,7 +89,7 @@ def create_ome_zarr(path, image, label_name: str = LABEL_NAME, dtype=np.uint32, 
     labels = root.create_group("labels")
     labels.attrs["labels"] = [label_name]
     lab = labels.create_group(label_name)
-    lab.attrs["multiscales"] = _multiscales(yx, label_name)
+    lab.attrs["multiscales"] = _multiscales(yx, label_name, pixel_size)
     lab.attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
     return lab.create_array("0", shape=(h, w), chunks=(chunk, chunk), dtype=dtype, fill_value=0,
                             chunk_key_encoding={"name": "v2", "separator": "/"})
@@ -136,18 +148,23 @@ def write_bigtiff(path, arr, dtype=None, tile: int = TIFF_TILE) -> Path:
     return p
 
 
-def object_table(arr, block_rows: int = 512) -> pd.DataFrame:
+def object_table(arr, block_rows: int = 512, pixel_size: float | None = None) -> pd.DataFrame:
     """Area, centroid and bounding box of every object of a label array, block by block.
 
     Parameters
     ----------
     arr : array-like, (H, W), integer labels numbered 1..n
+    block_rows : int
+        Rows read at a time.
+    pixel_size : float, optional
+        µm per pixel: adds ``area_um2`` and ``equivalent_diameter_um``.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``label, area, centroid_x, centroid_y, bbox_x0, bbox_y0, bbox_x1, bbox_y1``
-        (as :func:`mm_core.export.measurements_table`; x1/y1 exclusive).
+        Columns ``label, area_px, centroid_x, centroid_y, bbox_x0, bbox_y0, bbox_x1, bbox_y1,
+        equivalent_diameter_px`` (as :func:`mm_core.export.measurements_table`; x1/y1 exclusive),
+        plus the µm columns with a pixel size.
     """
     h, w = arr.shape
     n = 0
@@ -179,12 +196,14 @@ def object_table(arr, block_rows: int = 512) -> pd.DataFrame:
         np.maximum.at(acc["y1"], lab, yy + 1)
         np.maximum.at(acc["x1"], lab, xx + 1)
     if acc is None or n == 0:
-        return pd.DataFrame(columns=["label", "area", "centroid_x", "centroid_y",
-                                     "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"])
+        empty = pd.DataFrame(columns=["label", "area_px", "centroid_x", "centroid_y",
+                                      "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"], dtype=float)
+        return add_physical(empty, pixel_size)
     ids = np.nonzero(acc["area"][: n + 1])[0]
     ids = ids[ids > 0]
     area = acc["area"][ids]
-    return pd.DataFrame({"label": ids, "area": area.astype(np.int64),
-                         "centroid_x": acc["sx"][ids] / area, "centroid_y": acc["sy"][ids] / area,
-                         "bbox_x0": acc["x0"][ids], "bbox_y0": acc["y0"][ids],
-                         "bbox_x1": acc["x1"][ids], "bbox_y1": acc["y1"][ids]})
+    table = pd.DataFrame({"label": ids, "area_px": area.astype(np.int64),
+                          "centroid_x": acc["sx"][ids] / area, "centroid_y": acc["sy"][ids] / area,
+                          "bbox_x0": acc["x0"][ids], "bbox_y0": acc["y0"][ids],
+                          "bbox_x1": acc["x1"][ids], "bbox_y1": acc["y1"][ids]})
+    return add_physical(table, pixel_size)

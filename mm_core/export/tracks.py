@@ -22,7 +22,7 @@ import tifffile
 from mm_core.errors import InputError
 from mm_core.io.atomic import atomic_path, atomic_write, out_path
 from mm_core.io.labels import CTC_MASK_RE, UINT16_MAX
-from mm_core.measure import checked_tracks, objects_per_frame
+from mm_core.measure import checked_tracks, object_rows
 
 #: One CTC result in memory: ``(file name, bytes)`` of every ``maskTTT.tif``, then ``res_track.txt``.
 Members = list[tuple[str, bytes]]
@@ -109,12 +109,12 @@ def _write_table(path, objects: pd.DataFrame) -> Path:
     return out
 
 
-def write_tracks_csv(path, masks, tracks=None) -> Path:
+def write_tracks_csv(path, masks, tracks=None, pixel_size: float | None = None) -> Path:
     """Write :func:`mm_core.measure.tracks_table` as CSV (positions with 2 decimals)."""
-    return _write_table(path, objects_per_frame(*checked_tracks(masks, tracks)))
+    return _write_table(path, object_rows(*checked_tracks(masks, tracks), pixel_size))
 
 
-def save_tracks(out_dir, masks, tracks=None, stem: str = "") -> list[Path]:
+def save_tracks(out_dir, masks, tracks=None, stem: str = "", pixel_size: float | None = None) -> list[Path]:
     """Write every file of a tracking result into ``out_dir`` (what :func:`mm_core.export.save` does).
 
     Parameters
@@ -126,6 +126,8 @@ def save_tracks(out_dir, masks, tracks=None, stem: str = "") -> list[Path]:
         CTC table ``label, begin, end, parent``.
     stem : str
         Name prefix of the files other than the CTC result (``<stem>_ctc.zip``, ...).
+    pixel_size : float, optional
+        µm per pixel: ``area_um2`` in the CSV, GEFF spatial axes in ``micrometer``.
 
     Returns
     -------
@@ -138,9 +140,9 @@ def save_tracks(out_dir, masks, tracks=None, stem: str = "") -> list[Path]:
     out, prefix = Path(out_dir), f"{stem}_" if stem else ""
     arr, table = checked_tracks(masks, tracks)  # the one check
     members = ctc_members(arr, table)  # the one encoding
-    objects = objects_per_frame(arr, table)  # the one measurement
+    objects = object_rows(arr, table, pixel_size)  # the one measurement
     ctc = _write_members(out, members)
     files = [*ctc, _zip_members(out / f"{prefix}ctc.zip", members, "01_RES"),
              _write_table(out / f"{prefix}tracks.csv", objects)]
-    geff = write_geff_checked(out / f"{prefix}tracks.zarr", arr, table, objects)
+    geff = write_geff_checked(out / f"{prefix}tracks.zarr", arr, table, objects, pixel_size)
     return [*files, geff, zip_geff(geff, out / f"{prefix}tracks_geff.zip")]

@@ -33,6 +33,9 @@ MIN_AREA_FRAC = 0.1
 #: AP 0.25 -> 0.34; StarDist image 0.42 -> 0.57. In exemplar mode the rim learnt from the
 #: user's box is kept (trimming it cost 0.03 AP50 there).
 EDGE_BAND_FRAC = 0.2
+#: Exemplar mode: only background left in the rim is trimmed: within this fraction of the
+#: diameter, pixels below this fraction of the way from background to the object's level.
+EXEMPLAR_TRIM = (0.06, 0.2)
 
 
 def typical_area(scale: float) -> float:
@@ -65,7 +68,8 @@ def detect_centers(centers: np.ndarray, mask: np.ndarray, scale: float) -> np.nd
     return pts.reshape(-1, 2)
 
 
-def refine_edges(labels: np.ndarray, image: np.ndarray, scale: float) -> np.ndarray:
+def refine_edges(labels: np.ndarray, image: np.ndarray, scale: float, band_frac: float = EDGE_BAND_FRAC,
+                 level: float = 0.5) -> np.ndarray:
     """Trim each object's rim to its own half-maximum contrast (never grows an object).
 
     Low-resolution maps (or a classifier's smooth probability) put edges a few
@@ -87,8 +91,8 @@ def refine_edges(labels: np.ndarray, image: np.ndarray, scale: float) -> np.ndar
     n = int(labels.max())
     idx = np.arange(1, n + 1)
     peak = np.asarray(ndi.labeled_comprehension(g, labels, idx, lambda v: np.percentile(v, 90), float, bg))
-    half = np.concatenate([[np.inf], bg + 0.5 * (peak - bg)])
-    band = ndi.distance_transform_edt(fg) <= max(1.0, EDGE_BAND_FRAC * scale)
+    half = np.concatenate([[np.inf], bg + level * (peak - bg)])
+    band = ndi.distance_transform_edt(fg) <= max(1.0, band_frac * scale)
     drop = fg & band & (g < half[labels])
     out = labels.copy()
     out[drop] = 0
@@ -154,8 +158,9 @@ def instances_from_maps(maps: MatchMaps, image: np.ndarray | None = None) -> np.
         ocomp, _ = ndi.label(orphan)
         markers[orphan] = ocomp[orphan] + len(pts)
     labels = watershed(-ce, markers, mask=mask).astype(np.int32)
-    if image is not None and maps.mode == "automatic":
-        labels = refine_edges(labels, image, maps.scale)
+    if image is not None:
+        auto = maps.mode == "automatic"
+        labels = refine_edges(labels, image, maps.scale, *((EDGE_BAND_FRAC, 0.5) if auto else EXEMPLAR_TRIM))
     return finish_instances(labels, maps.scale)
 
 

@@ -8,7 +8,9 @@ arrays that did not come through the readers.
 
 Formats: PNG, JPEG, BMP, TIFF (8/16/32-bit integer, 16/32/64-bit float; gray,
 RGB, RGBA, multi-channel; multi-page, ImageJ hyperstacks, OME-TIFF), a folder or
-zip of those. ``read_labels``, ``read_points`` and ``read_ctc`` read ground truth
+zip of those. Images and sequences carry their pixel size (``pixel_size`` in µm and
+``pixel_size_source``: "from file", "given" or "unknown: pixels"; :mod:`mm_core.io.calibration`).
+``read_labels``, ``read_points`` and ``read_ctc`` read ground truth
 and results. See :mod:`mm_core.io.reader` for the channel, Z and T rules and
 :mod:`mm_core.io.limits` for the safety limits and their environment variables.
 """

@@ -27,6 +27,7 @@ import tifffile
 from PIL import Image
 
 from mm_core.errors import InputError
+from mm_core.io.calibration import tiff_pixel_size
 from mm_core.io.layout import RawImage, plan_axes, too_large
 from mm_core.io.limits import Limits, megapixels
 
@@ -204,6 +205,7 @@ def _decode_tiff(fh, size: int, name: str, limits: Limits, mode: str, pages_as_c
             series=len(tif.series),
             kind=series.kind,
         )
+        info.update(tiff_pixel_size(tif)[1])
     arr = arr.reshape(squeezed).transpose(perm).reshape(out_shape)
     rgb = photometric in (2, 6) and "S" in series.axes  # RGB or YCbCr colour samples
     if "S" in series.axes and _is_alpha(extras, photometric, out_shape[2]):

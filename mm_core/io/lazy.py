@@ -31,6 +31,7 @@ import numpy as np
 
 from mm_core.errors import InputError
 from mm_core.io.decode import check_regular
+from mm_core.io.calibration import tiff_pixel_size, zarr_pixel_size
 from mm_core.io.limits import MIN_SIDE, megapixels
 from mm_core.settings import Settings, get_settings
 
@@ -66,6 +67,11 @@ class LazyImage:
     info: dict = field(default_factory=dict)
     _handle: object = None
     deadline: float | None = None  #: ``time.monotonic()`` after which reading stops (the read budget)
+
+    @property
+    def pixel_size(self) -> float | None:
+        """µm per pixel read from the file (None: not calibrated)."""
+        return self.info.get("pixel_size_um")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -260,7 +266,7 @@ def _open_zarr(path: Path):
                 f"{path.name}: OME-Zarr axes {','.join(axes.lower())} do not match the "
                 f"{arr.ndim} dimensions of its image data"
             )
-        return arr, axes, {"format": "OME-Zarr", "dataset": key}
+        return arr, axes, {"format": "OME-Zarr", "dataset": key, **zarr_pixel_size(attrs)[1]}
     arrays = [k for k, v in node.members() if isinstance(v, zarr.Array)]
     if len(arrays) == 1:
         arr = node[arrays[0]]
@@ -286,7 +292,7 @@ def _open_tiff(path: Path):
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path.name} cannot be read lazily as TIFF: {exc}") from None
     arr = node if isinstance(node, zarr.Array) else node["0"]  # pyramids: full resolution
-    return arr, axes, {"format": "TIFF (lazy)", "series": len(tf.series)}, tf
+    return arr, axes, {"format": "TIFF (lazy)", "series": len(tf.series), **tiff_pixel_size(tf)[1]}, tf
 
 
 def _check_axes(arr, axes: str, source: str, channels) -> list | None:

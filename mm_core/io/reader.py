@@ -34,6 +34,7 @@ import numpy as np
 
 from mm_core.errors import InputError
 from mm_core.io.archive import list_folder, member_name, open_zip, read_member
+from mm_core.io.calibration import UNKNOWN, resolve_pixel_size
 from mm_core.io.decode import decode, read_head, sniff
 from mm_core.io.layout import RawImage
 from mm_core.io.limits import MIN_SIDE, Limits, megapixels
@@ -52,6 +53,8 @@ class ImageData:
     n_channels: int  #: channels in the file (alpha not counted)
     source: str  #: file name (``member in archive.zip`` for a zip)
     info: dict = field(default_factory=dict)  #: format, file axes/shape, choices made
+    pixel_size: float | None = None  #: µm per pixel in use (None: unknown, measure in pixels)
+    pixel_size_source: str = UNKNOWN  #: "from file", "given" or "unknown: pixels"
 
 
 @dataclass
@@ -63,6 +66,8 @@ class SequenceData:
     source: str
     dtype: str = ""
     info: dict = field(default_factory=dict)
+    pixel_size: float | None = None  #: µm per pixel in use (None: unknown)
+    pixel_size_source: str = UNKNOWN  #: "from file", "given" or "unknown: pixels"
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -172,7 +177,7 @@ def _zip_or_path(path: Path) -> str:
     return sniff(read_head(path), path.name)
 
 
-def read_image(path, channels: Channels = None, max_pixels: int | None = None) -> ImageData:
+def read_image(path, channels: Channels = None, max_pixels: int | None = None, pixel_size=None) -> ImageData:
     """Read one 2-D image (PNG, JPEG, BMP, TIFF/OME-TIFF/ImageJ, or a zip holding one image).
 
     Parameters
@@ -184,10 +189,13 @@ def read_image(path, channels: Channels = None, max_pixels: int | None = None) -
     max_pixels : int, optional
         Pixel cap per image, checked from the header before decoding
         (default ``MM_MAX_PIXELS`` or 64 Mpx).
+    pixel_size : float, optional
+        µm per pixel; overrides the file's calibration (see :mod:`mm_core.io.calibration`).
 
     Returns
     -------
     ImageData
+        ``pixel_size`` / ``pixel_size_source``: given, from the file, or unknown.
 
     Raises
     ------
@@ -197,6 +205,7 @@ def read_image(path, channels: Channels = None, max_pixels: int | None = None) -
     """
     path = Path(path)
     limits = Limits.resolve(max_pixels=max_pixels)
+    resolve_pixel_size(pixel_size)  # a bad value is refused before the file is read
     fmt = _zip_or_path(path)
     if fmt == "DIR":
         raise InputError(
@@ -222,7 +231,10 @@ def read_image(path, channels: Channels = None, max_pixels: int | None = None) -
     data = _single(raw, channels, name)
     check_content(data, name)
     info = dict(raw.info, format=raw.fmt, rgb=raw.rgb and data.ndim == 3, path=str(path), **extra)
+    size, source = resolve_pixel_size(pixel_size, info.get("pixel_size_um"))
     return ImageData(
+        pixel_size=size,
+        pixel_size_source=source,
         data=data,
         axes="YX" if data.ndim == 2 else "YXC",
         dtype=raw.dtype,
@@ -303,7 +315,7 @@ def first_frame_name(path) -> str | None:
 
 def read_sequence(
     path, channels: Channels = None, max_frames: int | None = None, max_pixels: int | None = None,
-    max_total_pixels: int | None = None,
+    max_total_pixels: int | None = None, pixel_size=None,
 ) -> SequenceData:
     """Read a time-lapse: a folder or zip of frames, or one multi-frame TIFF.
 
@@ -322,6 +334,8 @@ def read_sequence(
     max_total_pixels : int, optional
         Cap on frames x pixels (default ``MM_MAX_TOTAL_PIXELS``), checked from the header
         of a TIFF, and after the first frame of a folder or zip (before the others are read).
+    pixel_size : float, optional
+        µm per pixel; overrides the calibration of the (first) file.
 
     Returns
     -------
@@ -335,6 +349,7 @@ def read_sequence(
     """
     path = Path(path)
     limits = Limits.resolve(max_pixels=max_pixels, max_frames=max_frames, max_total_pixels=max_total_pixels)
+    resolve_pixel_size(pixel_size)  # a bad value is refused before the files are read
     fmt = _zip_or_path(path)
     col = _Collector(limits, path.name)
     info, dtype = {"path": str(path)}, ""
@@ -368,7 +383,9 @@ def read_sequence(
             col.add(_to_output(raw.array[t], channels, path.name, raw.info), f"t{t:0{width}d}")
         info.update(raw.info, format=raw.fmt, n_channels=raw.array.shape[2])
         info.setdefault("time_axis", "none (a single image)")
-    for key in ("z_projection", "composite", "channels_used", "alpha_dropped"):
+    for key in ("z_projection", "composite", "channels_used", "alpha_dropped", "pixel_size_um", "calibration"):
         if key in raw.info:
             info[key] = raw.info[key]
-    return col.finish(dtype, info)
+    seq = col.finish(dtype, info)
+    seq.pixel_size, seq.pixel_size_source = resolve_pixel_size(pixel_size, info.get("pixel_size_um"))
+    return seq

@@ -36,8 +36,17 @@ def tiny_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def build_tiny_components(seed: int = 0) -> dict:
-    """Random-weight vae, unet, text_encoder, tokenizer, scheduler, feature_extractor (CPU, fp32)."""
+def build_tiny_components(seed: int = 0, unet_channels: tuple[int, ...] = (32, 32, 64, 64), hidden: int = HIDDEN,
+                          unet_head_dim: int = 2, text_heads: int = 4, text_layers: int = 2,
+                          text_mlp: int = 37) -> dict:
+    """Random-weight vae, unet, text_encoder, tokenizer, scheduler, feature_extractor (CPU, fp32).
+
+    The keyword arguments size the UNet's blocks (``unet_channels``, ``unet_head_dim``) and the
+    text encoder (``hidden`` = its width and the UNet's cross-attention width, ``text_heads``,
+    ``text_layers``, ``text_mlp``); the defaults are the engine's tests' tiny pipeline, and the
+    authors' heads use SD's 320-channel last up block and 768-d text states
+    (:mod:`mm_core.heads.authors.testing`).
+    """
     import tempfile
 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -46,11 +55,11 @@ def build_tiny_components(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 32, 64, 64),
+        block_out_channels=unet_channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                           "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=HIDDEN, attention_head_dim=2, norm_num_groups=32)
+        cross_attention_dim=hidden, attention_head_dim=unet_head_dim, norm_num_groups=32)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=32,
         block_out_channels=(32, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -60,8 +69,9 @@ def build_tiny_components(seed: int = 0) -> dict:
         tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
                                   model_max_length=77, pad_token="<|endoftext|>")
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer) + 8, hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=HIDDEN,
+        vocab_size=len(tokenizer) + 8, hidden_size=hidden, intermediate_size=text_mlp,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, max_position_embeddings=77,
+        projection_dim=hidden,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

@@ -119,6 +119,7 @@ def _track_boxes(seq: Path, cli_boxes: list | None, csv_boxes: dict, used: set) 
 def _run_batch(args, task: str) -> int:
     """segment, count or track: one :func:`mm_core.batch` (one task per image or time-lapse)."""
     from mm_core.batching.run import batch
+    from mm_core.batching.tasks import WRITE_FAILED
 
     files = [Path(p) for p in args.inputs] if task == "track" else _inputs(args.inputs)
     if not files:
@@ -139,6 +140,10 @@ def _run_batch(args, task: str) -> int:
     failures = int((table["status"] != "done").sum())
     print(f"{len(files) - failures} of {len(files)} {what} done; results and manifest.csv in {args.out}",
           file=sys.stderr)
+    if table["message"].astype(str).str.startswith(WRITE_FAILED).any():
+        print(f"error: {args.out} refused a write (full or read-only); the inputs it concerns are "
+              "marked failed in manifest.csv, with no partial result", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_REFUSED if failures else EXIT_OK
 
 

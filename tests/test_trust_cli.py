@@ -160,7 +160,7 @@ def test_a_full_disk_during_track_leaves_no_partial_result(tmp_path, monkeypatch
     monkeypatch.setattr(files, "atomic_write", full)
     monkeypatch.setattr(tracks, "atomic_write", full)
     out = tmp_path / "out"
-    assert main(["track", str(src), "--out", str(out), "--engine", "classic"]) == 1  # the time-lapse failed
+    assert main(["track", str(src), "--out", str(out), "--engine", "classic"]) == 2  # a full output folder
     err = capsys.readouterr().err
     assert "No space left on device" in err and "incomplete" in err and "Traceback" not in err
     # nothing that looks like a result; the manifest says the time-lapse failed
@@ -196,3 +196,22 @@ def test_malformed_ome_zarr_is_one_message(tmp_path):
         (z / ".zattrs").write_text(json.dumps({"multiscales": multiscales}))
         with pytest.raises(InputError, match="bad.zarr"):
             open_lazy(z)
+
+
+def test_a_full_disk_during_segment_exits_2_and_leaves_no_partial_result(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mm_core.export import files
+
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, _blobs())
+
+    def full(path, data, mode=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(files, "atomic_write", full)
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "--out", str(out), "--engine", "classic"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "refused a write" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.csv"]

@@ -155,6 +155,10 @@ def _tiled_boxes(item: Item, shape: tuple[int, int]) -> np.ndarray | None:
     return exemplar_boxes(item.boxes, shape)
 
 
+#: How a failed write (a full disk) starts its manifest message: the CLI exits 2 on it.
+WRITE_FAILED = "cannot write the result into"
+
+
 def _save(result, out: Path, base: str, intensity, last: str | None = None) -> None:
     """:func:`mm_core.export.save` into a scratch folder, then each file moved into ``out``.
 
@@ -180,7 +184,7 @@ def _save(result, out: Path, base: str, intensity, last: str | None = None) -> N
                 shutil.rmtree(target)
             os.replace(f, target)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile
-        raise MMError(f"cannot write the result into {out} ({exc.strerror or exc}); the incomplete "
+        raise MMError(f"{WRITE_FAILED} {out} ({exc.strerror or exc}); the incomplete "
                       "files were removed, nothing there is a partial result") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -52,7 +52,8 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     _track_map,
 )
 from mm_core.app.annotator import checked_boxes
-from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
+from mm_core.app.lifecycle import STORE  # noqa: F401 - re-exported: tests reach the store here
+from mm_core.app.lifecycle import checked_input, end_session, guarded, start_cleanup, tab_states
 from mm_core.errors import MMError
 from mm_core.settings import get_settings
 
@@ -240,7 +241,7 @@ def _run_events(run, tab: str, fn, inputs, outputs, api_name: str):
 def _image_tab(tab: str, spec: dict, eng_md) -> None:
     """Segmentation or Counting tab."""
     with gr.Tab(spec["title"], id=tab):
-        loaded, cache = _states()
+        loaded, cache = tab_states()
         with gr.Row():
             with gr.Column():
                 ann, pixel, triggers = _input_column(tab, False, loaded)
@@ -289,16 +290,9 @@ def _cleared_image(n_extras: int):
     return cleared
 
 
-def _states():
-    """The two states of a tab: the upload and the key of the kept result (both small)."""
-    ttl = get_settings().app_max_age_s
-    return (gr.State(time_to_live=ttl, delete_callback=drop_loaded),
-            gr.State(time_to_live=ttl, delete_callback=STORE.drop))
-
-
 def _track_tab(eng_md) -> None:
     with gr.Tab("Tracking", id="track"):
-        loaded, cache = _states()
+        loaded, cache = tab_states()
         with gr.Row():
             with gr.Column():
                 ann, pixel, triggers = _input_column("track", True, loaded)

@@ -18,6 +18,12 @@ def pixel_field(tab: str) -> gr.Textbox:
                       placeholder="e.g. 0.24", elem_id=f"{tab}-pixel", max_lines=1)
 
 
+def file_token(tab: str) -> gr.Textbox:
+    """The loaded file's token, hidden: the page sends it with the notice that a new file is being
+    chosen, so the server lets go of the file the user saw (:mod:`mm_core.app.current`)."""
+    return gr.Textbox(visible=False, elem_id=f"{tab}-file-token", render=False)
+
+
 def draw_state(tab: str) -> gr.HTML:
     """A line saying whether box drawing is on (kept up to date by the page script)."""
     return gr.HTML("", elem_id=f"{tab}-drawstate")

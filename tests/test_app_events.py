@@ -122,3 +122,14 @@ def test_a_stale_result_is_dropped_loudly(demo, caplog):
         out = page.process(run)  # outside a queue, Gradio gives the on-screen message as a warning
     assert not (isinstance(out[2], str) and "mm-big-num" in out[2])  # not shown under the new file
     assert any("was dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_zoom_that_ends_after_a_new_file_was_chosen_changes_nothing(demo):
+    """A zoomed view of the old file, ending after a new file was chosen, must not put the old
+    file back in place of the new one (the new one's results would then be dropped)."""
+    page = Page(demo, "events-zoom")
+    page.pick_example("seg", 0)
+    zoom = page.fire(page.listeners("seg-zoom-factor", "input")["view"])
+    page.process(page.fire(page.listeners("seg-examples", "select")["forget"]))
+    out = page.process(zoom)
+    assert all(isinstance(v, dict) and "value" not in v for v in out[1:]), out  # nothing changed

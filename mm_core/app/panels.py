@@ -9,7 +9,8 @@ from __future__ import annotations
 import gradio as gr
 
 from mm_core.app import zoom
-from mm_core.app.lifecycle import guarded
+from mm_core.app.current import CURRENT
+from mm_core.app.lifecycle import guarded, session_of
 
 
 def pixel_field(tab: str) -> gr.Textbox:
@@ -44,9 +45,11 @@ def zoom_controls(tab: str, loaded: gr.State, ann) -> list:
         line = gr.Markdown("Showing the whole image.", elem_id=f"{tab}-zoom-line")
 
     @guarded("zooming")
-    def view(loaded, factor, x, y):
+    def view(loaded, factor, x, y, request: gr.Request = None):
         if loaded is None:
             return None, gr.update(), "Load an image first."
+        if not CURRENT.is_current(session_of(request), tab, loaded):  # a new file came meanwhile
+            return gr.skip(), gr.skip(), gr.skip()  # its load shows it; never put the old one back
         new = zoom.zoomed(loaded, float(factor), float(x) / 100, float(y) / 100)
         return new, (new.preview, []), zoom.view_line(new)
 

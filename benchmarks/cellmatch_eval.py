@@ -1,0 +1,229 @@
+"""The CellMatch model on the dev data: the issue-21 tables in docs/quality.md.
+
+The model is trained on ``../shared/data/train/`` (+ synthetic images) only; the dev sets are
+only measured here. Exemplar boxes are those of ``benchmarks/evaluate.py`` (fixed seed).
+
+Subcommands::
+
+    python benchmarks/cellmatch_eval.py dev   --head PATH [--decoders flows distance] [--limit N] [--out F.json]
+    python benchmarks/cellmatch_eval.py baseline [--out F.json]         # today's defaults, same measures
+    python benchmarks/cellmatch_eval.py boxes --head PATH [--limit N] [--out F.json]
+    python benchmarks/cellmatch_eval.py speed --head PATH
+
+``dev``: per segmentation dev set, AP50 / AP in automatic and exemplar mode, and the count
+(objects found) against the set's ``points/`` (MAE, mean relative error); VGG cells MAE.
+``boxes``: AP50 on dsb2018_stage1_test with the precise box and with the imprecise boxes of
+issue 21 (shifted 60 % of its width, 2x per side, 2x wide and 0.5x tall), and the share of the
+precise box's AP50 each keeps. ``speed``: the whole ``mm_core.segment`` call per 512² and
+1024² image (2 torch threads) and the peak RSS of a 2048² call, in a fresh process each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from evaluate import DATA, count_exemplar, count_items, seg_exemplar, seg_items
+
+SEG_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_contrast", "isbi2012_em_cells")
+BOX_ERRORS = {
+    "precise": lambda b: b,
+    "shifted 60% of width": lambda b: b + np.array([[0.6, 0, 0.6, 0]]) * (b[:, 2:3] - b[:, 0:1]),
+    "enlarged 2x per side": lambda b: _resize(b, 2.0, 2.0),
+    "stretched 2x wide, 0.5x tall": lambda b: _resize(b, 2.0, 0.5),
+}
+
+
+def _resize(b: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    c = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], 1)
+    h = np.stack([(b[:, 2] - b[:, 0]) * sx / 2, (b[:, 3] - b[:, 1]) * sy / 2], 1)
+    return np.concatenate([c - h, c + h], 1)
+
+
+def _head(path, decoder=None):
+    from mm_core.heads.learned import load_head
+
+    head = load_head(path)
+    if decoder:
+        head.config["decoder"] = decoder
+    return head
+
+
+def _boxes(box, shape):
+    from mm_core.transforms import prepare_boxes
+
+    return prepare_boxes(box, shape)
+
+
+def _points(name: str, stem: str) -> int | None:
+    f = DATA / "seg" / name / "points" / f"{stem}.csv"
+    return len(pd.read_csv(f)) if f.is_file() else None
+
+
+def seg_scores(name: str, head, limit, box_error=None, modes=("automatic", "exemplar")) -> dict:
+    """AP50 / AP and count errors of ``head`` on dev set ``name``."""
+    from mm_core.evaluation.metrics import average_precision
+    from mm_core.transforms import normalize
+
+    rng = np.random.default_rng(0)
+    res: dict = {m: {"ap": [], "count": [], "true": [], "sec": 0.0} for m in modes}
+    for stem, raw, gt in seg_items(name, limit):
+        img = normalize(np.asarray(raw, np.float32))
+        box = seg_exemplar(gt, rng)
+        for m in modes:
+            bx = None if m == "automatic" else _boxes(box if box_error is None else box_error(box), img.shape[:2])
+            t = time.perf_counter()
+            lab = head.segment_image(img, bx)["labels"]
+            res[m]["sec"] += time.perf_counter() - t
+            res[m]["ap"].append(average_precision(gt, lab)["ap"])
+            res[m]["count"].append(int(len(np.unique(lab[lab > 0]))))
+            n = _points(name, stem)
+            res[m]["true"].append(int(len(np.unique(gt[gt > 0]))) if n is None else n)
+    out = {}
+    for m, r in res.items():
+        c, t = np.array(r["count"], float), np.array(r["true"], float)
+        out[m] = {"ap50": float(np.mean([a[0] for a in r["ap"]])), "ap": float(np.mean([a.mean() for a in r["ap"]])),
+                  "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
+                  "n": len(r["ap"]), "sec_per_image": r["sec"] / max(len(r["ap"]), 1)}
+    return out
+
+
+def vgg_scores(head, limit) -> dict:
+    """VGG cells MAE in both modes (count = objects found)."""
+    from mm_core.transforms import normalize
+
+    rng = np.random.default_rng(0)
+    true, pred = [], {"automatic": [], "exemplar": []}
+    for _stem, raw, pts in count_items("vgg_cells", limit):
+        img = normalize(np.asarray(raw, np.float32))
+        box = count_exemplar(pts, raw.shape, rng)
+        true.append(len(pts))
+        pred["automatic"].append(head.segment_image(img)["labels"].max())
+        pred["exemplar"].append(head.segment_image(img, _boxes(box, img.shape[:2]))["labels"].max())
+    t = np.array(true, float)
+    return {m: {"mae": float(np.mean(np.abs(np.array(p, float) - t))),
+                "count_rel": float(np.mean(np.abs(np.array(p, float) - t) / t)), "n": len(t)}
+            for m, p in pred.items()}
+
+
+def cmd_dev(a) -> dict:
+    out = {}
+    for dec in a.decoders:
+        head = _head(a.head, dec)
+        for name in SEG_SETS:
+            if a.sets and name not in a.sets:
+                continue
+            t = time.perf_counter()
+            out[f"{dec}/{name}"] = seg_scores(name, head, a.limit)
+            print(dec, name, f"{time.perf_counter() - t:.0f} s", json.dumps(out[f"{dec}/{name}"]), flush=True)
+        if not a.sets or "vgg_cells" in a.sets:
+            out[f"{dec}/vgg_cells"] = vgg_scores(head, a.limit)
+            print(dec, "vgg_cells", json.dumps(out[f"{dec}/vgg_cells"]), flush=True)
+    return out
+
+
+def cmd_baseline(a) -> dict:
+    """Today's defaults (``mm_core.Matcher("classic")``): AP50 / AP and the count on the points, both modes."""
+    import mm_core
+    from mm_core.evaluation.metrics import average_precision
+    from mm_core.transforms import normalize
+
+    m = mm_core.Matcher("classic")
+    out = {}
+    for name in SEG_SETS:
+        if a.sets and name not in a.sets:
+            continue
+        rng = np.random.default_rng(0)
+        res = {k: {"ap": [], "count": [], "true": []} for k in ("automatic", "exemplar")}
+        for stem, raw, gt in seg_items(name, a.limit):
+            img = normalize(np.asarray(raw, np.float32))
+            box = seg_exemplar(gt, rng)
+            for k in res:
+                bx = None if k == "automatic" else _boxes(box, img.shape[:2])
+                res[k]["ap"].append(average_precision(gt, m.segment(img, boxes=bx).labels)["ap"])
+                res[k]["count"].append(m.count(img, boxes=bx).count)
+                n = _points(name, stem)
+                res[k]["true"].append(int(len(np.unique(gt[gt > 0]))) if n is None else n)
+        out[name] = {}
+        for k, r in res.items():
+            c, t = np.array(r["count"], float), np.array(r["true"], float)
+            out[name][k] = {"ap50": float(np.mean([x[0] for x in r["ap"]])),
+                            "ap": float(np.mean([x.mean() for x in r["ap"]])),
+                            "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
+                            "n": len(t)}
+        print(name, json.dumps(out[name]), flush=True)
+    return out
+
+
+def cmd_boxes(a) -> dict:
+    head = _head(a.head)
+    out = {"automatic": seg_scores("dsb2018_stage1_test", head, a.limit, modes=("automatic",))["automatic"]}
+    for k, fn in BOX_ERRORS.items():
+        out[k] = seg_scores("dsb2018_stage1_test", head, a.limit, box_error=fn, modes=("exemplar",))["exemplar"]
+        print(k, json.dumps(out[k]), flush=True)
+    for k in BOX_ERRORS:
+        out[k]["kept_of_precise"] = out[k]["ap50"] / max(out["precise"]["ap50"], 1e-9)
+    return out
+
+
+_SPEED = """
+import resource, sys, time, numpy as np, torch
+torch.set_num_threads(2)
+import mm_core
+size, head = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+yy, xx = np.mgrid[:size, :size]
+img = np.zeros((size, size), np.float32)
+for y, x in rng.uniform(0, size, (int(size * size / 900), 2)):
+    img[(yy - y) ** 2 + (xx - x) ** 2 <= 64] = 1.0
+img += rng.normal(0, 0.05, img.shape).astype(np.float32)
+m = mm_core.Matcher("classic", head=head)
+m.segment(img[:64, :64])
+t = time.perf_counter(); r = m.segment(img); dt = time.perf_counter() - t
+print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, int(r.labels.max()))
+"""
+
+
+def cmd_speed(a) -> dict:
+    out = {}
+    for size in (512, 1024, 2048):
+        got = subprocess.run([sys.executable, "-c", _SPEED, str(size), str(a.head)], capture_output=True, text=True,
+                             cwd=REPO, check=True).stdout.split()
+        out[f"{size}"] = {"seconds": float(got[0]), "peak_rss_mb": float(got[1]), "objects": int(got[2])}
+        print(size, out[f"{size}"], flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed"))
+    p.add_argument("--head", default="cellmatch")
+    p.add_argument("--decoders", nargs="*", default=["flows"])
+    p.add_argument("--sets", nargs="*", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    res = {"dev": cmd_dev, "baseline": cmd_baseline, "boxes": cmd_boxes, "speed": cmd_speed}[a.cmd](a)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

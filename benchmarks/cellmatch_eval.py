@@ -163,6 +163,20 @@ def cmd_baseline(a) -> dict:
                             "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
                             "n": len(t)}
         print(name, json.dumps(out[name]), flush=True)
+    if not a.sets or "vgg_cells" in a.sets:
+        rng = np.random.default_rng(0)
+        true, pred = [], {"automatic": [], "exemplar": []}
+        for _stem, raw, pts in count_items("vgg_cells", a.limit):
+            img = normalize(np.asarray(raw, np.float32))
+            box = count_exemplar(pts, raw.shape, rng)
+            true.append(len(pts))
+            pred["automatic"].append(m.count(img).count)
+            pred["exemplar"].append(m.count(img, boxes=_boxes(box, img.shape[:2])).count)
+        t = np.array(true, float)
+        out["vgg_cells"] = {k: {"mae": float(np.mean(np.abs(np.array(p, float) - t))),
+                                "count_rel": float(np.mean(np.abs(np.array(p, float) - t) / t)), "n": len(t)}
+                            for k, p in pred.items()}
+        print("vgg_cells", json.dumps(out["vgg_cells"]), flush=True)
     return out
 
 
@@ -202,6 +216,39 @@ def cmd_speed(a) -> dict:
                              cwd=REPO, check=True).stdout.split()
         out[f"{size}"] = {"seconds": float(got[0]), "peak_rss_mb": float(got[1]), "objects": int(got[2])}
         print(size, out[f"{size}"], flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- issue 21's rule, fixed before measuring
+AP50_SLACK = 0.03  #: the new model may lose at most this much AP50 on any segmentation set
+MAE_SLACK = 0.10  #: ... and at most this share of MAE on any counting set
+BOX_SLACK = 0.02  #: exemplar mode may lose at most this much AP50 against automatic mode
+
+
+def rule(new: dict, base: dict, decoder: str = "flows") -> dict:
+    """Which (task, mode) the new model becomes the default for.
+
+    ``new``: :func:`cmd_dev` output; ``base``: :func:`cmd_baseline` output. A (task, mode) passes when no set is
+    worse than today's default by more than :data:`AP50_SLACK` AP50 (segmentation) or
+    :data:`MAE_SLACK` of its MAE (counting: the points of the segmentation sets and VGG), and
+    the mean over the sets (AP50; relative count error) is better.
+    """
+    out = {}
+    for mode in ("automatic", "exemplar"):
+        seg = [(new[f"{decoder}/{s}"][mode]["ap50"], base[s][mode]["ap50"]) for s in SEG_SETS if s in base]
+        ok = all(n >= b - AP50_SLACK for n, b in seg) and np.mean([n for n, _ in seg]) > np.mean([b for _, b in seg])
+        out[("segment", mode)] = {"passes": bool(ok), "sets": seg}
+        cnt = [(new[f"{decoder}/{s}"][mode]["count_mae"], base[s][mode]["count_mae"],
+                new[f"{decoder}/{s}"][mode]["count_rel"], base[s][mode]["count_rel"]) for s in SEG_SETS if s in base]
+        if "vgg_cells" in base:
+            v, b = new[f"{decoder}/vgg_cells"][mode], base["vgg_cells"][mode]
+            cnt.append((v["mae"], b["mae"], v["count_rel"], b["count_rel"]))
+        ok = all(n <= b * (1 + MAE_SLACK) for n, b, _, _ in cnt) and \
+            np.mean([r for _, _, r, _ in cnt]) < np.mean([rb for _, _, _, rb in cnt])
+        out[("count", mode)] = {"passes": bool(ok), "sets": cnt}
+    worst = min(new[f"{decoder}/{s}"]["exemplar"]["ap50"] - new[f"{decoder}/{s}"]["automatic"]["ap50"]
+                for s in SEG_SETS if f"{decoder}/{s}" in new)
+    out["box_never_worse"] = {"passes": bool(worst >= -BOX_SLACK), "worst_exemplar_minus_automatic": float(worst)}
     return out
 
 

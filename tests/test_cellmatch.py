@@ -155,9 +155,44 @@ def test_cellmatch_through_the_matcher_one_count_and_a_background_box(tmp_path, 
     seg = m.segment(img)
     assert seg.labels.shape == img.shape and "CellMatch" in seg.head_note
     monkeypatch.setattr(CellMatchHead, "segment_image", lambda self, image, boxes=None, scale=None:
-                        {"labels": lab, "zoom": 1.0, "scale": median_diameter(lab)})
+                        {"labels": lab, "zoom": 1.0, "scale": median_diameter(lab),
+                         "foreground": (lab > 0).astype(np.float32), "distance": (lab > 0).astype(np.float32)})
     res = m.count(img)
     assert res.count == 4 == int(res.points["n"].sum()) == len(res.points)
     assert float(res.density.sum()) == pytest.approx(res.count, abs=0.5)
     boxed = m.segment(img, boxes=[[80, 2, 94, 14]])  # empty corner
     assert any("box" in w.lower() for w in boxed.warnings)
+    assert m.count(img, boxes=[[80, 2, 94, 14]]).warnings  # not a silent count either
+
+
+def test_issue21_default_rule(monkeypatch):
+    """benchmarks/cellmatch_eval.rule: no set worse by > 0.03 AP50 / 10 % MAE, the mean better;
+    exemplar mode never more than 0.02 AP50 under automatic."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("cellmatch_eval", None)
+    ce = importlib.import_module("cellmatch_eval")
+
+    def res(ap50, mae, rel):
+        return {"ap50": ap50, "ap": ap50 / 2, "count_mae": mae, "mae": mae, "count_rel": rel}
+
+    base = {s: {m: res(0.5, 10.0, 0.3) for m in ("automatic", "exemplar")} for s in ce.SEG_SETS}
+    base["vgg_cells"] = {m: res(0, 15.0, 0.1) for m in ("automatic", "exemplar")}
+
+    def new(last_auto, last_ex, vgg_mae):
+        out = {f"flows/{s}": {"automatic": res(0.6 if k < 3 else last_auto, 9.0, 0.2),
+                              "exemplar": res(0.6 if k < 3 else last_ex, 9.0, 0.2)}
+               for k, s in enumerate(ce.SEG_SETS)}
+        out["flows/vgg_cells"] = {m: res(0, vgg_mae, 0.05) for m in ("automatic", "exemplar")}
+        return out
+
+    r = ce.rule(new(0.48, 0.48, 16.0), base)
+    assert r[("segment", "automatic")]["passes"] and r[("count", "automatic")]["passes"]
+    assert r["box_never_worse"]["passes"]
+    r = ce.rule(new(0.48, 0.44, 17.0), base)
+    assert r[("segment", "automatic")]["passes"] and not r[("segment", "exemplar")]["passes"]  # -0.06 on one set
+    assert not r[("count", "automatic")]["passes"]  # VGG MAE 13 % worse
+    assert not r["box_never_worse"]["passes"]  # exemplar 0.02+ under automatic on the last set

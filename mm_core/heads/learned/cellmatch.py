@@ -224,7 +224,32 @@ class CellMatchHead(LearnedHead):
                 zoom = self.zoom_for(shape, None, found)
                 raw = self.run_at(image3, None, zoom)
                 labels = self.decode(raw, shape)
-        return {"labels": labels, "zoom": zoom, "scale": median_diameter(labels) or 0.0}
+        from mm_core.transforms import resize_map
+
+        fg = resize_map(1.0 / (1.0 + np.exp(-raw[2])), shape).astype(np.float32)
+        dist = resize_map(1.0 / (1.0 + np.exp(-raw[3])), shape).astype(np.float32) * (fg > 0.5)
+        return {"labels": labels, "zoom": zoom, "scale": median_diameter(labels) or 0.0, "foreground": fg,
+                "distance": dist}
+
+    def match(self, engine, image: np.ndarray, boxes: np.ndarray | None) -> MatchMaps:
+        """The model's own maps of ``image`` (the pipelines call this instead of ``engine.match``).
+
+        This model reads the image and the boxes, not an engine's maps, so the engine does not
+        run: the maps are the model's foreground and distance-to-edge outputs and the object
+        size it found, and the instances are kept for :meth:`predict`.
+        """
+        out = self.segment_image(image, boxes)
+        bx = None if boxes is None or len(boxes) == 0 else np.asarray(boxes, float)
+        mode = "automatic" if bx is None else "exemplar"
+        maps = MatchMaps(foreground=out["foreground"], centers=out["distance"],
+                         scale=float(out["scale"] or self.config["target_diameter"]),
+                         image_shape=tuple(out["labels"].shape), engine=getattr(engine, "name", "classic"),
+                         mode=mode, conditioning=("automatic: repeated structures" if bx is None else
+                                                  f"{len(bx)} exemplar box(es) as the model's prompt"),
+                         info={"n_boxes": 0 if bx is None else len(bx), "zoom": out["zoom"],
+                               "model": "CellMatch (the engine's maps are not used)"})
+        self._memo = (image, _boxes_key(bx), maps.scale, out)
+        return maps
 
     def fit_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
         """The object diameter (input pixels) read on ``image``.
@@ -233,15 +258,18 @@ class CellMatchHead(LearnedHead):
         result of this pass is kept, so that ``predict`` on the same image and boxes at this
         scale does not run the model again.
         """
+        memo = getattr(self, "_memo", None)
+        if _same_call(memo, image, maps):
+            return memo[2]
         out = self.predict_maps(maps, image)
         scale = float(out["scale"] or self.config["target_diameter"])
-        self._memo = (id(image), _boxes_key(maps), scale, out)
+        self._memo = (image, _boxes_key(_boxes_of(maps)), scale, out)
         return scale
 
     def predict(self, maps: MatchMaps, image: np.ndarray, scale: float | None = None) -> np.ndarray:
         """Instance labels ``(H, W)`` int32 at input resolution."""
-        memo, self._memo = getattr(self, "_memo", None), None
-        if memo is not None and memo[:3] == (id(image), _boxes_key(maps), scale):
+        memo = getattr(self, "_memo", None)
+        if _same_call(memo, image, maps) and scale in (None, memo[2]):
             return memo[3]["labels"]
         return self.predict_maps(maps, image, scale)["labels"]
 
@@ -250,9 +278,17 @@ class CellMatchHead(LearnedHead):
         return CellMatchCounter(self)
 
 
-def _boxes_key(maps: MatchMaps | None) -> tuple:
-    boxes = None if maps is None else maps.info.get("boxes")
-    return () if boxes is None else tuple(np.round(np.asarray(boxes, float).ravel(), 3))
+def _same_call(memo, image, maps) -> bool:
+    """Whether ``memo`` (the last pass, holding its image) was made for this image object and these boxes."""
+    return memo is not None and memo[0] is image and memo[1] == _boxes_key(_boxes_of(maps))
+
+
+def _boxes_of(maps: MatchMaps | None):
+    return None if maps is None else maps.info.get("boxes")
+
+
+def _boxes_key(boxes) -> tuple:
+    return () if boxes is None or len(boxes) == 0 else tuple(np.round(np.asarray(boxes, float).ravel(), 3))
 
 
 def median_diameter(labels: np.ndarray) -> float | None:

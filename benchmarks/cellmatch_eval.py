@@ -9,6 +9,7 @@ Subcommands::
     python benchmarks/cellmatch_eval.py baseline [--out F.json]         # today's defaults, same measures
     python benchmarks/cellmatch_eval.py boxes --head PATH [--limit N] [--out F.json]
     python benchmarks/cellmatch_eval.py speed --head PATH
+    python benchmarks/cellmatch_eval.py tables --out runs/eval            # the docs tables from the JSON files
 
 ``dev``: per segmentation dev set, AP50 / AP in automatic and exemplar mode, and the count
 (objects found) against the set's ``points/`` (MAE, mean relative error); VGG cells MAE.
@@ -252,9 +253,53 @@ def rule(new: dict, base: dict, decoder: str = "flows") -> dict:
     return out
 
 
+def tables(folder: Path) -> str:
+    """Markdown tables of the JSON files in ``folder`` (dev.json, baseline.json, boxes.json, speed.json)."""
+    def load(name):
+        f = folder / f"{name}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    dev, base, boxes, speed = load("dev"), load("baseline"), load("boxes"), load("speed")
+    lines = []
+    if dev and base:
+        decs = sorted({k.split("/")[0] for k in dev})
+        lines += ["| data set | mode | today's default AP50 | " + " | ".join(f"CellMatch ({d}) AP50" for d in decs)
+                  + " | today's count: MAE (rel.) | " + " | ".join(f"CellMatch ({d}) count: MAE (rel.)" for d in decs)
+                  + " |", "|---|---|---|" + "---|" * len(decs) + "---|" + "---|" * len(decs)]
+        for name in (*SEG_SETS, "vgg_cells"):
+            if name not in base:
+                continue
+            for mode in ("automatic", "exemplar"):
+                b = base[name][mode]
+                row = [name, mode, "-" if name == "vgg_cells" else f"{b['ap50']:.3f}"]
+                row += ["-" if name == "vgg_cells" else f"{dev[f'{d}/{name}'][mode]['ap50']:.3f}" for d in decs]
+                key = "mae" if name == "vgg_cells" else "count_mae"
+                row.append(f"{b[key]:.1f} ({b['count_rel']:.2f})")
+                row += [f"{dev[f'{d}/{name}'][mode][key]:.1f} ({dev[f'{d}/{name}'][mode]['count_rel']:.2f})"
+                        for d in decs]
+                lines.append("| " + " | ".join(row) + " |")
+        for d in decs:
+            r = rule(dev, base, d)
+            lines.append("")
+            lines.append(f"Rule ({d} decoder): " + "; ".join(
+                f"{t} {m}: {'passes' if v['passes'] else 'fails'}" for (t, m), v in
+                ((k, v) for k, v in r.items() if isinstance(k, tuple)))
+                + f"; box never worse than automatic by > {BOX_SLACK}: "
+                + f"{'yes' if r['box_never_worse']['passes'] else 'no'} "
+                + f"(worst {r['box_never_worse']['worst_exemplar_minus_automatic']:+.3f})")
+    if boxes:
+        lines += ["", "| dsb2018_stage1_test | AP50 | share of the precise box's AP50 |", "|---|---|---|",
+                  f"| automatic mode (no box) | {boxes['automatic']['ap50']:.3f} | |"]
+        lines += [f"| box {k} | {boxes[k]['ap50']:.3f} | {boxes[k]['kept_of_precise']:.0%} |" for k in BOX_ERRORS]
+    if speed:
+        lines += ["", "| image | whole segment call, s | peak RSS, MB |", "|---|---|---|"]
+        lines += [f"| {k}² | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} |" for k, v in speed.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed"))
+    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed", "tables"))
     p.add_argument("--head", default="cellmatch")
     p.add_argument("--decoders", nargs="*", default=["flows"])
     p.add_argument("--sets", nargs="*", default=None)
@@ -265,6 +310,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
+    if a.cmd == "tables":
+        print(tables(a.out or Path("runs/eval")))
+        return 0
     res = {"dev": cmd_dev, "baseline": cmd_baseline, "boxes": cmd_boxes, "speed": cmd_speed}[a.cmd](a)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -165,7 +165,7 @@ def test_cellmatch_through_the_matcher_one_count_and_a_background_box(tmp_path, 
     assert m.count(img, boxes=[[80, 2, 94, 14]]).warnings  # not a silent count either
 
 
-def test_issue21_default_rule(monkeypatch):
+def test_issue21_default_rule(monkeypatch, tmp_path):
     """benchmarks/cellmatch_eval.rule: no set worse by > 0.03 AP50 / 10 % MAE, the mean better;
     exemplar mode never more than 0.02 AP50 under automatic."""
     import importlib
@@ -196,3 +196,19 @@ def test_issue21_default_rule(monkeypatch):
     assert r[("segment", "automatic")]["passes"] and not r[("segment", "exemplar")]["passes"]  # -0.06 on one set
     assert not r[("count", "automatic")]["passes"]  # VGG MAE 13 % worse
     assert not r["box_never_worse"]["passes"]  # exemplar 0.02+ under automatic on the last set
+    import json
+
+    base["vgg_cells"] = {m: {"mae": 15.0, "count_rel": 0.1} for m in ("automatic", "exemplar")}
+    (tmp_path / "dev.json").write_text(json.dumps(new(0.48, 0.48, 16.0)))
+    (tmp_path / "baseline.json").write_text(json.dumps(base))
+    text = ce.tables(tmp_path)
+    assert "| isbi2012_em_cells | exemplar | 0.500 | 0.480 |" in text and "segment automatic: passes" in text
+
+
+def test_zoom_follows_boxes_and_found_sizes_within_limits():
+    head = CellMatchHead(**TINY)
+    assert head.zoom_for((100, 100), None) == 1.0
+    assert head.zoom_for((100, 100), None, found=60.0) == pytest.approx(0.5)
+    assert head.zoom_for((100, 100), None, found=1.0) == pytest.approx(4.0)  # capped at 4x
+    assert head.zoom_for((100, 100), np.array([[0, 0, 300, 300]])) == pytest.approx(0.25)
+    assert head.zoom_for((4000, 4000), None, found=3.0) == pytest.approx(1.0)  # 16 MP working-grid cap

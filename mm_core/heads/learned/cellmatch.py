@@ -105,6 +105,7 @@ class CellMatchHead(LearnedHead):
         "target_diameter": 30.0,  #: object diameter (working pixels) the boxes are resized to
         "size_range": [12.0, 75.0],  #: no second pass when the objects found are this wide
         "min_zoom": 0.25, "max_zoom": 4.0,
+        "max_work_pixels": 16_000_000,  #: a pass never works on more pixels than this (zoom lowered)
         "decoder": "flows",  #: "flows" or "distance"
         "fg_threshold": 0.5, "flow_iterations": 200,
         "tile": 1024, "tile_overlap": 64, "size_multiple": 16,
@@ -176,6 +177,7 @@ class CellMatchHead(LearnedHead):
     def zoom_for(self, image_shape, boxes: np.ndarray | None, found: float | None = None) -> float:
         """Zoom of the pass: from the boxes' size, else 1 (or from the diameter ``found`` on a first pass)."""
         lo, hi = float(self.config["min_zoom"]), float(self.config["max_zoom"])
+        hi = min(hi, max(lo, float(np.sqrt(self.config["max_work_pixels"] / max(image_shape[0] * image_shape[1], 1)))))
         d = self.config["target_diameter"]
         if boxes is not None and len(boxes):
             b = np.asarray(boxes, float)

@@ -170,9 +170,10 @@ def track_session(url: str, movie: Path) -> dict:
     if client is None:
         return out
     try:
-        ann = client.predict(handle_file(str(movie)), api_name="/track_upload")[0]
+        loaded = client.predict(handle_file(str(movie)), api_name="/track_upload")
+        ann, pixel = loaded[0], loaded[-1]  # the pixel-size field as the upload filled it
         t0 = time.perf_counter()
-        client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, False,
+        client.predict({"image": handle_file(ann["image"]["path"]), "annotations": []}, False, pixel,
                        api_name="/track_run")
         out["latency"] = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - every failure of a good request is an error
@@ -204,13 +205,14 @@ def session(url: str, i: int, rnd: int, good: dict, hostile: dict, sizes: list[i
     size = sizes[(i + rnd) % len(sizes)]  # the mix: a pattern of sizes, shifted each round
     out["size"] = size
     try:
-        ann = client.predict(handle_file(str(good[size])), api_name=f"/{tab}_upload")[0]
+        loaded = client.predict(handle_file(str(good[size])), api_name=f"/{tab}_upload")
+        ann, pixel = loaded[0], loaded[-1]  # the pixel-size field as the upload filled it
         boxes = []
         if i % 2 == 1:  # exemplar mode: one box around the first blob-sized patch in the preview
             boxes = [{"left": 10, "top": 10, "right": 40, "bottom": 40, "label": "exemplar"}]
         value = {"image": handle_file(ann["image"]["path"]), "annotations": boxes}  # same machine
         t0 = time.perf_counter()
-        client.predict(value, 0.5, False, api_name=f"/{tab}_run")
+        client.predict(value, 0.5, False, pixel, api_name=f"/{tab}_run")
         out["latency"] = time.perf_counter() - t0
         client.predict(0.3, api_name=f"/{tab}_opacity")
     except Exception as exc:  # noqa: BLE001 - every failure of a good request is an error

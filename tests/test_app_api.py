@@ -159,6 +159,24 @@ def test_idle_results_are_freed_for_api_clients(server, image_file):
         client.predict(0.3, api_name="/count_opacity")
 
 
+def test_a_page_load_does_not_copy_the_kept_results(server):
+    """Gradio deep-copies the page config (each state's delete callback too) on every ``/config``;
+    the store of every session's results must not come along (it made the server run out of memory)."""
+    copies = []
+
+    class Tripwire:
+        def __deepcopy__(self, memo):
+            copies.append(1)
+            return self
+
+    key = server["store"].put("tripwire-session:seg", Tripwire())
+    try:
+        urllib.request.urlopen(server["url"] + "config", timeout=30).read()
+    finally:
+        server["store"].drop(key)
+    assert not copies
+
+
 # ---- issue 20: the app reads only what it was sent, deletes and serves only what it made -------
 
 

@@ -27,11 +27,7 @@ import pytest
 import tifffile
 from conftest import free_port
 
-# A real browser against a real server on a 2-core machine: timing flakes were seen in 3 of 3 runs
-# on 2026-12-07 (a tracking run not shown within 120 s, a click on a box not selecting it), each
-# time in a different test that passes alone. Each test is retried twice before it fails; the
-# assertions are unchanged. Cause not found yet (docs/development.md).
-pytestmark = [pytest.mark.browser, pytest.mark.flaky(reruns=2)]
+pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import tifffile
 
 from mm_core.app import helpers as au
 from mm_core.app import zoom
-from mm_core.app.current import CurrentFiles
+from mm_core.app.current import CurrentFiles, identity
 from mm_core.app.display import Estimate
 
 
@@ -98,15 +98,16 @@ def test_time_left_is_measured_on_the_run_itself():
 def test_current_files_tell_a_late_result_apart():
     cur = CurrentFiles()
     a, b = type("L", (), {"folder": "/x/a"})(), type("L", (), {"folder": "/x/b"})()
+    assert identity(a) != identity(b) and "/x" not in identity(a)  # a token, not a server path
     assert cur.is_current("s", "seg", a)  # nothing known: show it
     cur.set("s", "seg", a)
     assert cur.is_current("s", "seg", a)
-    cur.let_go("s", "seg", a)  # another file is being chosen
+    cur.let_go("s", "seg", identity(a))  # another file is being chosen in place of a
     assert not cur.is_current("s", "seg", a)
     cur.set("s", "seg", b)
-    cur.let_go("s", "seg", a)  # the notice came after b was read: b stays
+    cur.let_go("s", "seg", identity(a))  # the notice came after b was read: b stays
     assert cur.is_current("s", "seg", b)
-    cur.set("s", "seg", b)
+    cur.let_go("s", "seg", "")  # a notice from a page that showed no file: b stays
     assert not cur.is_current("s", "seg", a) and cur.is_current("s", "seg", b)
     assert cur.is_current("other", "seg", a) and cur.is_current(None, "seg", a)
     cur.drop_session("s")

@@ -8,6 +8,7 @@ import io
 import os
 import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,59 @@ def test_an_upload_over_the_size_limit_is_refused_on_its_content_length_unread()
     call("/gradio_api/upload", 2**19)
     call("/gradio_api/queue/join", 300 * 2**20)
     assert seen == ["/gradio_api/upload", "/gradio_api/queue/join"]
+
+
+@pytest.mark.parametrize("name", ["..", "a/..", "?"])
+def test_an_upload_without_a_usable_file_name_is_refused_and_leaves_no_file(name, tmp_path, monkeypatch):
+    import tempfile
+
+    import gradio as gr
+    from starlette.testclient import TestClient
+
+    from mm_core.app.uploads import middleware
+
+    system_tmp, cache = tmp_path / "tmp", tmp_path / "gradio"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))  # where Gradio spools an upload's body
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    with gr.Blocks() as demo:
+        gr.File()
+    demo.max_file_size = 2**20  # what launch(max_file_size="1mb") sets
+    app = gr.routes.App.create_app(demo, app_kwargs={"middleware": middleware("1mb")})
+    client = TestClient(app)
+    body = b"\x89PNG" + b"x" * 200_000
+
+    refused = client.post("/gradio_api/upload", files=[("files", ("cells.png", body)), ("files", (name, body))])
+    assert refused.status_code == 400
+    assert not list(system_tmp.iterdir())  # neither the refused part nor the good one before it stays
+    assert repr(name) in refused.text and "give the file a name" in refused.text
+
+    stored = client.post("/gradio_api/upload", files=[("files", ("...png", body))])
+    assert stored.status_code == 200 and Path(stored.json()[0]).read_bytes() == body
+    assert not list(system_tmp.iterdir())
+
+
+def test_an_unsafe_file_name_split_over_many_pieces_stops_the_upload_before_its_body():
+    import asyncio
+
+    from starlette.formparsers import MultiPartException
+
+    from mm_core.app.uploads import RefuseUnsafeNames
+
+    head = b'--B\r\nContent-Disposition: form-data; name="files"; filename="x/.."\r\n\r\n'
+    body = head + b"SECRET" * 100 + b"\r\n--B--\r\n"
+    pieces = [body[i:i + 7] for i in range(0, len(body), 7)]
+    got = []
+
+    async def inner(scope, receive, send):
+        while (message := await receive())["more_body"]:
+            got.append(message["body"])
+
+    async def receive():
+        return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces)}
+
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/upload",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=B")]}
+    with pytest.raises(MultiPartException, match="'x/..' names no file"):
+        asyncio.run(RefuseUnsafeNames(inner)(scope, receive, None))
+    assert b"".join(got) == body[: len(b"".join(got))] and b"SECRET" not in b"".join(got)

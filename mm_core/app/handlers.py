@@ -199,8 +199,8 @@ def run_track(loaded, ann, show_map, request: gr.Request = None, progress=gr.Pro
     gif = viz.write_animation(out / f"{loaded.name}_tracks.gif", list(rendered), fps=4)
     files = [*export.save(res, out, loaded.name), *write_result_plots(res, out, loaded.name)]
     maps = np.stack([au.map_view(im, m) for im, m in zip(images, res.maps)]) if res.maps else None
-    key = ar.keep_track_result(STORE, _session(request), rendered, maps, out, gif=gif)
-    STORE.get(key)["pixel_note"] = res.pixel_size_note()
+    key = ar.keep_track_result(STORE, _session(request), rendered, maps, out, gif=gif,
+                               pixel_note=res.pixel_size_note())
     stats = display.result_html(res.n_tracks, "tracks", res.warnings, extra=[(res.n_divisions, "divisions")])
     slider = gr.update(maximum=len(rendered) - 1, value=0, visible=True)
     return (key, str(gif), slider, stats, _downloads(files), _track_map(key, 0, show_map), _note(res),

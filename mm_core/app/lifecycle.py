@@ -20,6 +20,7 @@ import gradio as gr
 from mm_core.app import helpers as au
 from mm_core.app.sessions import SessionStore, release_memory, remove_folder
 from mm_core.errors import MMError
+from mm_core.settings import get_settings
 
 log = logging.getLogger("mm_core.app")
 
@@ -83,9 +84,27 @@ def end_session(request: gr.Request) -> None:
     STORE.close_session(session_of(request))
 
 
+def drop_result(key: str | None) -> None:
+    """A session's result-key state ended: free the result it names.
+
+    A plain function on purpose, not ``STORE.drop``: Gradio deep-copies the page's config, each
+    state's ``delete_callback`` included, on every page load (``/config``), and a bound method
+    would copy the whole store, every session's results, each time.
+    """
+    STORE.drop(key)
+
+
 def drop_loaded(loaded) -> None:
     """A session's upload state ended: delete the upload's folder."""
     remove_folder(getattr(loaded, "folder", None))
+
+
+def tab_states() -> tuple[gr.State, gr.State]:
+    """The two states of a tab: the upload and the key of the kept result (both small), each
+    freeing what it names when it ends (plain functions as callbacks, see :func:`drop_result`)."""
+    ttl = get_settings().app_max_age_s
+    return (gr.State(time_to_live=ttl, delete_callback=drop_loaded),
+            gr.State(time_to_live=ttl, delete_callback=drop_result))
 
 
 def start_cleanup() -> None:

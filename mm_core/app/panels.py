@@ -9,13 +9,20 @@ from __future__ import annotations
 import gradio as gr
 
 from mm_core.app import zoom
-from mm_core.app.lifecycle import guarded
+from mm_core.app.current import CURRENT
+from mm_core.app.lifecycle import guarded, session_of
 
 
 def pixel_field(tab: str) -> gr.Textbox:
     """The pixel-size field: prefilled from the file when it knows its size, else empty (pixels)."""
     return gr.Textbox(label="Pixel size (µm per pixel): from the file when it says; empty: measure in pixels",
                       placeholder="e.g. 0.24", elem_id=f"{tab}-pixel", max_lines=1)
+
+
+def file_token(tab: str) -> gr.Textbox:
+    """The loaded file's token, hidden: the page sends it with the notice that a new file is being
+    chosen, so the server lets go of the file the user saw (:mod:`mm_core.app.current`)."""
+    return gr.Textbox(visible=False, elem_id=f"{tab}-file-token", render=False)
 
 
 def draw_state(tab: str) -> gr.HTML:
@@ -38,9 +45,11 @@ def zoom_controls(tab: str, loaded: gr.State, ann) -> list:
         line = gr.Markdown("Showing the whole image.", elem_id=f"{tab}-zoom-line")
 
     @guarded("zooming")
-    def view(loaded, factor, x, y):
+    def view(loaded, factor, x, y, request: gr.Request = None):
         if loaded is None:
             return None, gr.update(), "Load an image first."
+        if not CURRENT.is_current(session_of(request), tab, loaded):  # a new file came meanwhile
+            return gr.skip(), gr.skip(), gr.skip()  # its load shows it; never put the old one back
         new = zoom.zoomed(loaded, float(factor), float(x) / 100, float(y) / 100)
         return new, (new.preview, []), zoom.view_line(new)
 

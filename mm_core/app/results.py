@@ -61,16 +61,18 @@ def keep_image_result(store: SessionStore, session: str | None, tab: str, result
 
 
 def keep_track_result(store: SessionStore, session: str | None, rendered: np.ndarray,
-                      maps: np.ndarray | None, folder: Path, gif: Path | None = None) -> str:
+                      maps: np.ndarray | None, folder: Path, gif: Path | None = None,
+                      pixel_note: str = "") -> str:
     """Keep tracking pictures (``(T, H, W, 3)`` uint8) on disk in ``folder``; returns the key.
 
-    ``gif`` is the animation already written there (shown again by the Play button).
+    ``gif`` is the animation already written there (shown again by the Play button);
+    ``pixel_note`` the line saying which pixel size the run used.
     """
     np.save(folder / "rendered.npy", rendered)
     if maps is not None:
         np.save(folder / "maps.npy", maps)
     kept = {"rendered": folder / "rendered.npy", "maps": folder / "maps.npy" if maps is not None else None,
-            "n": len(rendered), "gif": None if gif is None else str(gif)}
+            "n": len(rendered), "gif": None if gif is None else str(gif), "pixel_note": pixel_note}
     return store.put(store.key(session, "track"), kept, folder=folder)
 
 

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
 from mm_core.app import display, panels, tables
@@ -20,6 +22,8 @@ from mm_core.app.current import CURRENT, identity
 from mm_core.app.handlers import run_count, run_segment, run_track
 from mm_core.app.lifecycle import STORE
 from mm_core.app.lifecycle import session_of as _session
+
+log = logging.getLogger("mm_core.app")
 
 #: Outputs a run adds after the handler's own (image tabs): table, summary, histogram, pixel line,
 #: previous-result box, its picture and its numbers.
@@ -50,14 +54,21 @@ def keep_previous(session: str | None, tab: str, loaded) -> str | None:
     return None
 
 
-def forget(tab: str, old, request: gr.Request = None) -> None:
-    """A new file is being chosen in place of ``old``: no result of ``old`` may show, and its
-    previous result goes (unless the notice came after the new file was loaded)."""
+def forget(tab: str, old: str | None, request: gr.Request = None) -> None:
+    """A new file is being chosen in place of the file whose token (:func:`file_token`) the page
+    showed, ``old``: no result of it may show, and its previous result goes (unless the notice
+    came after the new file was loaded)."""
     session = _session(request)
     CURRENT.let_go(session, tab, old)
     prev = STORE.get(prev_key(session, tab)) if session is not None else None
-    if prev is not None and prev.get("ident") == identity(old):
+    if prev is not None and old and prev.get("ident") == old:
         STORE.drop(prev_key(session, tab))
+
+
+def file_token(loaded) -> str:
+    """The token of a loaded file the page keeps (hidden) and sends back with :func:`forget`
+    (empty for no file)."""
+    return identity(loaded) or ""
 
 
 def loaded_now(tab: str, loaded, request: gr.Request = None) -> None:
@@ -66,10 +77,25 @@ def loaded_now(tab: str, loaded, request: gr.Request = None) -> None:
 
 
 def _stale(tab: str, loaded, request, key, n: int):
-    """The run's file is no longer loaded: drop the result, say so, change no output."""
+    """The run's file is no longer loaded: drop the result, say so (on screen and in the log),
+    change no output."""
+    session = _session(request)
+    log.warning("session %s, %s: the result for %s (file %s) was dropped: the tab's file is now %s",
+                session, tab, loaded.name, identity(loaded), CURRENT.now(session, tab) or "none (being chosen)")
     STORE.drop(key)
-    gr.Info(f"The result for {loaded.name} was not shown: another file was chosen while it ran.")
+    gr.Warning(f"The result for {loaded.name} was not shown: another file was chosen while it ran.")
     return tuple(gr.skip() for _ in range(n))
+
+
+def _kept(session, tab: str, key) -> dict:
+    """What the run just kept, or ``{}`` (logged, and said) when memory was needed for others at
+    once: the result still shows, redrawing it needs a new run."""
+    kept = STORE.get(key)
+    if kept is None:
+        log.warning("session %s, %s: the result was freed right after the run (memory cap)", session, tab)
+        gr.Warning("The server is short of memory: this result shows, but redrawing it needs a new run.")
+        return {}
+    return kept
 
 
 def _compare(session, tab: str, opacity) -> tuple:
@@ -99,12 +125,13 @@ def image_run(tab: str, loaded, ann, opacity, show_map, pixel, request: gr.Reque
     key, files = out[0], list(out[3])
     if not CURRENT.is_current(session, tab, loaded):
         return _stale(tab, loaded, request, key, len(out) + N_IMAGE_EXTRAS)
-    kept = STORE.get(key)
-    kept["ident"] = identity(loaded)
+    kept = _kept(session, tab, key)
+    if kept:
+        kept["ident"] = identity(loaded)
     table = tables.object_table(files, tab, loaded.name)
     summary = tables.summary(table) if tab == "seg" else None
     hist = next((f for f in files if f.endswith("_sizes.png")), None)  # written with the other files
-    note = kept["result"].pixel_size_note()
+    note = kept["result"].pixel_size_note() if "result" in kept else ""
     extras = (panels.shown(table), panels.shown(summary), panels.shown(hist), note,
               *_compare(session, tab, opacity))
     return (*out[:3], files, *out[4:], *extras)
@@ -122,5 +149,5 @@ def track_run(loaded, ann, show_map, pixel, request: gr.Request = None, progress
         return _stale("track", loaded, request, key, len(out) + N_TRACK_EXTRAS)
     table = tables.object_table(files, "track", loaded.name)
     plot = next((f for f in files if f.endswith("_per_frame.png")), None)
-    note = STORE.get(key).get("pixel_note", "")
+    note = _kept(session, "track", key).get("pixel_note", "")
     return (*out, panels.shown(table), panels.shown(plot), note)

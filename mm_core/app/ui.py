@@ -52,7 +52,8 @@ from mm_core.app.handlers import (  # noqa: F401 - re-exported: tests and app.py
     _track_map,
 )
 from mm_core.app.annotator import checked_boxes
-from mm_core.app.lifecycle import STORE, checked_input, drop_loaded, end_session, guarded, start_cleanup
+from mm_core.app.lifecycle import STORE  # noqa: F401 - re-exported: tests reach the store here
+from mm_core.app.lifecycle import checked_input, end_session, guarded, start_cleanup, tab_states
 from mm_core.errors import MMError
 from mm_core.settings import get_settings
 
@@ -109,7 +110,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         render=False,
     ))
     mode = gr.Markdown(au.mode_line(None), elem_id=f"{tab}-mode", render=False)
-    pixel = panels.pixel_field(tab).unrender()
+    pixel, token = panels.pixel_field(tab).unrender(), panels.file_token(tab)
 
     def loader(read, what: str):
         """``read`` (:func:`on_upload`: an upload, checked; :func:`load_file`: an example), then the
@@ -119,7 +120,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         def load(path, request: gr.Request = None):
             out = read(path, sequence=sequence)
             runs.loaded_now(tab, out[0], request)
-            return (*out, tables.pixel_field_value(out[0]))
+            return (*out, runs.file_token(out[0]), tables.pixel_field_value(out[0]))
 
         return load
 
@@ -131,7 +132,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         elem_id=f"{tab}-upload",
         height=130,
     )
-    outs = [loaded, ann, summary, mode, upload, pixel]
+    outs = [loaded, ann, summary, mode, upload, token, pixel]
     folder = examples_dir()
     examples = [str(folder / n) for n in EXAMPLE_FILES[tab] if (folder / n).exists()]
     gallery = gr.Gallery(
@@ -159,17 +160,17 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
         comp.render()
     panels.draw_state(tab)
     zooms = [] if sequence else panels.zoom_controls(tab, loaded, ann)
-    mode.render()
-    pixel.render()
+    for comp in (mode, pixel, token):
+        comp.render()
 
     @guarded("reading the file")
     def reader(v, request: gr.Request = None):
         return load(v[0] if v else None, request)
 
-    def forget(old, request: gr.Request = None):
+    def forget(old: str, request: gr.Request = None):  # old: the token the page showed (not a state)
         runs.forget(tab, old, request)
 
-    empty = lambda: (*_empty_input(), "")
+    empty = lambda: (*_empty_input(), "", "")
     queue = {"concurrency_limit": LOADS_AT_ONCE, "concurrency_id": "load"}  # one limit for every tab's loads
     loads = [gallery.select(pick, None, outs, api_name=f"{tab}_example", **queue),
              upload.upload(load, [upload], outs, api_name=f"{tab}_upload", **queue),
@@ -185,8 +186,7 @@ def _input_column(tab: str, sequence: bool, loaded: gr.State):
     ann.change(None, [ann], [mode], js=_MODE_JS, show_progress="hidden")
     # what clears the previous result: a new file, an example, or emptying the file
     triggers = [gallery.select, upload.upload, ann.upload, upload.clear, ann.clear]
-    gr.on(triggers, forget, [loaded], None, queue=False, show_progress="hidden",
-          api_name=False)
+    gr.on(triggers, forget, [token], None, queue=False, show_progress="hidden", api_name=False)
     if zooms:
         gr.on(triggers, panels.reset_zoom, None, zooms, queue=False, show_progress="hidden", api_name=False)
     return ann, pixel, triggers
@@ -240,7 +240,7 @@ def _run_events(run, tab: str, fn, inputs, outputs, api_name: str):
 def _image_tab(tab: str, spec: dict, eng_md) -> None:
     """Segmentation or Counting tab."""
     with gr.Tab(spec["title"], id=tab):
-        loaded, cache = _states()
+        loaded, cache = tab_states()
         with gr.Row():
             with gr.Column():
                 ann, pixel, triggers = _input_column(tab, False, loaded)
@@ -289,16 +289,9 @@ def _cleared_image(n_extras: int):
     return cleared
 
 
-def _states():
-    """The two states of a tab: the upload and the key of the kept result (both small)."""
-    ttl = get_settings().app_max_age_s
-    return (gr.State(time_to_live=ttl, delete_callback=drop_loaded),
-            gr.State(time_to_live=ttl, delete_callback=STORE.drop))
-
-
 def _track_tab(eng_md) -> None:
     with gr.Tab("Tracking", id="track"):
-        loaded, cache = _states()
+        loaded, cache = tab_states()
         with gr.Row():
             with gr.Column():
                 ann, pixel, triggers = _input_column("track", True, loaded)

@@ -9,6 +9,7 @@ Subcommands::
     python benchmarks/cellmatch_eval.py baseline [--out F.json]         # today's defaults, same measures
     python benchmarks/cellmatch_eval.py boxes --head PATH [--limit N] [--out F.json]
     python benchmarks/cellmatch_eval.py speed --head PATH
+    python benchmarks/cellmatch_eval.py scale --head PATH [--out F.json]  # pick the second pass (train/ val slice)
     python benchmarks/cellmatch_eval.py tables --out runs/eval            # the docs tables from the JSON files
 
 ``dev``: per segmentation dev set, AP50 / AP in automatic and exemplar mode, and the count
@@ -17,6 +18,10 @@ Subcommands::
 issue 21 (shifted 60 % of its width, 2x per side, 2x wide and 0.5x tall), and the share of the
 precise box's AP50 each keeps. ``speed``: the whole ``mm_core.segment`` call per 512² and
 1024² image (2 torch threads) and the peak RSS of a 2048² call, in a fresh process each.
+``scale``: automatic-mode AP50 per source on the training's validation slice of ``train/`` (the
+same seeded split; never the dev sets) for each ``second_pass`` setting; the rule, fixed before
+the run: the highest mean AP50 over the sources (equal weight) wins, and within 0.005 of it the
+one with fewer passes ("none", then "zoom_out", then "both").
 """
 
 from __future__ import annotations
@@ -36,22 +41,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from evaluate import DATA, count_exemplar, count_items, seg_exemplar, seg_items
+from generalist_eval import BOX_ERRORS
 
 SEG_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_contrast", "isbi2012_em_cells")
-BOX_ERRORS = {
-    "precise": lambda b: b,
-    "shifted 60% of width": lambda b: b + np.array([[0.6, 0, 0.6, 0]]) * (b[:, 2:3] - b[:, 0:1]),
-    "enlarged 2x per side": lambda b: _resize(b, 2.0, 2.0),
-    "stretched 2x wide, 0.5x tall": lambda b: _resize(b, 2.0, 0.5),
-}
-
-
-def _resize(b: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    c = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], 1)
-    h = np.stack([(b[:, 2] - b[:, 0]) * sx / 2, (b[:, 3] - b[:, 1]) * sy / 2], 1)
-    return np.concatenate([c - h, c + h], 1)
-
-
 def _head(path, decoder=None):
     from mm_core.heads.learned import load_head
 
@@ -181,6 +173,40 @@ def cmd_baseline(a) -> dict:
     return out
 
 
+SECOND_PASS = ("none", "zoom_out", "both")  #: fewest passes first (the tie-break order)
+
+
+def cmd_scale(a) -> dict:
+    """Automatic-mode AP50 per ``train/`` source on the validation slice, per ``second_pass`` setting."""
+    from mm_core.evaluation.metrics import average_precision
+    from mm_core.train.cli import _find
+    from mm_core.train.data import load_image, load_labels
+    from mm_core.train.generalist import split_by_dataset
+    from mm_core.transforms import normalize
+
+    _train, val = split_by_dataset(_find("cellmatch", [str(DATA / "train" / "seg")], []), 0.1, 0)
+    head = _head(a.head)
+    per: dict = {k: {} for k in SECOND_PASS}
+    for s in val[: a.limit]:
+        labels = load_labels(s.target).astype(np.int32)
+        if labels.max() == 0:
+            continue
+        img = normalize(np.asarray(load_image(s.image), np.float32))
+        for k in SECOND_PASS:
+            head.config["second_pass"] = k
+            ap50 = float(average_precision(labels, head.segment_image(img)["labels"])["ap"][0])
+            per[k].setdefault(s.dataset, []).append(ap50)
+    out = {k: {d: float(np.mean(v)) for d, v in srcs.items()} for k, srcs in per.items()}
+    for k in SECOND_PASS:
+        out[k]["mean over sources"] = float(np.mean(list(out[k].values())))
+        print(k, json.dumps(out[k]), flush=True)
+    best = max(out[k]["mean over sources"] for k in SECOND_PASS)
+    out["picked"] = next(k for k in SECOND_PASS if out[k]["mean over sources"] >= best - 0.005)
+    out["images"] = {d: len(v) for d, v in per["none"].items()}
+    print("picked", out["picked"], out["images"], flush=True)
+    return out
+
+
 def cmd_boxes(a) -> dict:
     head = _head(a.head)
     out = {"automatic": seg_scores("dsb2018_stage1_test", head, a.limit, modes=("automatic",))["automatic"]}
@@ -299,7 +325,7 @@ def tables(folder: Path) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed", "tables"))
+    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed", "scale", "tables"))
     p.add_argument("--head", default="cellmatch")
     p.add_argument("--decoders", nargs="*", default=["flows"])
     p.add_argument("--sets", nargs="*", default=None)
@@ -313,7 +339,7 @@ def main(argv=None) -> int:
     if a.cmd == "tables":
         print(tables(a.out or Path("runs/eval")))
         return 0
-    res = {"dev": cmd_dev, "baseline": cmd_baseline, "boxes": cmd_boxes, "speed": cmd_speed}[a.cmd](a)
+    res = {"dev": cmd_dev, "baseline": cmd_baseline, "boxes": cmd_boxes, "speed": cmd_speed, "scale": cmd_scale}[a.cmd](a)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=1))

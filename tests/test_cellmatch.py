@@ -212,3 +212,21 @@ def test_zoom_follows_boxes_and_found_sizes_within_limits():
     assert head.zoom_for((100, 100), None, found=1.0) == pytest.approx(4.0)  # capped at 4x
     assert head.zoom_for((100, 100), np.array([[0, 0, 300, 300]])) == pytest.approx(0.25)
     assert head.zoom_for((4000, 4000), None, found=3.0) == pytest.approx(1.0)  # 16 MP working-grid cap
+
+
+@pytest.mark.parametrize(("rule", "found", "passes"), [
+    ("both", 5.0, 2), ("both", 200.0, 2), ("both", 30.0, 1),
+    ("zoom_out", 5.0, 1), ("zoom_out", 200.0, 2), ("none", 5.0, 1), ("none", 200.0, 1)])
+def test_second_pass_follows_the_setting(monkeypatch, rule, found, passes):
+    import mm_core.heads.learned.cellmatch as cm
+
+    head = CellMatchHead(**TINY, second_pass=rule)
+    zooms = []
+    real = head.run_at
+    monkeypatch.setattr(head, "run_at", lambda im, bx, z: zooms.append(z) or real(im, bx, z))
+    monkeypatch.setattr(cm, "median_diameter", lambda labels: found)
+    head.segment_image(_disks())
+    assert len(zooms) == passes
+    assert zooms[0] == 1.0
+    head.segment_image(_disks(), boxes=np.array([[15, 15, 26, 26]]))  # a box: never a second pass
+    assert len(zooms) == passes + 1

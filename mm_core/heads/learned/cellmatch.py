@@ -29,7 +29,7 @@ from torch import nn
 
 from mm_core.engines.base import MatchMaps
 from mm_core.heads.flows import distance_to_labels, flows_to_labels
-from mm_core.heads.learned.base import LearnedHead
+from mm_core.heads.learned.base import CounterView, LearnedHead
 
 #: Input channels: red, green, blue, box mask, box cross-correlation.
 INPUTS = ("red", "green", "blue", "box_mask", "box_ncc")
@@ -104,6 +104,9 @@ class CellMatchHead(LearnedHead):
         "base": 16, "levels": 4,
         "target_diameter": 30.0,  #: object diameter (working pixels) the boxes are resized to
         "size_range": [12.0, 75.0],  #: no second pass when the objects found are this wide
+        #: automatic mode's second pass: "both" (objects found too small or too large), "zoom_out"
+        #: (too large only) or "none"; picked on the train/ validation slice (docs/training.md)
+        "second_pass": "both",
         "min_zoom": 0.25, "max_zoom": 4.0,
         "max_work_pixels": 16_000_000,  #: a pass never works on more pixels than this (zoom lowered)
         "decoder": "flows",  #: "flows" or "distance"
@@ -222,7 +225,8 @@ class CellMatchHead(LearnedHead):
         if boxes is None and scale is None:
             found = median_diameter(labels)
             lo, hi = self.config["size_range"]
-            if found is not None and not lo <= found <= hi:
+            rule = self.config["second_pass"]
+            if found is not None and ((found > hi and rule != "none") or (found < lo and rule == "both")):
                 zoom = self.zoom_for(shape, None, found)
                 raw = self.run_at(image3, None, zoom)
                 labels = self.decode(raw, shape)
@@ -300,7 +304,7 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return None if len(areas) == 0 else float(2 * np.sqrt(np.median(areas) / np.pi))
 
 
-class CellMatchCounter:
+class CellMatchCounter(CounterView):
     """Counting with :class:`CellMatchHead`: every object found counts one.
 
     The density spreads each object's unit mass uniformly over its pixels, so it sums to the
@@ -308,18 +312,8 @@ class CellMatchCounter:
     centres table and the density agree.
     """
 
-    head_type = "counting"
-
-    def __init__(self, head: CellMatchHead):
-        self.head = head
-        self.config = head.config
-
     def describe(self) -> str:
         return self.head.describe() + "; count = objects found (one per object)"
-
-    def fit_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
-        """See :meth:`CellMatchHead.fit_scale`."""
-        return self.head.fit_scale(maps, image)
 
     def predict(self, maps: MatchMaps, image: np.ndarray,
                 scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:

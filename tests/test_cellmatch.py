@@ -230,3 +230,22 @@ def test_second_pass_follows_the_setting(monkeypatch, rule, found, passes):
     assert zooms[0] == 1.0
     head.segment_image(_disks(), boxes=np.array([[15, 15, 26, 26]]))  # a box: never a second pass
     assert len(zooms) == passes + 1
+
+
+def test_shipped_cellmatch_is_opt_in_small_and_loads_by_name():
+    """The shipped weights: <= 10 MB, the picked second pass, reachable by name, a default nowhere
+    (it failed issue 21's rule in every task and mode, docs/quality.md)."""
+    from mm_core.heads.learned.checkpoints import WEIGHTS_DIR
+    from mm_core.heads.registry import DEFAULTS
+
+    folder = WEIGHTS_DIR / "cellmatch"
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 10 * 2**20
+    assert "cellmatch" not in DEFAULTS.values()
+    import mm_core
+
+    m = mm_core.Matcher("classic", head="cellmatch")
+    head = m.head("segment")
+    assert isinstance(head, CellMatchHead) and head.config["second_pass"] == "none"
+    img = ndi.gaussian_filter((_disks(r=8) > 0).astype(np.float32), 1.0)
+    res = m.segment(img)
+    assert res.n_objects == 4 and "learned CellMatch model 'cellmatch'" in res.head_note

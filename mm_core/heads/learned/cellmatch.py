@@ -14,7 +14,8 @@ normalised distance to the object's edge; instances come from following the flow
 Scale without a size search: the network was trained over object diameters of 8-100 pixels
 (zoom 0.25-4x of the training images). With boxes the image is resized so that the boxes are
 ``target_diameter`` wide; without, one pass at native resolution, and one more at the
-working size when the objects found are far from it (:meth:`CellMatchHead.predict_maps`).
+working size when the objects found are far from it, if ``second_pass`` says so (picked on the
+``train/`` validation slice: none; see docs/training.md).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class CellMatchHead(LearnedHead):
         "size_range": [12.0, 75.0],  #: no second pass when the objects found are this wide
         #: automatic mode's second pass: "both" (objects found too small or too large), "zoom_out"
         #: (too large only) or "none"; picked on the train/ validation slice (docs/training.md)
-        "second_pass": "both",
+        "second_pass": "none",
         "min_zoom": 0.25, "max_zoom": 4.0,
         "max_work_pixels": 16_000_000,  #: a pass never works on more pixels than this (zoom lowered)
         "decoder": "flows",  #: "flows" or "distance"

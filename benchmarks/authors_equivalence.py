@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mm_core.heads.authors.loca import LOCA
 from mm_core.heads.authors.resnet import FrozenBatchNorm2d, ResNet50
-from mm_core.heads.authors.roi_align import roi_align
+from mm_core.engines.roi_align import roi_align
 from mm_core.heads.authors.tracker import AUTHORS_CONFIG, TrackingTransformer
 from mm_core.heads.authors.vit import CellposeViT
 

@@ -194,6 +194,8 @@ def _match(engine: Engine, image, boxes, progress: ProgressFn | None, head=None)
     tick(progress, 0.2, "matching")
     own = getattr(head, "match", None)
     maps = own(engine, img, bx) if callable(own) else engine.match(img, bx)
+    if bx is not None:  # heads that take the boxes as a prompt read them here
+        maps = replace(maps, info={**maps.info, "boxes": np.asarray(bx, float)})
     tick(progress, 0.7, "post-processing")
     return img, maps, bx
 

@@ -19,7 +19,7 @@ F = torch.nn.functional
 from mm_core.heads.authors.loca import LOCA, sine_positions
 from mm_core.heads.authors.modules import CountRegressor, ExemplarAdapter, TrackRegressor
 from mm_core.heads.authors.resnet import FrozenBatchNorm2d, LocaBackbone, ResNet50
-from mm_core.heads.authors.roi_align import roi_align
+from mm_core.engines.roi_align import roi_align
 from mm_core.heads.authors.tracker import TrackingTransformer, blockwise_causal_norm
 from mm_core.heads.authors.vit import CellposeViT, rel_pos_bias
 
@@ -96,6 +96,18 @@ def test_roi_align_matches_the_definition(box, scale, sampling_ratio, aligned):
                     spatial_scale=scale, sampling_ratio=sampling_ratio, aligned=aligned)
     want = reference_roi_align(f, box, 3, scale, sampling_ratio, aligned)
     np.testing.assert_allclose(got[0].numpy(), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("sr", [1, 2, 3])
+def test_roi_align_as_the_projector_calls_it(sr):
+    """Batched boxes at stride 8 (the exemplar projector's call): the whole map, the border, sub-pixel boxes."""
+    rng = np.random.default_rng(sr)
+    feats = rng.normal(size=(2, 4, 9, 11))
+    boxes = [(0, 0, 0, 88, 72), (1, 3.5, 10.2, 40.7, 30), (0, 70, 50, 88, 72), (1, 12, 12, 14.5, 13)]
+    got = roi_align(torch.from_numpy(feats), torch.tensor(boxes, dtype=torch.float64), 3, spatial_scale=1 / 8,
+                    sampling_ratio=sr, aligned=True).numpy()
+    want = np.stack([reference_roi_align(feats[int(b[0])], b[1:], 3, 1 / 8, sr, True) for b in boxes])
+    np.testing.assert_allclose(got, want, atol=1e-9)
 
 
 def test_roi_align_is_exact_on_a_linear_map():

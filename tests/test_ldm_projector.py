@@ -9,64 +9,8 @@ from safetensors.torch import save_file
 
 from mm_core.engines.ldm import LDMEngine
 from mm_core.engines.ldm.conditioning import TASK_TOKEN, insert_slots
-from mm_core.engines.ldm.projector import ExemplarProjector, roi_align
+from mm_core.engines.ldm.projector import ExemplarProjector
 from mm_core.engines.ldm.testing import TINY_SIZE, build_tiny_components
-
-
-def _bilinear(feat, y, x):
-    """torchvision's roi_align bilinear_interpolate, written out."""
-    c, h, w = feat.shape
-    if y < -1.0 or y > h or x < -1.0 or x > w:
-        return np.zeros(c)
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_lo, x_lo = int(y), int(x)
-    if y_lo >= h - 1:
-        y_lo = y_hi = h - 1
-        y = float(y_lo)
-    else:
-        y_hi = y_lo + 1
-    if x_lo >= w - 1:
-        x_lo = x_hi = w - 1
-        x = float(x_lo)
-    else:
-        x_hi = x_lo + 1
-    ly, lx = y - y_lo, x - x_lo
-    hy, hx = 1 - ly, 1 - lx
-    return (hy * hx * feat[:, y_lo, x_lo] + hy * lx * feat[:, y_lo, x_hi]
-            + ly * hx * feat[:, y_hi, x_lo] + ly * lx * feat[:, y_hi, x_hi])
-
-
-def _roi_align_reference(feats, boxes, out, scale, sr):
-    res = np.zeros((len(boxes), feats.shape[1], out, out))
-    for k, (b, x0, y0, x1, y1) in enumerate(boxes):
-        f = feats[int(b)]
-        sx, sy = x0 * scale - 0.5, y0 * scale - 0.5
-        bw, bh = (x1 - x0) * scale / out, (y1 - y0) * scale / out
-        for ph in range(out):
-            for pw in range(out):
-                acc = np.zeros(f.shape[0])
-                for iy in range(sr):
-                    y = sy + ph * bh + (iy + 0.5) * bh / sr
-                    for ix in range(sr):
-                        x = sx + pw * bw + (ix + 0.5) * bw / sr
-                        acc += _bilinear(f, y, x)
-                res[k, :, ph, pw] = acc / (sr * sr)
-    return res
-
-
-@pytest.mark.parametrize("sr", [1, 2, 3])
-def test_roi_align_matches_reference(sr):
-    rng = np.random.default_rng(sr)
-    feats = rng.normal(size=(2, 4, 9, 11)).astype(np.float32)
-    boxes = np.array([[0, 0, 0, 88, 72],        # whole image (stride 8)
-                      [1, 3.5, 10.2, 40.7, 30],  # inside
-                      [0, 70, 50, 88, 72],       # touching the bottom-right border
-                      [1, 12, 12, 14.5, 13]],    # smaller than a feature pixel
-                     dtype=np.float32)
-    got = roi_align(torch.from_numpy(feats), torch.from_numpy(boxes), 3, spatial_scale=1 / 8,
-                    sampling_ratio=sr).numpy()
-    ref = _roi_align_reference(feats, boxes, 3, 1 / 8, sr)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

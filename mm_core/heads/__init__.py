@@ -9,7 +9,7 @@ named set-ups) and resolves a ``head=`` argument.
 TASK_HEAD_TYPES = {"segment": "segmentation", "count": "counting", "track": "linking"}
 #: Learned heads that serve several tasks: ``head_type`` -> tasks (for ``track``, the per-frame
 #: segmentation uses it through the ``segment`` task).
-MULTI_TASK_HEADS = {"generalist": ("segment", "count")}
+MULTI_TASK_HEADS = {"generalist": ("segment", "count"), "cellmatch": ("segment", "count")}
 #: Engine modes: no box (``automatic``) or one or more exemplar boxes (``exemplar``); the
 #: shipped default heads are chosen per task, engine and mode.
 MODES = ("automatic", "exemplar")

@@ -53,6 +53,7 @@ DEFAULTS: dict[tuple[str, str, str], str] = {
     # passes in automatic mode (3 of 4 dev sets better in AP50 and AP, worst AP50 difference
     # -0.0002); exemplar mode and counting fail, they stay analytic
     ("segment", "classic", "automatic"): "generalist-classic",
+    # "cellmatch" (issue 21) failed the rule in every (task, mode) on 2026-12-07: opt-in only
 }
 
 

@@ -10,6 +10,10 @@ The generalist head (both modes, own scale estimate) on the training corpus::
 
     python -m mm_core.train generalist --data ../shared/data/train/seg --out runs/generalist --threads 1
 
+The CellMatch model (image + boxes, train/ + synthetic images; issue 21)::
+
+    python -m mm_core.train cellmatch --data ../shared/data/train/seg --out runs/cellmatch --threads 1
+
 The object-size model (no engine maps, scale profiles only)::
 
     python -m mm_core.train size --data ../shared/data/train/seg --out runs/size --threads 2
@@ -32,7 +36,7 @@ import torch
 from mm_core.errors import MMError
 from mm_core.train.loop import FitConfig, fit
 
-TASKS = ("segment", "count", "track", "exemplar", "generalist", "size")
+TASKS = ("segment", "count", "track", "exemplar", "generalist", "size", "cellmatch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +116,8 @@ def _find(task: str, folders: list[str], exclude: list[str]) -> list:
     from mm_core.train.data import find_counting, find_segmentation, find_tracking
 
     finder = {"segment": find_segmentation, "count": find_counting, "track": find_tracking,
-              "exemplar": find_segmentation, "generalist": find_segmentation, "size": find_segmentation}[task]
+              "exemplar": find_segmentation, "generalist": find_segmentation, "size": find_segmentation,
+              "cellmatch": find_segmentation}[task]
     out = []
     for f in folders:
         out += [s for s in finder(f) if s.dataset not in exclude]
@@ -130,7 +135,7 @@ def run(argv: list[str]) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     samples = _slice(_find(args.task, args.data, args.exclude), args.subset)
-    if args.task in ("generalist", "size"):
+    if args.task in ("generalist", "size", "cellmatch"):
         return _run_generalist(args, argv, samples)
     if args.val_data:
         train_s, val_s = samples, _find(args.task, args.val_data, [])
@@ -175,6 +180,11 @@ def _run_generalist(args, argv, samples) -> dict:
 
         head, step, validate, used = size_task(args, samples, _settings(args.set))
         cache, extra = None, {"engine_mode": "none (scale profiles of the images)"}
+    elif args.task == "cellmatch":
+        from mm_core.train.cellmatch import cellmatch_task
+
+        head, step, validate, used = cellmatch_task(args, samples, _settings(args.set))
+        cache, extra = None, {"engine_mode": "none (the image and the boxes)"}
     else:
         cache = EngineCache(ClassicEngine(), None if str(args.cache_dir).lower() == "none" else args.cache_dir,
                             args.cache_version, features=False)  # the generalist head reads no engine features

@@ -6,8 +6,9 @@ linear layers only mean something once trained (see :meth:`ExemplarProjector.loa
 the backbone is ``microsoft/resnet-50`` (``MM_RESNET_MODEL``) through
 ``transformers.ResNetModel.from_pretrained``.
 
-:func:`roi_align` is torchvision's ``roi_align(aligned=True)`` with a fixed
-``sampling_ratio``, written with ``grid_sample`` and average pooling (no torchvision).
+:func:`mm_core.engines.roi_align.roi_align` (the one RoIAlign of the project, shared with
+the authors' heads) pools the boxes, as torchvision's ``roi_align(aligned=True)`` with
+``sampling_ratio=2``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_core.engines.roi_align import roi_align
 from mm_core.errors import ModelUnavailableError
 from mm_core.settings import Settings, get_settings
 
@@ -26,50 +28,6 @@ DEFAULT_BACKBONE = Settings().resnet_model
 BACKBONE_ENV = Settings.env("resnet_model")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int = 3,
-              spatial_scale: float = 1.0, sampling_ratio: int = 2) -> torch.Tensor:
-    """RoIAlign (``aligned=True``) by bilinear ``grid_sample`` and average pooling.
-
-    Parameters
-    ----------
-    features : Tensor, (B, C, H, W)
-    boxes : Tensor, (K, 5)
-        ``batch_index, x0, y0, x1, y1`` in input-image pixels (continuous
-        coordinates, pixel ``i`` covering ``[i, i + 1)``).
-    output_size : int
-        Bins per side.
-    spatial_scale : float
-        Feature pixels per input pixel (1/8 for a stride-8 map).
-    sampling_ratio : int
-        Bilinear samples per bin and side, averaged.
-
-    Returns
-    -------
-    Tensor, (K, C, output_size, output_size)
-
-    Notes
-    -----
-    Sample points outside the map are clamped to its border, as torchvision does for
-    points within one pixel of it; boxes are expected inside the image.
-    """
-    _, _, height, width = features.shape
-    k = boxes.shape[0]
-    s = output_size * sampling_ratio
-    b = boxes.to(features.dtype)
-    x0, y0 = b[:, 1] * spatial_scale - 0.5, b[:, 2] * spatial_scale - 0.5
-    x1, y1 = b[:, 3] * spatial_scale - 0.5, b[:, 4] * spatial_scale - 0.5
-    steps = (torch.arange(s, device=features.device, dtype=features.dtype) + 0.5) / s  # (s,)
-    xs = x0[:, None] + (x1 - x0)[:, None] * steps[None]  # (K, s) sample x in pixel-index space
-    ys = y0[:, None] + (y1 - y0)[:, None] * steps[None]
-    # grid_sample (align_corners=False): index x -> normalised (2x + 1) / W - 1
-    gx = (2 * xs + 1) / width - 1
-    gy = (2 * ys + 1) / height - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (K, s, s, 2)
-    src = features[b[:, 0].long()] if features.shape[0] > 1 else features.expand(k, -1, -1, -1)
-    samples = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return F.avg_pool2d(samples, kernel_size=sampling_ratio, stride=sampling_ratio)
 
 
 def stride8_features(backbone: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -113,7 +71,8 @@ class ExemplarProjector(nn.Module):
     def forward(self, image01: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(K, embed_dim)`` of boxes ``(K, 5)`` (batch index, x0, y0, x1, y1)."""
         feats = self.features(image01)
-        rois = roi_align(feats, boxes, 3, spatial_scale=feats.shape[-1] / image01.shape[-1])
+        rois = roi_align(feats, boxes, 3, spatial_scale=feats.shape[-1] / image01.shape[-1], sampling_ratio=2,
+                         aligned=True)
         x = F.relu(self.conv(rois))  # (K, hidden, 1, 1)
         return self.linear(x.flatten(1))
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_core.heads.authors.resnet import LocaBackbone
-from mm_core.heads.authors.roi_align import roi_align
+from mm_core.engines.roi_align import roi_align
 
 __all__ = ["LOCA", "OPE", "DensityRegressor", "sine_positions"]
 

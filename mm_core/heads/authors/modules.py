@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm_core.heads.authors.loca import LOCA
-from mm_core.heads.authors.roi_align import roi_align
+from mm_core.engines.roi_align import roi_align
 from mm_core.heads.authors.tracker import AUTHORS_CONFIG, TrackingTransformer
 from mm_core.heads.authors.vit import CellposeViT
 

@@ -17,6 +17,7 @@ Use :func:`load_head` (folder, shipped name or ``hub:owner/name``); every head h
 """
 
 from mm_core.heads.learned.base import LearnedHead, load_head
+from mm_core.heads.learned.cellmatch import CellMatchHead
 from mm_core.heads.learned.checkpoints import available_heads
 from mm_core.heads.learned.counting import CountingHead
 from mm_core.heads.learned.exemplar import exemplar_attention_loss
@@ -26,6 +27,7 @@ from mm_core.heads.learned.size import SizeModel
 from mm_core.heads.learned.tracking import LinkingHead, links_from_probabilities
 
 __all__ = [
+           "CellMatchHead",
            "CountingHead",
            "GeneralistHead",
            "LearnedHead",

@@ -213,3 +213,21 @@ def load_head(path_or_name, engine: str | None = None) -> LearnedHead:
     head = load_weights(classes[cfg["head_type"]].from_config(cfg), folder)
     head.config["info"].setdefault("name", folder.name)
     return head
+
+
+class CounterView:
+    """The counting face of a multi-task segmentation head: ``head.counter()`` returns one.
+
+    It shares the head (and its scale memo); subclasses say how labels become a density.
+    """
+
+    head_type = "counting"
+
+    def __init__(self, head):
+        self.head = head
+        self.config = head.config
+
+    def fit_scale(self, maps, image: np.ndarray) -> float:
+        """The head's object scale for ``image`` (see the head's ``fit_scale``)."""
+        return self.head.fit_scale(maps, image)
+

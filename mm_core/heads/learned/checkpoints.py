@@ -62,7 +62,7 @@ def _from_hub(repo_id: str) -> Path:
 def check_engine(cfg: dict, engine: str, head_type: str = "head") -> None:
     """Raise :class:`InputError` when a head trained on one engine meets another."""
     want = cfg.get("engine")
-    if want and engine and want != engine:
+    if want and engine and want != engine and want != "any":  # "any": reads no engine maps
         raise InputError(f"this {head_type} head was trained on the {want} engine's match maps and cannot "
                          f"read the {engine} engine's maps; run with --engine {want} or use a head trained "
                          f"for the {engine} engine (python -m mm_core.train ... --engine {engine})")

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from mm_core.engines.base import MatchMaps
-from mm_core.heads.learned.base import LearnedHead, check_engine, to_input_size
+from mm_core.heads.learned.base import CounterView, LearnedHead, check_engine, to_input_size
 from mm_core.heads.learned.inputs import HeadInputs, align_polarity, working_factor
 from mm_core.heads.learned.segmentation import instances_from_distance, seg_targets
 
@@ -369,7 +369,7 @@ class GeneralistHead(LearnedHead):
                 f"{', '.join(self.config['info'].get('train_data', [])) or 'train/'}; {scale})")
 
 
-class GeneralistCounter:
+class GeneralistCounter(CounterView):
     """Counting with a :class:`GeneralistHead`: the count is the sum of its density map.
 
     The centres are the segmented objects' centroids; the pipeline gives each centre
@@ -377,18 +377,8 @@ class GeneralistCounter:
     centres' ``n`` add up to the count (a clump the head could not split counts 2 or more).
     """
 
-    head_type = "counting"
-
-    def __init__(self, head: GeneralistHead):
-        self.head = head
-        self.config = head.config
-
     def describe(self) -> str:
         return self.head.describe() + "; count = sum of its density map, shared among the object centres"
-
-    def fit_scale(self, maps: MatchMaps, image: np.ndarray) -> float:
-        """See :meth:`GeneralistHead.fit_scale`."""
-        return self.head.fit_scale(maps, image)
 
     def predict(self, maps: MatchMaps, image: np.ndarray,
                 scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,350 @@
+"""The CellMatch model on the dev data: the issue-21 tables in docs/quality.md.
+
+The model is trained on ``../shared/data/train/`` (+ synthetic images) only; the dev sets are
+only measured here. Exemplar boxes are those of ``benchmarks/evaluate.py`` (fixed seed).
+
+Subcommands::
+
+    python benchmarks/cellmatch_eval.py dev   --head PATH [--decoders flows distance] [--limit N] [--out F.json]
+    python benchmarks/cellmatch_eval.py baseline [--out F.json]         # today's defaults, same measures
+    python benchmarks/cellmatch_eval.py boxes --head PATH [--limit N] [--out F.json]
+    python benchmarks/cellmatch_eval.py speed --head PATH
+    python benchmarks/cellmatch_eval.py scale --head PATH [--out F.json]  # pick the second pass (train/ val slice)
+    python benchmarks/cellmatch_eval.py tables --out runs/eval            # the docs tables from the JSON files
+
+``dev``: per segmentation dev set, AP50 / AP in automatic and exemplar mode, and the count
+(objects found) against the set's ``points/`` (MAE, mean relative error); VGG cells MAE.
+``boxes``: AP50 on dsb2018_stage1_test with the precise box and with the imprecise boxes of
+issue 21 (shifted 60 % of its width, 2x per side, 2x wide and 0.5x tall), and the share of the
+precise box's AP50 each keeps. ``speed``: the whole ``mm_core.segment`` call per 512² and
+1024² image (2 torch threads) and the peak RSS of a 2048² call, in a fresh process each.
+``scale``: automatic-mode AP50 per source on the training's validation slice of ``train/`` (the
+same seeded split; never the dev sets) for each ``second_pass`` setting; the rule, fixed before
+the run: the highest mean AP50 over the sources (equal weight) wins, and within 0.005 of it the
+one with fewer passes ("none", then "zoom_out", then "both").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from evaluate import DATA, count_exemplar, count_items, seg_exemplar, seg_items
+from generalist_eval import BOX_ERRORS
+
+SEG_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_contrast", "isbi2012_em_cells")
+def _head(path, decoder=None):
+    from mm_core.heads.learned import load_head
+
+    head = load_head(path)
+    if decoder:
+        head.config["decoder"] = decoder
+    return head
+
+
+def _boxes(box, shape):
+    from mm_core.transforms import prepare_boxes
+
+    return prepare_boxes(box, shape)
+
+
+def _points(name: str, stem: str) -> int | None:
+    f = DATA / "seg" / name / "points" / f"{stem}.csv"
+    return len(pd.read_csv(f)) if f.is_file() else None
+
+
+def seg_scores(name: str, head, limit, box_error=None, modes=("automatic", "exemplar")) -> dict:
+    """AP50 / AP and count errors of ``head`` on dev set ``name``."""
+    from mm_core.evaluation.metrics import average_precision
+    from mm_core.transforms import normalize
+
+    rng = np.random.default_rng(0)
+    res: dict = {m: {"ap": [], "count": [], "true": [], "sec": 0.0} for m in modes}
+    for stem, raw, gt in seg_items(name, limit):
+        img = normalize(np.asarray(raw, np.float32))
+        box = seg_exemplar(gt, rng)
+        for m in modes:
+            bx = None if m == "automatic" else _boxes(box if box_error is None else box_error(box), img.shape[:2])
+            t = time.perf_counter()
+            lab = head.segment_image(img, bx)["labels"]
+            res[m]["sec"] += time.perf_counter() - t
+            res[m]["ap"].append(average_precision(gt, lab)["ap"])
+            res[m]["count"].append(int(len(np.unique(lab[lab > 0]))))
+            n = _points(name, stem)
+            res[m]["true"].append(int(len(np.unique(gt[gt > 0]))) if n is None else n)
+    out = {}
+    for m, r in res.items():
+        c, t = np.array(r["count"], float), np.array(r["true"], float)
+        out[m] = {"ap50": float(np.mean([a[0] for a in r["ap"]])), "ap": float(np.mean([a.mean() for a in r["ap"]])),
+                  "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
+                  "n": len(r["ap"]), "sec_per_image": r["sec"] / max(len(r["ap"]), 1)}
+    return out
+
+
+def vgg_scores(head, limit) -> dict:
+    """VGG cells MAE in both modes (count = objects found)."""
+    from mm_core.transforms import normalize
+
+    rng = np.random.default_rng(0)
+    true, pred = [], {"automatic": [], "exemplar": []}
+    for _stem, raw, pts in count_items("vgg_cells", limit):
+        img = normalize(np.asarray(raw, np.float32))
+        box = count_exemplar(pts, raw.shape, rng)
+        true.append(len(pts))
+        pred["automatic"].append(head.segment_image(img)["labels"].max())
+        pred["exemplar"].append(head.segment_image(img, _boxes(box, img.shape[:2]))["labels"].max())
+    t = np.array(true, float)
+    return {m: {"mae": float(np.mean(np.abs(np.array(p, float) - t))),
+                "count_rel": float(np.mean(np.abs(np.array(p, float) - t) / t)), "n": len(t)}
+            for m, p in pred.items()}
+
+
+def cmd_dev(a) -> dict:
+    out = {}
+    for dec in a.decoders:
+        head = _head(a.head, dec)
+        for name in SEG_SETS:
+            if a.sets and name not in a.sets:
+                continue
+            t = time.perf_counter()
+            out[f"{dec}/{name}"] = seg_scores(name, head, a.limit)
+            print(dec, name, f"{time.perf_counter() - t:.0f} s", json.dumps(out[f"{dec}/{name}"]), flush=True)
+        if not a.sets or "vgg_cells" in a.sets:
+            out[f"{dec}/vgg_cells"] = vgg_scores(head, a.limit)
+            print(dec, "vgg_cells", json.dumps(out[f"{dec}/vgg_cells"]), flush=True)
+    return out
+
+
+def cmd_baseline(a) -> dict:
+    """Today's defaults (``mm_core.Matcher("classic")``): AP50 / AP and the count on the points, both modes."""
+    import mm_core
+    from mm_core.evaluation.metrics import average_precision
+    from mm_core.transforms import normalize
+
+    m = mm_core.Matcher("classic")
+    out = {}
+    for name in SEG_SETS:
+        if a.sets and name not in a.sets:
+            continue
+        rng = np.random.default_rng(0)
+        res = {k: {"ap": [], "count": [], "true": []} for k in ("automatic", "exemplar")}
+        for stem, raw, gt in seg_items(name, a.limit):
+            img = normalize(np.asarray(raw, np.float32))
+            box = seg_exemplar(gt, rng)
+            for k in res:
+                bx = None if k == "automatic" else _boxes(box, img.shape[:2])
+                res[k]["ap"].append(average_precision(gt, m.segment(img, boxes=bx).labels)["ap"])
+                res[k]["count"].append(m.count(img, boxes=bx).count)
+                n = _points(name, stem)
+                res[k]["true"].append(int(len(np.unique(gt[gt > 0]))) if n is None else n)
+        out[name] = {}
+        for k, r in res.items():
+            c, t = np.array(r["count"], float), np.array(r["true"], float)
+            out[name][k] = {"ap50": float(np.mean([x[0] for x in r["ap"]])),
+                            "ap": float(np.mean([x.mean() for x in r["ap"]])),
+                            "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
+                            "n": len(t)}
+        print(name, json.dumps(out[name]), flush=True)
+    if not a.sets or "vgg_cells" in a.sets:
+        rng = np.random.default_rng(0)
+        true, pred = [], {"automatic": [], "exemplar": []}
+        for _stem, raw, pts in count_items("vgg_cells", a.limit):
+            img = normalize(np.asarray(raw, np.float32))
+            box = count_exemplar(pts, raw.shape, rng)
+            true.append(len(pts))
+            pred["automatic"].append(m.count(img).count)
+            pred["exemplar"].append(m.count(img, boxes=_boxes(box, img.shape[:2])).count)
+        t = np.array(true, float)
+        out["vgg_cells"] = {k: {"mae": float(np.mean(np.abs(np.array(p, float) - t))),
+                                "count_rel": float(np.mean(np.abs(np.array(p, float) - t) / t)), "n": len(t)}
+                            for k, p in pred.items()}
+        print("vgg_cells", json.dumps(out["vgg_cells"]), flush=True)
+    return out
+
+
+SECOND_PASS = ("none", "zoom_out", "both")  #: fewest passes first (the tie-break order)
+
+
+def cmd_scale(a) -> dict:
+    """Automatic-mode AP50 per ``train/`` source on the validation slice, per ``second_pass`` setting."""
+    from mm_core.evaluation.metrics import average_precision
+    from mm_core.train.cli import _find
+    from mm_core.train.data import load_image, load_labels
+    from mm_core.train.generalist import split_by_dataset
+    from mm_core.transforms import normalize
+
+    _train, val = split_by_dataset(_find("cellmatch", [str(DATA / "train" / "seg")], []), 0.1, 0)
+    head = _head(a.head)
+    per: dict = {k: {} for k in SECOND_PASS}
+    for s in val[: a.limit]:
+        labels = load_labels(s.target).astype(np.int32)
+        if labels.max() == 0:
+            continue
+        img = normalize(np.asarray(load_image(s.image), np.float32))
+        for k in SECOND_PASS:
+            head.config["second_pass"] = k
+            ap50 = float(average_precision(labels, head.segment_image(img)["labels"])["ap"][0])
+            per[k].setdefault(s.dataset, []).append(ap50)
+    out = {k: {d: float(np.mean(v)) for d, v in srcs.items()} for k, srcs in per.items()}
+    for k in SECOND_PASS:
+        out[k]["mean over sources"] = float(np.mean(list(out[k].values())))
+        print(k, json.dumps(out[k]), flush=True)
+    best = max(out[k]["mean over sources"] for k in SECOND_PASS)
+    out["picked"] = next(k for k in SECOND_PASS if out[k]["mean over sources"] >= best - 0.005)
+    out["images"] = {d: len(v) for d, v in per["none"].items()}
+    print("picked", out["picked"], out["images"], flush=True)
+    return out
+
+
+def cmd_boxes(a) -> dict:
+    head = _head(a.head)
+    out = {"automatic": seg_scores("dsb2018_stage1_test", head, a.limit, modes=("automatic",))["automatic"]}
+    for k, fn in BOX_ERRORS.items():
+        out[k] = seg_scores("dsb2018_stage1_test", head, a.limit, box_error=fn, modes=("exemplar",))["exemplar"]
+        print(k, json.dumps(out[k]), flush=True)
+    for k in BOX_ERRORS:
+        out[k]["kept_of_precise"] = out[k]["ap50"] / max(out["precise"]["ap50"], 1e-9)
+    return out
+
+
+_SPEED = """
+import resource, sys, time, numpy as np, torch
+torch.set_num_threads(2)
+import mm_core
+size, head = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+yy, xx = np.mgrid[:size, :size]
+img = np.zeros((size, size), np.float32)
+for y, x in rng.uniform(0, size, (int(size * size / 900), 2)):
+    img[(yy - y) ** 2 + (xx - x) ** 2 <= 64] = 1.0
+img += rng.normal(0, 0.05, img.shape).astype(np.float32)
+m = mm_core.Matcher("classic", head=head)
+m.segment(img[:64, :64])
+t = time.perf_counter(); r = m.segment(img); dt = time.perf_counter() - t
+print(dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, int(r.labels.max()))
+"""
+
+
+def cmd_speed(a) -> dict:
+    out = {}
+    for size in (512, 1024, 2048):
+        got = subprocess.run([sys.executable, "-c", _SPEED, str(size), str(a.head)], capture_output=True, text=True,
+                             cwd=REPO, check=True).stdout.split()
+        out[f"{size}"] = {"seconds": float(got[0]), "peak_rss_mb": float(got[1]), "objects": int(got[2])}
+        print(size, out[f"{size}"], flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- issue 21's rule, fixed before measuring
+AP50_SLACK = 0.03  #: the new model may lose at most this much AP50 on any segmentation set
+MAE_SLACK = 0.10  #: ... and at most this share of MAE on any counting set
+BOX_SLACK = 0.02  #: exemplar mode may lose at most this much AP50 against automatic mode
+
+
+def rule(new: dict, base: dict, decoder: str = "flows") -> dict:
+    """Which (task, mode) the new model becomes the default for.
+
+    ``new``: :func:`cmd_dev` output; ``base``: :func:`cmd_baseline` output. A (task, mode) passes when no set is
+    worse than today's default by more than :data:`AP50_SLACK` AP50 (segmentation) or
+    :data:`MAE_SLACK` of its MAE (counting: the points of the segmentation sets and VGG), and
+    the mean over the sets (AP50; relative count error) is better.
+    """
+    out = {}
+    for mode in ("automatic", "exemplar"):
+        seg = [(new[f"{decoder}/{s}"][mode]["ap50"], base[s][mode]["ap50"]) for s in SEG_SETS if s in base]
+        ok = all(n >= b - AP50_SLACK for n, b in seg) and np.mean([n for n, _ in seg]) > np.mean([b for _, b in seg])
+        out[("segment", mode)] = {"passes": bool(ok), "sets": seg}
+        cnt = [(new[f"{decoder}/{s}"][mode]["count_mae"], base[s][mode]["count_mae"],
+                new[f"{decoder}/{s}"][mode]["count_rel"], base[s][mode]["count_rel"]) for s in SEG_SETS if s in base]
+        if "vgg_cells" in base:
+            v, b = new[f"{decoder}/vgg_cells"][mode], base["vgg_cells"][mode]
+            cnt.append((v["mae"], b["mae"], v["count_rel"], b["count_rel"]))
+        ok = all(n <= b * (1 + MAE_SLACK) for n, b, _, _ in cnt) and \
+            np.mean([r for _, _, r, _ in cnt]) < np.mean([rb for _, _, _, rb in cnt])
+        out[("count", mode)] = {"passes": bool(ok), "sets": cnt}
+    worst = min(new[f"{decoder}/{s}"]["exemplar"]["ap50"] - new[f"{decoder}/{s}"]["automatic"]["ap50"]
+                for s in SEG_SETS if f"{decoder}/{s}" in new)
+    out["box_never_worse"] = {"passes": bool(worst >= -BOX_SLACK), "worst_exemplar_minus_automatic": float(worst)}
+    return out
+
+
+def tables(folder: Path) -> str:
+    """Markdown tables of the JSON files in ``folder`` (dev.json, baseline.json, boxes.json, speed.json)."""
+    def load(name):
+        f = folder / f"{name}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    dev, base, boxes, speed = load("dev"), load("baseline"), load("boxes"), load("speed")
+    lines = []
+    if dev and base:
+        decs = sorted({k.split("/")[0] for k in dev})
+        lines += ["| data set | mode | today's default AP50 | " + " | ".join(f"CellMatch ({d}) AP50" for d in decs)
+                  + " | today's count: MAE (rel.) | " + " | ".join(f"CellMatch ({d}) count: MAE (rel.)" for d in decs)
+                  + " |", "|---|---|---|" + "---|" * len(decs) + "---|" + "---|" * len(decs)]
+        for name in (*SEG_SETS, "vgg_cells"):
+            if name not in base:
+                continue
+            for mode in ("automatic", "exemplar"):
+                b = base[name][mode]
+                row = [name, mode, "-" if name == "vgg_cells" else f"{b['ap50']:.3f}"]
+                row += ["-" if name == "vgg_cells" else f"{dev[f'{d}/{name}'][mode]['ap50']:.3f}" for d in decs]
+                key = "mae" if name == "vgg_cells" else "count_mae"
+                row.append(f"{b[key]:.1f} ({b['count_rel']:.2f})")
+                row += [f"{dev[f'{d}/{name}'][mode][key]:.1f} ({dev[f'{d}/{name}'][mode]['count_rel']:.2f})"
+                        for d in decs]
+                lines.append("| " + " | ".join(row) + " |")
+        for d in decs:
+            r = rule(dev, base, d)
+            lines.append("")
+            lines.append(f"Rule ({d} decoder): " + "; ".join(
+                f"{t} {m}: {'passes' if v['passes'] else 'fails'}" for (t, m), v in
+                ((k, v) for k, v in r.items() if isinstance(k, tuple)))
+                + f"; box never worse than automatic by > {BOX_SLACK}: "
+                + f"{'yes' if r['box_never_worse']['passes'] else 'no'} "
+                + f"(worst {r['box_never_worse']['worst_exemplar_minus_automatic']:+.3f})")
+    if boxes:
+        lines += ["", "| dsb2018_stage1_test | AP50 | share of the precise box's AP50 |", "|---|---|---|",
+                  f"| automatic mode (no box) | {boxes['automatic']['ap50']:.3f} | |"]
+        lines += [f"| box {k} | {boxes[k]['ap50']:.3f} | {boxes[k]['kept_of_precise']:.0%} |" for k in BOX_ERRORS]
+    if speed:
+        lines += ["", "| image | whole segment call, s | peak RSS, MB |", "|---|---|---|"]
+        lines += [f"| {k}² | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} |" for k, v in speed.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed", "scale", "tables"))
+    p.add_argument("--head", default="cellmatch")
+    p.add_argument("--decoders", nargs="*", default=["flows"])
+    p.add_argument("--sets", nargs="*", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    if a.cmd == "tables":
+        print(tables(a.out or Path("runs/eval")))
+        return 0
+    res = {"dev": cmd_dev, "baseline": cmd_baseline, "boxes": cmd_boxes, "speed": cmd_speed, "scale": cmd_scale}[a.cmd](a)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -249,3 +249,15 @@ def test_shipped_cellmatch_is_opt_in_small_and_loads_by_name():
     img = ndi.gaussian_filter((_disks(r=8) > 0).astype(np.float32), 1.0)
     res = m.segment(img)
     assert res.n_objects == 4 and "learned CellMatch model 'cellmatch'" in res.head_note
+
+
+@pytest.mark.parametrize(("norm", "upsample"), [("group", "bilinear"), ("batch", "transpose")])
+def test_one_unet_serves_both_learned_heads(norm, upsample):
+    from mm_core.heads.learned.layers import UNet
+
+    net = UNet(5, 4, base=4, levels=3, norm=norm, upsample=upsample).eval()
+    assert net(torch.rand(2, 5, 32, 48)).shape == (2, 4, 32, 48)
+    with pytest.raises(ValueError, match="norm"):
+        UNet(5, 4, norm="layer")
+    with pytest.raises(ValueError, match="upsample"):
+        UNet(5, 4, upsample="nearest")

@@ -26,42 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from torch import nn
 
 from mm_core.engines.base import MatchMaps
 from mm_core.heads.flows import distance_to_labels, flows_to_labels
 from mm_core.heads.learned.base import CounterView, LearnedHead
+from mm_core.heads.learned.layers import UNet
 
 #: Input channels: red, green, blue, box mask, box cross-correlation.
 INPUTS = ("red", "green", "blue", "box_mask", "box_ncc")
 #: Output channels: flow dy, flow dx, foreground logit, distance logit.
 OUTPUTS = ("flow_y", "flow_x", "foreground", "distance")
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class PromptUNet(nn.Module):
-    """A plain U-Net (``levels`` resolutions, channels ``base * 2**level``)."""
-
-    def __init__(self, cin: int, cout: int, base: int = 16, levels: int = 4):
-        super().__init__()
-        ch = [base * 2 ** i for i in range(levels)]
-        self.down = nn.ModuleList([_block(cin if i == 0 else ch[i - 1], c) for i, c in enumerate(ch)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(ch[i + 1], ch[i], 2, stride=2) for i in range(levels - 1)])
-        self.dec = nn.ModuleList([_block(2 * ch[i], ch[i]) for i in range(levels - 1)])
-        self.out = nn.Conv2d(ch[0], cout, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, blk in enumerate(self.down):
-            x = blk(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for i in reversed(range(len(self.up))):
-            x = self.dec[i](torch.cat([self.up[i](x), skips[i]], 1))
-        return self.out(x)
 
 
 def image_channels(image: np.ndarray) -> np.ndarray:
@@ -117,7 +91,8 @@ class CellMatchHead(LearnedHead):
 
     def __init__(self, engine: str = "any", n_features: int = 0, **config):
         super().__init__(engine, n_features, **config)
-        self.net = PromptUNet(len(INPUTS), len(OUTPUTS), int(self.config["base"]), int(self.config["levels"]))
+        self.net = UNet(len(INPUTS), len(OUTPUTS), int(self.config["base"]), int(self.config["levels"]), norm="batch",
+                        upsample="transpose")
 
     def forward(self, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x)

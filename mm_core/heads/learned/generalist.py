@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from torch import nn
 
 from mm_core.engines.base import MatchMaps
 from mm_core.heads.learned.base import CounterView, LearnedHead, check_engine, to_input_size
 from mm_core.heads.learned.inputs import HeadInputs, align_polarity, working_factor
+from mm_core.heads.learned.layers import UNet
 from mm_core.heads.learned.segmentation import instances_from_distance, seg_targets
 
 #: Output channels of the network.
@@ -112,33 +112,6 @@ def targets(labels: np.ndarray, target_diameter: float) -> np.ndarray:
         np.add.at(dots, (r, c), 1.0)
         dots = ndi.gaussian_filter(dots, DENSITY_SIGMA, mode="constant")
     return np.concatenate([fg_dist_bnd, size[None], (dots * DENSITY_SCALE)[None].astype(np.float32)])
-
-
-# ---------------------------------------------------------------- network
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.GELU(),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.GELU())
-
-
-class UNet(nn.Module):
-    """Plain U-Net: ``levels`` resolutions, ``base`` channels doubling per level."""
-
-    def __init__(self, cin: int, cout: int, base: int = 16, levels: int = 4):
-        super().__init__()
-        chans = [base * 2 ** i for i in range(levels)]
-        self.down = nn.ModuleList([_block(cin if i == 0 else chans[i - 1], c) for i, c in enumerate(chans)])
-        self.up = nn.ModuleList([_block(chans[i] + chans[i + 1], chans[i]) for i in range(levels - 1)])
-        self.out = nn.Conv2d(chans[0], cout, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, blk in enumerate(self.down):
-            x = blk(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for i in reversed(range(len(self.up))):
-            x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.up[i](torch.cat([skips[i], x], dim=1))
-        return self.out(x)
 
 
 class GeneralistHead(LearnedHead):

@@ -1,4 +1,4 @@
-"""Building blocks of the learned heads: the fusion stem and a small windowed ViT.
+"""Building blocks of the learned heads: a plain U-Net, the fusion stem and a small windowed ViT.
 
 The ViT follows the layout of SAM's image encoder (used by Cellpose-SAM): patch
 embedding, blocks with windowed self-attention and a few blocks with global
@@ -145,3 +145,58 @@ class TinyViT(nn.Module):
         for blk in self.blocks:
             t = blk(t)
         return self.norm(t).permute(0, 3, 1, 2)
+
+
+def conv_block(cin: int, cout: int, norm: str = "group") -> nn.Sequential:
+    """Two 3x3 convolutions, each with a norm and an activation.
+
+    ``norm="group"``: GroupNorm(4) + GELU, convolutions with bias; ``"batch"``: BatchNorm + ReLU,
+    no bias (the layer indices are the same, so checkpoint keys read ``N.0`` ... ``N.4``).
+    """
+    if norm == "group":
+        layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.GELU(),
+                  nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.GELU()]
+    elif norm == "batch":
+        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                  nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    else:
+        raise ValueError(f"norm must be 'group' or 'batch', not {norm!r}")
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """Plain U-Net: ``levels`` resolutions, ``base`` channels doubling per level.
+
+    ``upsample="bilinear"``: the coarser map is interpolated to the skip's size and one block reads
+    ``[skip, up]`` (the generalist head); ``"transpose"``: a 2x transposed convolution, then a
+    block reads ``[up, skip]`` (CellMatch; input sides a multiple of ``2**(levels-1)``).
+    """
+
+    def __init__(self, cin: int, cout: int, base: int = 16, levels: int = 4, norm: str = "group",
+                 upsample: str = "bilinear"):
+        super().__init__()
+        if upsample not in ("bilinear", "transpose"):
+            raise ValueError(f"upsample must be 'bilinear' or 'transpose', not {upsample!r}")
+        self.upsample = upsample
+        ch = [base * 2 ** i for i in range(levels)]
+        self.down = nn.ModuleList([conv_block(cin if i == 0 else ch[i - 1], c, norm) for i, c in enumerate(ch)])
+        if upsample == "bilinear":
+            self.up = nn.ModuleList([conv_block(ch[i] + ch[i + 1], ch[i], norm) for i in range(levels - 1)])
+        else:
+            self.up = nn.ModuleList([nn.ConvTranspose2d(ch[i + 1], ch[i], 2, stride=2) for i in range(levels - 1)])
+            self.dec = nn.ModuleList([conv_block(2 * ch[i], ch[i], norm) for i in range(levels - 1)])
+        self.out = nn.Conv2d(ch[0], cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, blk in enumerate(self.down):
+            x = blk(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            if self.upsample == "bilinear":
+                x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+                x = self.up[i](torch.cat([skips[i], x], dim=1))
+            else:
+                x = self.dec[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+        return self.out(x)
+

@@ -85,3 +85,24 @@ def blobs_image(seed: int = 0, shape=(96, 96), centres=((24, 24), (24, 70), (70,
         rr, cc = disk(c, r, shape=shape)
         img[rr, cc] = 1000.0
     return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)
+
+
+def write_disk_folder(root: Path, r: int, n_images: int = 3, seed: int = 0) -> Path:
+    """A segmentation folder ``root/images/*.png`` + ``root/masks/*.tif``: 64² images of 5 disks of radius ``r``."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:64, :64]
+    for i in range(n_images):
+        lab = np.zeros((64, 64), np.uint16)
+        for k, (y, x) in enumerate(rng.uniform(8, 56, (5, 2)), 1):
+            lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+        img = ndi.gaussian_filter((lab > 0).astype(np.float32), 1.0) * 200 + 20 + rng.normal(0, 4, lab.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
+        tifffile.imwrite(root / "masks" / f"im{i}.tif", lab)
+    return root

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from PIL import Image
+from conftest import write_disk_folder
 from scipy import ndimage as ndi
 
 from mm_core.engines.base import MatchMaps
@@ -163,15 +162,7 @@ def test_imprecise_boxes_and_crops():
 def test_train_generalist_cli(tmp_path):
     from mm_core.train.cli import main
 
-    rng = np.random.default_rng(0)
-    root = tmp_path / "seg" / "disks"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(3):
-        lab = _disks((64, 64), r=4, centres=rng.uniform(8, 56, (5, 2)))
-        img = ndi.gaussian_filter((lab > 0).astype(np.float32), 1.0) * 200 + 20 + rng.normal(0, 4, lab.shape)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
-        tifffile.imwrite(root / "masks" / f"im{i}.tif", lab.astype(np.uint16))
+    root = write_disk_folder(tmp_path / "seg" / "disks", r=4)
     out = tmp_path / "g"
     argv = ["generalist", "--data", str(root), "--out", str(out), "--epochs", "1", "--steps", "2",
             "--batch-size", "2", "--crop", "32", "--cache-dir", str(tmp_path / "cache"), "--no-progress",

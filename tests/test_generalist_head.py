@@ -15,9 +15,9 @@ from mm_core.heads.learned import load_head
 from mm_core.heads.learned.generalist import (
     DENSITY_SCALE,
     GeneralistHead,
-    object_diameter,
     targets,
 )
+from mm_core.heads.learned.inputs import object_diameter
 from mm_core.train import generalist_data as gd
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

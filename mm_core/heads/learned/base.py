@@ -230,4 +230,3 @@ class CounterView:
     def fit_scale(self, maps, image: np.ndarray) -> float:
         """The head's object scale for ``image`` (see the head's ``fit_scale``)."""
         return self.head.fit_scale(maps, image)
-

@@ -30,6 +30,7 @@ from scipy import ndimage as ndi
 from mm_core.engines.base import MatchMaps
 from mm_core.heads.flows import distance_to_labels, flows_to_labels
 from mm_core.heads.learned.base import CounterView, LearnedHead
+from mm_core.heads.learned.inputs import object_diameter
 from mm_core.heads.learned.layers import UNet
 
 #: Input channels: red, green, blue, box mask, box cross-correlation.
@@ -274,10 +275,8 @@ def _boxes_key(boxes) -> tuple:
 
 
 def median_diameter(labels: np.ndarray) -> float | None:
-    """Median equivalent diameter of the objects of ``labels`` (``None`` without objects)."""
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
-    areas = areas[areas > 0]
-    return None if len(areas) == 0 else float(2 * np.sqrt(np.median(areas) / np.pi))
+    """:func:`~mm_core.heads.learned.inputs.object_diameter`, ``None`` without objects."""
+    return object_diameter(labels) or None
 
 
 class CellMatchCounter(CounterView):

@@ -57,13 +57,6 @@ def head_inputs(maps: MatchMaps, image: np.ndarray) -> np.ndarray:
     return np.stack([align_polarity(gray, fg), fg, maps.at_input("centers")]).astype(np.float32)
 
 
-def object_diameter(labels: np.ndarray) -> float:
-    """Median equivalent diameter of the objects in ``labels`` (0 when there are none)."""
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
-    areas = areas[areas > 0]
-    return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else 0.0
-
-
 def pick_crossing(trials: list[float], read: list[float | None], s0: float) -> float:
     """The scale at which objects come out at the working diameter, from trial probes.
 

@@ -12,6 +12,11 @@ Subcommands::
     python benchmarks/cellmatch_eval.py scale --head PATH [--out F.json]  # pick the second pass (train/ val slice)
     python benchmarks/cellmatch_eval.py tables --out runs/eval            # the docs tables from the JSON files
 
+    # leave-one-source-out: a model trained without one train/ source, on the dev sets of its kind
+    python -m mm_core.train cellmatch ... --exclude dsb2018_stage1_train --out runs/loo_dsb2018_stage1_train
+    python benchmarks/cellmatch_eval.py dev --head runs/loo_dsb2018_stage1_train \
+        --sets dsb2018_stage1_test stardist_dsb2018_example --out runs/eval/loo_dsb2018_stage1_train.json
+
 ``dev``: per segmentation dev set, AP50 / AP in automatic and exemplar mode, and the count
 (objects found) against the set's ``points/`` (MAE, mean relative error); VGG cells MAE.
 ``boxes``: AP50 on dsb2018_stage1_test with the precise box and with the imprecise boxes of
@@ -44,6 +49,10 @@ from evaluate import DATA, count_exemplar, count_items, seg_exemplar, seg_items
 from generalist_eval import BOX_ERRORS
 
 SEG_SETS = ("dsb2018_stage1_test", "stardist_dsb2018_example", "usiigaci_phase_contrast", "isbi2012_em_cells")
+#: Leave-one-source-out (issue 21): the train/ source left out, and the dev sets of its kind.
+LOO_FOLDS = {"dsb2018_stage1_train": ("dsb2018_stage1_test", "stardist_dsb2018_example"),
+             "usiigaci_phase_contrast_train": ("usiigaci_phase_contrast",),
+             "drosophila_vnc_em_cells": ("isbi2012_em_cells",)}
 def _head(path, decoder=None):
     from mm_core.heads.learned import load_head
 
@@ -313,6 +322,7 @@ def tables(folder: Path) -> str:
                 + f"; box never worse than automatic by > {BOX_SLACK}: "
                 + f"{'yes' if r['box_never_worse']['passes'] else 'no'} "
                 + f"(worst {r['box_never_worse']['worst_exemplar_minus_automatic']:+.3f})")
+    lines += loo_table(folder, dev)
     if boxes:
         lines += ["", "| dsb2018_stage1_test | AP50 | share of the precise box's AP50 |", "|---|---|---|",
                   f"| automatic mode (no box) | {boxes['automatic']['ap50']:.3f} | |"]
@@ -321,6 +331,31 @@ def tables(folder: Path) -> str:
         lines += ["", "| image | whole segment call, s | peak RSS, MB |", "|---|---|---|"]
         lines += [f"| {k}² | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} |" for k, v in speed.items()]
     return "\n".join(lines)
+
+
+def loo_table(folder: Path, dev: dict | None) -> list[str]:
+    """Markdown rows: each ``loo_<source>.json`` (:data:`LOO_FOLDS`) beside the model trained on every source."""
+    rows = []
+    for src, sets in LOO_FOLDS.items():
+        f = folder / f"loo_{src}.json"
+        if not f.is_file():
+            continue
+        loo = json.loads(f.read_text())
+        for name in sets:
+            for mode in ("automatic", "exemplar"):
+                n = loo[f"flows/{name}"][mode]
+                a = dev[f"flows/{name}"][mode] if dev and f"flows/{name}" in dev else None
+                rows.append(f"| {src} | {name} | {mode} | {_fmt(a, 'ap50', 3)} | {n['ap50']:.3f} | "
+                            f"{_fmt(a, 'count_mae', 1)} | {n['count_mae']:.1f} |")
+    if not rows:
+        return []
+    head = ("| left out | dev set | mode | AP50, all sources | AP50, source left out | count MAE, all sources "
+            "| count MAE, source left out |")
+    return ["", head, "|---|---|---|---|---|---|---|", *rows]
+
+
+def _fmt(d: dict | None, key: str, digits: int) -> str:
+    return "-" if d is None else f"{d[key]:.{digits}f}"
 
 
 def main(argv=None) -> int:

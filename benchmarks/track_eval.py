@@ -5,7 +5,9 @@ Prints TRA / DET / LNK / SEG (and validity) for:
 - ``baseline``: Otsu threshold + distance-transform watershed + nearest-neighbour linking;
 - ``auto``: :func:`mm_core.track` in automatic mode;
 - ``exemplar``: :func:`mm_core.track` with one ground-truth object's box on frame 0
-  (picked with a fixed seed);
+  (picked with a fixed seed); ``exemplar-small``, ``exemplar-median`` and ``exemplar-large``:
+  the box of the smallest, the median-sized or the largest object on frame 0 (boxes of several
+  sizes);
 - ``gt-link``: :func:`mm_core.heads.tracking.link_labels` on the ground-truth masks with
   labels scrambled in every frame (linking quality alone);
 
@@ -15,6 +17,9 @@ Usage::
 
     python benchmarks/track_eval.py [--data ../shared/data/track/Fluo-N2DH-SIM+] [--seq 01]
         [--frames N] [--engine classic] [--modes baseline,auto,exemplar,gt-link] [--head analytic|PATH]
+
+    # boxes of several sizes on frame 0
+    python benchmarks/track_eval.py --modes auto,exemplar-small,exemplar-median,exemplar-large
 """
 
 from __future__ import annotations
@@ -114,10 +119,16 @@ def load(data: Path, seq: str, n_frames: int | None):
     return frames, [tifffile.imread(f) for f in gt_files]
 
 
-def exemplar_box(gt0: np.ndarray) -> np.ndarray:
-    """One ground-truth object's box on frame 0, picked with a fixed seed."""
-    p = regionprops_table(gt0, properties=("label", "bbox"))
-    k = np.random.default_rng(SEED).integers(len(p["label"]))
+#: Which ground-truth object gives the exemplar box, by mode.
+BOX_PICKS = ("exemplar", "exemplar-small", "exemplar-median", "exemplar-large")
+
+
+def exemplar_box(gt0: np.ndarray, pick: str = "exemplar") -> np.ndarray:
+    """One ground-truth object's box on frame 0: seeded random, or the smallest, median or largest."""
+    p = regionprops_table(gt0, properties=("label", "bbox", "area"))
+    order = np.argsort(p["area"], kind="stable")
+    k = {"exemplar": int(np.random.default_rng(SEED).integers(len(p["label"]))), "exemplar-small": order[0],
+         "exemplar-median": order[len(order) // 2], "exemplar-large": order[-1]}[pick]
     return np.array([[p["bbox-1"][k], p["bbox-0"][k], p["bbox-3"][k], p["bbox-2"][k]]], np.float32)
 
 
@@ -139,7 +150,12 @@ def run_mode(mode: str, frames, gts, engine: str, head=None):
     else:
         import mm_core
 
-        boxes = exemplar_box(gts[0]) if mode == "exemplar" else None
+        if mode != "auto" and mode not in BOX_PICKS:
+            raise SystemExit(f"unknown mode {mode!r}: baseline, auto, gt-link or one of {', '.join(BOX_PICKS)}")
+        boxes = exemplar_box(gts[0], mode) if mode in BOX_PICKS else None
+        if boxes is not None:
+            x0, y0, x1, y1 = boxes[0]
+            print(f"{mode}: box {x1 - x0:.0f}x{y1 - y0:.0f} px at ({x0:.0f}, {y0:.0f})", flush=True)
         res = mm_core.track(frames, boxes=boxes, engine=engine, head=head)
         print(f"{mode}: {res.head_note}", flush=True)
         masks, tracks = res.masks, res.tracks

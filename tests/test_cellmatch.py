@@ -14,6 +14,7 @@ from mm_core.heads.learned import load_head
 from mm_core.heads.learned.cellmatch import (
     CellMatchCounter,
     CellMatchHead,
+    engine_channels,
     instance_density,
     median_diameter,
     prompt_channels,
@@ -77,6 +78,42 @@ def test_crops_with_and_without_a_box():
     assert torch.equal(x2, x3) and torch.equal(t2, t3)  # seeded
 
 
+def test_engine_maps_are_two_more_inputs_cropped_and_zoomed_with_the_image(tmp_path, monkeypatch):
+    """The ablation model (``engine_maps``): real crops carry the engine's maps, synthetic ones zeros;
+    at inference the maps are made from the whole image and resized with it."""
+    lab = _disks()
+    img = ndi.gaussian_filter((lab > 0).astype(np.float32), 1)
+    maps = engine_channels(img)
+    assert maps.shape == (2, 80, 80) and maps[0][lab > 0].mean() > maps[0][lab == 0].mean()
+    item = cd.make_item("d/x", lab, img)
+    item.maps = np.stack([np.full(lab.shape, 0.25), np.full(lab.shape, 0.75)]).astype(np.float16)
+    x, _, w = cd.crop(item, 48, np.random.default_rng(0), exemplar=False, engine_maps=True)
+    inside = w[0] > 0
+    assert x.shape == (7, 48, 48) and torch.allclose(x[5][inside], torch.tensor(0.25), atol=1e-3)
+    assert torch.allclose(x[6][inside], torch.tensor(0.75), atol=1e-3)
+    x0, _, _ = cd.crop(item, 48, np.random.default_rng(0), exemplar=False)
+    assert torch.equal(x0, x[:5])  # the same crop without the maps
+    item.maps = None  # a synthetic label map: zero maps
+    assert not cd.crop(item, 48, np.random.default_rng(0), exemplar=True, engine_maps=True)[0][5:].any()
+
+    torch.manual_seed(0)
+    head = CellMatchHead(**TINY, engine_maps=True)
+    assert next(m for m in head.net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 7
+    seen = []
+    real = head._tiled
+    monkeypatch.setattr(head, "_tiled", lambda inp: seen.append(inp) or real(inp))
+    out = head.segment_image(img, np.array([[14, 14, 27, 27]]))  # made from the image: the disks show
+    assert out["labels"].shape == img.shape and seen[-1].shape[0] == 7 and seen[-1][5].max() > 0.5
+    ramp = np.stack([np.tile(np.linspace(0, 1, 80, dtype=np.float32), (80, 1))] * 2)
+    head.segment_image(img, np.array([[14, 14, 27, 27]]), engine_maps=ramp)  # given: zoomed with the image
+    got = seen[-1][5]
+    assert got.shape[1] == round(80 * 30 / 13) and np.all(np.diff(got[got.shape[0] // 2]) >= -1e-6)
+    assert abs(got.mean() - 0.5) < 0.02
+    again = load_head(head.save_pretrained(tmp_path / "em"))
+    assert again.config["engine_maps"] is True and "classic engine's maps" in again.describe()
+    assert np.array_equal(again.segment_image(img)["labels"], head.segment_image(img)["labels"])
+
+
 def test_head_runs_in_both_modes_and_counts_once(tmp_path):
     torch.manual_seed(0)
     head = CellMatchHead(**TINY)
@@ -129,6 +166,10 @@ def test_train_cellmatch_cli_and_resume(tmp_path):
     assert list((tmp_path / "cache" / "cellmatch_targets").glob("*.npz"))  # targets cached for later runs
     assert main([*argv[:6], "2", *argv[7:], "--resume"]) == 0
     assert (out / "log.csv").read_text().count("\n") == 3
+    em = tmp_path / "em"  # the engine-maps ablation: the classic engine's maps cached once per image
+    assert main([*argv[:4], str(em), *argv[5:], "engine_maps=1"]) == 0
+    assert load_head(em).config["engine_maps"] is True
+    assert list((tmp_path / "cache" / "classic").glob("*.npz"))
 
 
 def test_cellmatch_through_the_matcher_one_count_and_a_background_box(tmp_path, monkeypatch):
@@ -194,6 +235,11 @@ def test_issue21_default_rule(monkeypatch, tmp_path):
     (tmp_path / "baseline.json").write_text(json.dumps(base))
     text = ce.tables(tmp_path)
     assert "| isbi2012_em_cells | exemplar | 0.500 | 0.480 |" in text and "segment automatic: passes" in text
+    assert "left out" not in text  # no leave-one-source-out run yet
+    loo = {"flows/usiigaci_phase_contrast": {m: res(0.1, 40.0, 0.5) for m in ("automatic", "exemplar")}}
+    (tmp_path / "loo_usiigaci_phase_contrast_train.json").write_text(json.dumps(loo))
+    text = ce.tables(tmp_path)
+    assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.600 | 0.100 | 9.0 | 40.0 |" in text
 
 
 def test_zoom_follows_boxes_and_found_sizes_within_limits():
@@ -214,7 +260,7 @@ def test_second_pass_follows_the_setting(monkeypatch, rule, found, passes):
     head = CellMatchHead(**TINY, second_pass=rule)
     zooms = []
     real = head.run_at
-    monkeypatch.setattr(head, "run_at", lambda im, bx, z: zooms.append(z) or real(im, bx, z))
+    monkeypatch.setattr(head, "run_at", lambda im, bx, z, *rest: zooms.append(z) or real(im, bx, z, *rest))
     monkeypatch.setattr(cm, "median_diameter", lambda labels: found)
     head.segment_image(_disks())
     assert len(zooms) == passes

@@ -5,7 +5,8 @@ Example (the shipped model's command is in ``docs/training.md``)::
     python -m mm_core.train cellmatch --data ../shared/data/train/seg --out runs/cellmatch \\
         --epochs 60 --steps 100 --batch-size 8 --crop 128 --threads 1 --set synthetic=600
 
-``--set synthetic=0`` trains without synthetic images (the ablation). The validation slice is a
+``--set synthetic=0`` trains without synthetic images, ``--set engine_maps=1`` with the classic
+engine's automatic maps as two more inputs (the ablations). The validation slice is a
 seeded share of each ``train/`` source (never the dev sets); its loss picks the epoch.
 """
 
@@ -52,18 +53,26 @@ def cellmatch_task(args, samples, settings: dict):
     print(f"cellmatch: {len(train_s)} training / {len(val_s)} validation images, "
           f"{recipe['synthetic']} synthetic label maps")
     progress = not args.no_progress
-    cache = None if str(args.cache_dir).lower() == "none" else Path(args.cache_dir) / "cellmatch_targets"
-    real = cd.real_items(train_s, progress, cache)
-    val = cd.real_items(val_s, progress, cache)
-    synth = cd.synthetic_items(int(recipe["synthetic"]), args.seed, progress=progress)
+    no_cache = str(args.cache_dir).lower() == "none"
+    cache = None if no_cache else Path(args.cache_dir) / "cellmatch_targets"
     torch.manual_seed(args.seed)
     head = CellMatchHead(**model)
+    use_maps = head.config["engine_maps"]
+    engine = None
+    if use_maps:
+        from mm_core.engines.classic.engine import ClassicEngine
+        from mm_core.train.cache import EngineCache
+
+        engine = EngineCache(ClassicEngine(), folder=None if no_cache else args.cache_dir, features=False)
+    real = cd.real_items(train_s, progress, cache, engine)
+    val = cd.real_items(val_s, progress, cache, engine)
+    synth = cd.synthetic_items(int(recipe["synthetic"]), args.seed, progress=progress)
     head.config["info"]["recipe"] = recipe
-    val_batches = validation_set(val, args.crop, args.seed + 1)
+    val_batches = validation_set(val, args.crop, args.seed + 1, engine_maps=use_maps)
 
     def step(rng: np.random.Generator) -> torch.Tensor:
         x, t, w = cd.batch(real, synth, args.crop, args.batch_size, rng, float(recipe["p_synth"]),
-                           float(recipe["p_exemplar"]))
+                           float(recipe["p_exemplar"]), use_maps)
         return loss(head(x), t, w)
 
     def validate(h) -> float:
@@ -76,10 +85,11 @@ def cellmatch_task(args, samples, settings: dict):
     return head, step, validate, sorted({s.dataset for s in train_s})
 
 
-def validation_set(items: list, size: int, seed: int, per_item: int = 4) -> list:
+def validation_set(items: list, size: int, seed: int, per_item: int = 4, engine_maps: bool = False) -> list:
     """Fixed validation crops of the held-out ``train/`` images (half automatic, half with a box)."""
     from mm_core.train import cellmatch_data as cd
 
     rng = np.random.default_rng(seed)
-    crops = [cd.crop(it, size, rng, exemplar=bool(j % 2)) for it in items for j in range(per_item)]
+    crops = [cd.crop(it, size, rng, exemplar=bool(j % 2), engine_maps=engine_maps) for it in items
+             for j in range(per_item)]
     return [tuple(torch.stack(c) for c in zip(*crops[i:i + 16], strict=True)) for i in range(0, len(crops), 16)]

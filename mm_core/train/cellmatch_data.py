@@ -7,6 +7,10 @@ normalised distance (:mod:`mm_core.heads.flows`). A crop is then drawn at a rand
 ground-truth box (shift, size and aspect errors) at the zoom that makes the box the working
 size; real crops get colour augmentation (channel shuffle, greyscale, stain-like jitter,
 gamma, polarity, blur, noise), synthetic ones a new random rendering each time.
+
+For a model with ``engine_maps`` (the ablation), real items also carry the classic engine's
+automatic maps of the whole image, cropped and zoomed with it; synthetic crops get zero maps
+(the engine would have to run on every new rendering).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mm_core.heads.flows import labels_to_flows, normalized_distance, transform_flows
-from mm_core.heads.learned.cellmatch import image_channels, median_diameter, prompt_channels
+from mm_core.heads.learned.cellmatch import (
+    ENGINE_INPUTS,
+    engine_channels,
+    image_channels,
+    median_diameter,
+    prompt_channels,
+)
 from mm_core.train.generalist_data import imprecise_box
 
 DIAMETERS = (8.0, 100.0)  #: object diameters (working pixels) of automatic-mode crops
@@ -38,6 +48,7 @@ class Item:
     dist: np.ndarray  #: (H, W) float16
     diameter: float
     image: np.ndarray | None = None  #: (3, H, W) float16, None for synthetic label maps
+    maps: np.ndarray | None = None  #: (2, H, W) float16: the engine's maps (models with ``engine_maps``)
 
     @property
     def dataset(self) -> str:
@@ -59,10 +70,12 @@ def make_item(name: str, labels: np.ndarray, image: np.ndarray | None = None) ->
 TARGETS_VERSION = "1"
 
 
-def real_items(samples, progress: bool = True, cache_dir=None) -> list[Item]:
+def real_items(samples, progress: bool = True, cache_dir=None, engine=None) -> list[Item]:
     """Items of annotated ``train/`` samples (:class:`mm_core.train.data.Sample`).
 
     ``cache_dir``: targets are kept there (one ``.npz`` per image) and reused by later runs.
+    ``engine``: also keep its automatic maps of each image (:func:`engine_channels`; pass an
+    :class:`mm_core.train.cache.EngineCache` to run it once per image across runs).
     """
     from mm_core.train.data import load_image, load_labels
 
@@ -86,6 +99,8 @@ def real_items(samples, progress: bool = True, cache_dir=None) -> list[Item]:
                          diameter=it.diameter if it is not None else 0.0)
                 path.with_suffix(".tmp.npz").replace(path)
         if it is not None:
+            if engine is not None:
+                it.maps = engine_channels(img, engine).astype(np.float16)
             out.append(it)
     return out
 
@@ -133,8 +148,12 @@ def _colour(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def crop(item: Item, size: int, rng: np.random.Generator, exemplar: bool, target_diameter: float = 30.0):
-    """One training crop: ``inputs (5, S, S)``, ``targets (4, S, S)`` (flows, fg, dist), ``weight (1, S, S)``."""
+def crop(item: Item, size: int, rng: np.random.Generator, exemplar: bool, target_diameter: float = 30.0,
+         engine_maps: bool = False):
+    """One training crop: ``inputs (5, S, S)``, ``targets (4, S, S)`` (flows, fg, dist), ``weight (1, S, S)``.
+
+    ``engine_maps``: the inputs end with the item's engine maps (zeros when it has none): 7 channels.
+    """
     h, w = item.labels.shape
     image = item.image.astype(np.float32) if item.image is not None else \
         image_channels(_render(item, rng))
@@ -157,9 +176,12 @@ def crop(item: Item, size: int, rng: np.random.Generator, exemplar: bool, target
     r0, c0 = int(np.clip(np.floor(y0) - 1, 0, h - 1)), int(np.clip(np.floor(x0) - 1, 0, w - 1))
     r1, c1 = int(np.clip(np.ceil(y0 + side) + 1, r0 + 1, h)), int(np.clip(np.ceil(x0 + side) + 1, c0 + 1, w))
     win = (slice(r0, r1), slice(c0, c1))
-    dense = torch.from_numpy(np.concatenate([image[:, win[0], win[1]], item.flows[:, win[0], win[1]].astype(np.float32),
-                                             item.dist[win].astype(np.float32)[None],
-                                             np.ones((1, r1 - r0, c1 - c0), np.float32)]))
+    parts = [image[:, win[0], win[1]], item.flows[:, win[0], win[1]].astype(np.float32),
+             item.dist[win].astype(np.float32)[None], np.ones((1, r1 - r0, c1 - c0), np.float32)]
+    if engine_maps:
+        parts.append(np.zeros((len(ENGINE_INPUTS), r1 - r0, c1 - c0), np.float32) if item.maps is None else
+                     item.maps[:, win[0], win[1]].astype(np.float32))
+    dense = torch.from_numpy(np.concatenate(parts))
     got = _sample(dense, y0 - r0, x0 - c0, side, size, "bilinear")
     lab = _sample(torch.from_numpy(item.labels[win][None].astype(np.float32)), y0 - r0, x0 - c0, side, size,
                   "nearest")[0]
@@ -174,7 +196,7 @@ def crop(item: Item, size: int, rng: np.random.Generator, exemplar: bool, target
         bx = (np.asarray(box, float) - [x0, y0, x0, y0]) * zoom
         bx = bx[None]
     prompt = torch.from_numpy(prompt_channels(img.numpy(), bx))
-    inputs = torch.cat([img, prompt])
+    inputs = torch.cat([img, prompt, got[7:]])
     targets = torch.cat([flows, fg[None], (dist * fg)[None]])
     k, flip = int(rng.integers(4)), bool(rng.integers(2))
     inputs, weight = (_rot(a, k, flip) for a in (inputs, inside[None]))
@@ -203,7 +225,7 @@ def _render(item: Item, rng: np.random.Generator) -> np.ndarray:
 
 
 def batch(real: list[Item], synth: list[Item], size: int, n: int, rng: np.random.Generator,
-          p_synth: float = 0.4, p_exemplar: float = 0.4):
+          p_synth: float = 0.4, p_exemplar: float = 0.4, engine_maps: bool = False):
     """``n`` crops: synthetic with probability ``p_synth``, else a real dataset drawn ~ sqrt(its size)."""
     groups: dict[str, list[Item]] = {}
     for it in real:
@@ -221,7 +243,7 @@ def batch(real: list[Item], synth: list[Item], size: int, n: int, rng: np.random
         else:
             g = groups[keys[int(rng.choice(len(keys), p=p / p.sum()))]]
             it = g[int(rng.integers(len(g)))]
-        crops.append(crop(it, size, rng, exemplar=bool(rng.random() < p_exemplar)))
+        crops.append(crop(it, size, rng, exemplar=bool(rng.random() < p_exemplar), engine_maps=engine_maps))
     return tuple(torch.stack(c) for c in zip(*crops, strict=True))
 
 

@@ -4,7 +4,9 @@ What it reads (issue 21): the image normalised per channel (colour kept, grey im
 replicated to three channels) and the exemplar boxes as a *prompt*, two more channels: a mask
 of the boxes and the normalised cross-correlation of the boxes' contents with the image (the
 match within the image). Without a box both prompt channels are zero, so the same weights serve
-automatic and exemplar mode.
+automatic and exemplar mode. With ``engine_maps`` set (the issue-21 ablation "engine maps with
+and without"), two more channels: the classic engine's automatic-mode foreground and centre
+maps of the whole image (:func:`engine_channels`), resized with the image.
 
 What it predicts, four maps: Cellpose-style flows (dy, dx), the foreground probability and the
 normalised distance to the object's edge; instances come from following the flows
@@ -35,6 +37,8 @@ from mm_core.heads.learned.layers import UNet
 
 #: Input channels: red, green, blue, box mask, box cross-correlation.
 INPUTS = ("red", "green", "blue", "box_mask", "box_ncc")
+#: Extra input channels of a model trained with ``engine_maps``: the classic engine's automatic maps.
+ENGINE_INPUTS = ("engine_foreground", "engine_centers")
 #: Output channels: flow dy, flow dx, foreground logit, distance logit.
 OUTPUTS = ("flow_y", "flow_x", "foreground", "distance")
 
@@ -71,6 +75,26 @@ def prompt_channels(image3: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
     return out
 
 
+def engine_channels(image: np.ndarray, engine=None) -> np.ndarray:
+    """``(2, H, W)`` float32: the engine's automatic-mode foreground and centre maps at input size.
+
+    ``engine``: anything with ``match(image, boxes)`` (an engine, or a
+    :class:`mm_core.train.cache.EngineCache`); default the classic engine, the one the
+    ``engine_maps`` models are trained with.
+    """
+    if engine is None:
+        from mm_core.engines.classic.engine import ClassicEngine
+
+        engine = ClassicEngine()
+    maps = engine.match(np.asarray(image, np.float32), None)
+    return np.stack([maps.at_input("foreground"), maps.at_input("centers")]).astype(np.float32)
+
+
+def n_inputs(config: dict) -> int:
+    """Input channels of a model with ``config``: image, prompt (and the engine's maps)."""
+    return len(INPUTS) + (len(ENGINE_INPUTS) if config.get("engine_maps") else 0)
+
+
 class CellMatchHead(LearnedHead):
     """The CellMatch model as a head for both ``segment`` and ``count`` (see the module docstring)."""
 
@@ -88,36 +112,43 @@ class CellMatchHead(LearnedHead):
         "decoder": "flows",  #: "flows" or "distance"
         "fg_threshold": 0.5, "flow_iterations": 200,
         "tile": 1024, "tile_overlap": 64, "size_multiple": 16,
+        "engine_maps": False,  #: also read the classic engine's automatic maps (the ablation)
     }
 
     def __init__(self, engine: str = "any", n_features: int = 0, **config):
         super().__init__(engine, n_features, **config)
-        self.net = UNet(len(INPUTS), len(OUTPUTS), int(self.config["base"]), int(self.config["levels"]), norm="batch",
+        self.config["engine_maps"] = bool(self.config["engine_maps"])
+        self.net = UNet(n_inputs(self.config), len(OUTPUTS), int(self.config["base"]), int(self.config["levels"]), norm="batch",
                         upsample="transpose")
 
     def forward(self, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x)
 
     def check_maps(self, maps: MatchMaps) -> None:
-        """This model reads the image and the boxes, not an engine's maps: any engine is fine."""
+        """This model reads the image and the boxes (and makes its own classic maps): any engine is fine."""
 
     def describe(self) -> str:
         name = self.config["info"].get("name") or self.head_type
-        return (f"learned CellMatch model '{name}' (U-Net on the image and the boxes, {self.config['decoder']} "
+        reads = "the image, the boxes and the classic engine's maps" if self.config["engine_maps"] else \
+            "the image and the boxes"
+        return (f"learned CellMatch model '{name}' (U-Net on {reads}, {self.config['decoder']} "
                 f"decoder, trained on {', '.join(self.config['info'].get('train_data', [])) or 'train/'} "
                 f"+ synthetic images)")
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def run_at(self, image3: np.ndarray, boxes: np.ndarray | None, zoom: float) -> np.ndarray:
-        """Raw outputs ``(4, h, w)`` on the working grid: the image resized by ``zoom`` (tiled)."""
+    def run_at(self, image3: np.ndarray, boxes: np.ndarray | None, zoom: float,
+               extra: np.ndarray | None = None) -> np.ndarray:
+        """Raw outputs ``(4, h, w)`` on the working grid: the image (and ``extra`` maps, ``(C, H, W)``,
+        put after the prompt) resized by ``zoom`` (tiled)."""
         self.eval()
         h, w = image3.shape[1:]
         hw, ww = max(16, int(round(h * zoom))), max(16, int(round(w * zoom)))
-        x = F.interpolate(torch.from_numpy(image3)[None], size=(hw, ww), mode="bilinear", align_corners=False,
-                          antialias=zoom < 1)[0].numpy()
+        both = image3 if extra is None else np.concatenate([image3, np.asarray(extra, np.float32)])
+        x = F.interpolate(torch.from_numpy(np.ascontiguousarray(both, np.float32))[None], size=(hw, ww),
+                          mode="bilinear", align_corners=False, antialias=zoom < 1)[0].numpy()
         bx = None if boxes is None else np.asarray(boxes, float) * [ww / w, hw / h, ww / w, hw / h]
-        inp = np.concatenate([x, prompt_channels(x, bx)])
+        inp = np.concatenate([x[:3], prompt_channels(x[:3], bx), x[3:]])
         return self._tiled(inp)
 
     def _tiled(self, inp: np.ndarray) -> np.ndarray:
@@ -172,7 +203,8 @@ class CellMatchHead(LearnedHead):
         boxes = maps.info.get("boxes") if maps is not None else None
         return self.segment_image(image, boxes, scale)
 
-    def segment_image(self, image: np.ndarray, boxes: np.ndarray | None = None, scale: float | None = None) -> dict:
+    def segment_image(self, image: np.ndarray, boxes: np.ndarray | None = None, scale: float | None = None,
+                      engine_maps: np.ndarray | None = None) -> dict:
         """Instances of ``image`` (numpy in, numpy out).
 
         Parameters
@@ -183,6 +215,9 @@ class CellMatchHead(LearnedHead):
             ``(N, 4)`` exemplar boxes ``x0, y0, x1, y1`` (the prompt; they also set the zoom).
         scale : float, optional
             Object diameter in input pixels: one pass at the zoom it gives (tiles of a large image).
+        engine_maps : ndarray, optional
+            ``(2, H, W)`` :func:`engine_channels` of ``image``, for a model trained with
+            ``engine_maps`` (made here when not given; ignored by the other models).
 
         Returns
         -------
@@ -197,7 +232,10 @@ class CellMatchHead(LearnedHead):
         else:
             zoom = self.zoom_for(image3.shape[1:], boxes)
         shape = image3.shape[1:]
-        raw = self.run_at(image3, boxes, zoom)
+        extra = None
+        if self.config["engine_maps"]:
+            extra = engine_channels(image) if engine_maps is None else np.asarray(engine_maps, np.float32)
+        raw = self.run_at(image3, boxes, zoom, extra)
         labels = self.decode(raw, shape)
         if boxes is None and scale is None:
             found = median_diameter(labels)
@@ -205,7 +243,7 @@ class CellMatchHead(LearnedHead):
             rule = self.config["second_pass"]
             if found is not None and ((found > hi and rule != "none") or (found < lo and rule == "both")):
                 zoom = self.zoom_for(shape, None, found)
-                raw = self.run_at(image3, None, zoom)
+                raw = self.run_at(image3, None, zoom, extra)
                 labels = self.decode(raw, shape)
         from mm_core.transforms import resize_map
 
@@ -217,8 +255,8 @@ class CellMatchHead(LearnedHead):
     def match(self, engine, image: np.ndarray, boxes: np.ndarray | None) -> MatchMaps:
         """The model's own maps of ``image`` (the pipelines call this instead of ``engine.match``).
 
-        This model reads the image and the boxes, not an engine's maps, so the engine does not
-        run: the maps are the model's foreground and distance-to-edge outputs and the object
+        This model reads the image and the boxes, not ``engine``'s maps, so that engine does not
+        run (a model trained with ``engine_maps`` runs the classic engine itself): the maps are the model's foreground and distance-to-edge outputs and the object
         size it found, and the instances are kept for :meth:`predict`.
         """
         out = self.segment_image(image, boxes)
@@ -230,7 +268,8 @@ class CellMatchHead(LearnedHead):
                          mode=mode, conditioning=("automatic: repeated structures" if bx is None else
                                                   f"{len(bx)} exemplar box(es) as the model's prompt"),
                          info={"n_boxes": 0 if bx is None else len(bx), "zoom": out["zoom"],
-                               "model": "CellMatch (the engine's maps are not used)"})
+                               "model": "CellMatch (reads the classic engine's automatic maps)"
+                               if self.config["engine_maps"] else "CellMatch (the engine's maps are not used)"})
         self._memo = (image, _boxes_key(bx), maps.scale, out)
         return maps
 

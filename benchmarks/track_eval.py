@@ -7,7 +7,7 @@ Prints TRA / DET / LNK / SEG (and validity) for:
 - ``exemplar``: :func:`mm_core.track` with one ground-truth object's box on frame 0
   (picked with a fixed seed); ``exemplar-small``, ``exemplar-median`` and ``exemplar-large``:
   the box of the smallest, the median-sized or the largest object on frame 0 (boxes of several
-  sizes);
+  sizes; ``exemplar-small-inner``: the smallest one the image's edge does not cut);
 - ``gt-link``: :func:`mm_core.heads.tracking.link_labels` on the ground-truth masks with
   labels scrambled in every frame (linking quality alone);
 
@@ -19,7 +19,7 @@ Usage::
         [--frames N] [--engine classic] [--modes baseline,auto,exemplar,gt-link] [--head analytic|PATH]
 
     # boxes of several sizes on frame 0
-    python benchmarks/track_eval.py --modes auto,exemplar-small,exemplar-median,exemplar-large
+    python benchmarks/track_eval.py --modes auto,exemplar-small,exemplar-small-inner,exemplar-median,exemplar-large
 """
 
 from __future__ import annotations
@@ -120,14 +120,19 @@ def load(data: Path, seq: str, n_frames: int | None):
 
 
 #: Which ground-truth object gives the exemplar box, by mode.
-BOX_PICKS = ("exemplar", "exemplar-small", "exemplar-median", "exemplar-large")
+BOX_PICKS = ("exemplar", "exemplar-small", "exemplar-small-inner", "exemplar-median", "exemplar-large")
 
 
 def exemplar_box(gt0: np.ndarray, pick: str = "exemplar") -> np.ndarray:
-    """One ground-truth object's box on frame 0: seeded random, or the smallest, median or largest."""
+    """One ground-truth object's box on frame 0: seeded random, or the smallest (``-inner``: of those
+    the image's edge does not cut), median or largest."""
     p = regionprops_table(gt0, properties=("label", "bbox", "area"))
     order = np.argsort(p["area"], kind="stable")
+    h, w = gt0.shape
+    inner = [i for i in order if p["bbox-0"][i] > 0 and p["bbox-1"][i] > 0 and p["bbox-2"][i] < h
+             and p["bbox-3"][i] < w]
     k = {"exemplar": int(np.random.default_rng(SEED).integers(len(p["label"]))), "exemplar-small": order[0],
+         "exemplar-small-inner": inner[0] if inner else order[0],
          "exemplar-median": order[len(order) // 2], "exemplar-large": order[-1]}[pick]
     return np.array([[p["bbox-1"][k], p["bbox-0"][k], p["bbox-3"][k], p["bbox-2"][k]]], np.float32)
 

@@ -197,6 +197,22 @@ def test_cellmatch_through_the_matcher_one_count_and_a_background_box(tmp_path, 
     assert m.count(img, boxes=[[80, 2, 94, 14]]).warnings  # not a silent count either
 
 
+def test_a_broken_checkpoint_runs_the_analytic_head_and_says_so(tmp_path, capsys):
+    """Issue 21's bad input: a corrupt or wrong-engine checkpoint is one message, and the analytic head runs."""
+    import tifffile
+
+    from mm_core.cli import main
+
+    folder = CellMatchHead(**TINY).save_pretrained(tmp_path / "cm")
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    img = tmp_path / "disks.tif"
+    tifffile.imwrite(img, (ndi.gaussian_filter((_disks() > 0).astype(np.float32), 1) * 200).astype(np.uint8))
+    assert main(["segment", str(img), "--head", str(folder), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "head: analytic watershed head (the head" in err and "not a readable safetensors file" in err
+    assert "Traceback" not in err and (tmp_path / "out" / "disks.tif").is_file()
+
+
 def test_issue21_default_rule(monkeypatch, tmp_path):
     """benchmarks/cellmatch_eval.rule: no set worse by > 0.03 AP50 / 10 % MAE, the mean better;
     exemplar mode never more than 0.02 AP50 under automatic."""

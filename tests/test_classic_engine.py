@@ -94,6 +94,24 @@ def test_exemplar_mode_valid(engine):
     assert fg[gt > 0].mean() > 0.7 and fg[gt == 0].mean() < 0.15
 
 
+def test_a_box_on_an_object_the_edge_cuts_reads_the_whole_object(engine):
+    """A user boxes a cell half outside the image: the scale is the whole cell's, not the half's,
+    so the other cells are not cut in pieces (Fluo-N2DH-SIM+ with such a box lost most of its TRA)."""
+    import mm_core
+
+    img, gt = make_disks(n=14, size=192, diameter=24, seed=5)
+    cx = int(round(np.nonzero(gt == 1)[1].mean()))
+    cut, g = img[:, cx:], gt[:, cx:]  # the image's left edge runs through disk 1's centre
+    assert 0.4 < (g == 1).sum() / (gt == 1).sum() < 0.6
+    box = np.array([bbox(g, 1)], np.float32)
+    assert box[0, 2] - box[0, 0] < 0.75 * (box[0, 3] - box[0, 1])  # a narrow box: half a disk
+    m = engine.match(cut, box)
+    assert 24 / 1.3 <= m.scale <= 24 * 1.3
+    whole = len(np.unique(g[g > 0]))
+    found = mm_core.Matcher("classic", head="analytic").segment(cut, boxes=box).labels.max()
+    assert whole - 1 <= found <= whole + 1
+
+
 def two_kinds(seed=4):
     """Large disks (diameter 22) and small squares (side 7) of the same brightness."""
     _, gb = make_disks(n=8, size=224, diameter=22, seed=seed, noise=0.0)

@@ -265,8 +265,16 @@ def test_resolve_head_says_which_head_runs(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="needs a counting head"):
         resolve_head(folder, "count", "classic")
     assert isinstance(resolve_head(folder, "count", "classic", own_task=True)[0], DensityHead)  # given for all
-    with pytest.raises(InputError, match="trained on the classic engine"):
-        resolve_head(folder, "segment", "ldm")
+    head, note = resolve_head(folder, "segment", "ldm")  # another engine's checkpoint: analytic, saying why
+    assert isinstance(head, WatershedHead) and "trained on the classic engine" in note and str(folder) in note
+    with pytest.raises(InputError, match="no head checkpoint"):  # a typo stays an error
+        resolve_head(tmp_path / "sge-test", "segment", "classic")
+    broken = SegmentationHead("classic", 0, **TINY).save_pretrained(tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    head, note = resolve_head(broken, "segment", "classic")
+    assert isinstance(head, WatershedHead) and "not a readable safetensors file" in note
+    (broken / "model.safetensors").unlink()
+    assert "model.safetensors" in resolve_head(broken, "segment", "classic")[1]
     for bad in (3.5, ["seg-test"], " "):
         with pytest.raises(InputError, match="head must be None, 'auto', 'analytic'"):
             resolve_head(bad, "segment", "classic")

@@ -75,3 +75,16 @@ def test_prepare_boxes_refuses_bad_boxes(box, msg):
 
 def test_scale_boxes():
     np.testing.assert_allclose(scale_boxes(np.array([[2, 4, 6, 8]]), (0.5, 2.0)), [[4, 2, 12, 4]])
+
+
+def test_box_diameters_count_objects_the_edge_cuts_whole():
+    from mm_core.transforms import box_diameters, boxes_cut_by_edge
+
+    boxes = np.array([[30, 30, 50, 70],  # inside: sqrt(20 * 40)
+                      [0, 10, 20, 50],  # on the left edge: 20 wide, 40 tall -> a 40-wide object
+                      [80, 0, 100, 10],  # on the top-right corner: a square on the longer side
+                      [10, 90, 70, 100]])  # on the bottom edge, wider than tall
+    assert boxes_cut_by_edge(boxes, (100, 100)).tolist() == [[False, False], [True, False], [True, True],
+                                                              [False, True]]
+    np.testing.assert_allclose(box_diameters(boxes, (100, 100)), [np.sqrt(800), 40, 20, 60])
+    np.testing.assert_allclose(box_diameters(boxes[:1], (100, 100)), [np.sqrt(800)])

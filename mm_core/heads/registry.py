@@ -162,14 +162,18 @@ def resolve_head(spec, task: str, engine: str, mode: str = "automatic", *, own_t
     head : object
         A head with the task's interface.
     note : str
-        E.g. ``"analytic watershed head (no learned segment head ships for the ldm engine)"``.
+        E.g. ``"analytic watershed head (no learned segment head ships for the ldm engine)"``;
+        a checkpoint that is there but cannot be used (unreadable, incomplete, for another
+        engine or task, a hub id that cannot be fetched) gives the analytic head and a note
+        that says why.
 
     Raises
     ------
     InputError
-        A bad value, an unknown task or mode, or a checkpoint for another task or engine.
+        A bad value, an unknown task or mode, a name or folder that points at nothing, or a
+        checkpoint for another task.
     ModelUnavailableError
-        A checkpoint that cannot be found or fetched.
+        The paper's heads asked for by name but not available.
     """
     _check(task, mode)
     kind = head_kind(spec)
@@ -185,7 +189,7 @@ def resolve_head(spec, task: str, engine: str, mode: str = "automatic", *, own_t
         kind = "default"
     if kind == "default":
         return _default(task, engine, mode)
-    return _learned(spec, task, engine)
+    return _learned_or_analytic(spec, task, engine)
 
 
 # ---------------------------------------------------------------------- issue 22: the paper's heads
@@ -256,6 +260,31 @@ def _default(task: str, engine: str, mode: str):
         return head, f"{head.describe()} (the learned head could not be used: {exc})"
 
 
+def _learned_or_analytic(spec, task: str, engine: str):
+    """The checkpoint ``spec`` asked for; one that is there but cannot be used runs the analytic head.
+
+    A name or folder that points at nothing, or a checkpoint for another task, is the user's
+    mix-up and stays an error (the first message lists the shipped names); a checkpoint that
+    is unreadable, incomplete or for another engine, or a hub id that cannot be fetched, gives
+    the analytic head and a note that says why (issue 21: a broken checkpoint never stops a run).
+    """
+    from mm_core.heads.learned.checkpoints import resolve
+
+    if not str(spec).startswith("hub:"):
+        resolve(spec)  # InputError for a name or path that is not there
+    try:
+        return _learned(spec, task, engine)
+    except WrongTaskError:
+        raise
+    except (InputError, ModelUnavailableError) as exc:
+        head = analytic_head(task)
+        return head, f"{head.describe()} (the head {spec} could not be used: {exc})"
+
+
+class WrongTaskError(InputError):
+    """A checkpoint for another task than the one it was given for."""
+
+
 def _learned(spec, task: str, engine: str):
     """A learned head from a shipped name, folder or hub id, checked against ``task`` and ``engine``."""
     from mm_core.heads.learned.base import load_head
@@ -264,5 +293,5 @@ def _learned(spec, task: str, engine: str):
     if task in MULTI_TASK_HEADS.get(head.head_type, ()):
         return (head.counter() if task == "count" else head), head.describe()
     if head.head_type != TASK_HEAD_TYPES[task]:
-        raise InputError(f"{spec} is a {head.head_type} head; the {task} task needs a {TASK_HEAD_TYPES[task]} head")
+        raise WrongTaskError(f"{spec} is a {head.head_type} head; the {task} task needs a {TASK_HEAD_TYPES[task]} head")
     return head, head.describe()

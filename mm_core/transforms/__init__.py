@@ -8,6 +8,8 @@ from mm_core.transforms.image import (
     DEFAULT_PERCENTILES,
     HOLE_AREA_FRAC,
     WHOLE_IMAGE_FRAC,
+    box_diameters,
+    boxes_cut_by_edge,
     fill_holes,
     normalize,
     percentile_bounds,
@@ -19,6 +21,6 @@ from mm_core.transforms.image import (
 )
 
 __all__ = [
-    "DEFAULT_PERCENTILES", "HOLE_AREA_FRAC", "WHOLE_IMAGE_FRAC", "fill_holes", "normalize",
+    "DEFAULT_PERCENTILES", "HOLE_AREA_FRAC", "WHOLE_IMAGE_FRAC", "box_diameters", "boxes_cut_by_edge", "fill_holes", "normalize",
     "percentile_bounds", "prepare_boxes", "rescale", "resize_map", "scale_boxes", "to_gray",
 ]

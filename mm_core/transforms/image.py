@@ -180,6 +180,39 @@ def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0,
     return np.asarray(out, dtype=np.float32)
 
 
+def boxes_cut_by_edge(boxes: np.ndarray, image_shape: tuple[int, int], edge: float = 1.0) -> np.ndarray:
+    """``(N, 2)`` bool: whether each ``x0, y0, x1, y1`` box reaches the image's left/right (column 0)
+    or top/bottom (column 1) edge, within ``edge`` pixels: its object is probably cut there."""
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    h, w = image_shape[:2]
+    return np.stack([(b[:, 0] <= edge) | (b[:, 2] >= w - edge), (b[:, 1] <= edge) | (b[:, 3] >= h - edge)], 1)
+
+
+def box_diameters(boxes: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+    """Object diameter each exemplar box shows: the geometric mean of its sides.
+
+    A box on the image's edge holds an object the edge cuts (a user boxes the cell they
+    see, half of it outside): its side across that edge is read as at least its other side,
+    as for a round object. A box on a corner is read as a square on its longer side.
+
+    Parameters
+    ----------
+    boxes : ndarray, (N, 4)
+        ``x0, y0, x1, y1`` in pixels of the image (clipped to it, as :func:`prepare_boxes` does).
+    image_shape : tuple of int
+        ``(H, W)`` of the image.
+
+    Returns
+    -------
+    ndarray, (N,)
+    """
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    cut = boxes_cut_by_edge(b, image_shape)
+    longer = np.maximum(bw, bh)
+    return np.sqrt(np.where(cut[:, 0], longer, bw) * np.where(cut[:, 1], longer, bh))
+
+
 def scale_boxes(boxes: np.ndarray | None, factor_yx: tuple[float, float]) -> np.ndarray | None:
     """Scale ``x0, y0, x1, y1`` boxes by ``(fy, fx)`` (e.g. when an image is resized)."""
     if boxes is None:

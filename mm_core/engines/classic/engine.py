@@ -33,7 +33,7 @@ from mm_core.engines.classic import scale as sc
 from mm_core.engines.classic.bank import CHANNELS, blob_response, filter_bank
 from mm_core.engines.classic.centers import center_evidence, exemplar_ncc, exemplar_templates
 from mm_core.engines.classic.classifier import PixelClassifier, fit_pixel_classifier
-from mm_core.transforms import percentile_bounds, rescale, resize_map, scale_boxes
+from mm_core.transforms import boxes_cut_by_edge, percentile_bounds, rescale, resize_map, scale_boxes
 
 #: Object diameter (pixels) at the working resolution; larger objects are downsampled.
 WORK_DIAMETER = 24.0
@@ -139,11 +139,13 @@ def refine_box_scale(prob: np.ndarray, boxes_w: np.ndarray, diameter: float, f_y
     the foreground sees it; the heads convert between areas and counts with the
     scale, so it should describe the matched foreground. The median equivalent
     diameter of the foreground inside each box, kept within 0.5-1.0x the box
-    size, in input pixels.
+    size, in input pixels. Boxes on the image's edge hold cut objects and are not
+    measured (``diameter`` already counts them whole).
     """
     fy, fx = f_yx
     ds = []
-    for x0, y0, x1, y1 in boxes_w:
+    whole = ~boxes_cut_by_edge(boxes_w, prob.shape).any(1)
+    for x0, y0, x1, y1 in np.asarray(boxes_w)[whole]:
         sub = prob[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] > 0.5
         ds.append(2.0 * np.sqrt(sub.sum() / (fy * fx) / np.pi))
     return float(np.clip(np.median(ds), 0.5 * diameter, diameter)) if ds else diameter
@@ -259,7 +261,7 @@ class ClassicEngine:
             exemplar, polarity, diameter = fit.exemplar, fit.polarity, fit.diameter
         elif boxes is not None and len(boxes) > 0:
             exemplar, boxes = True, np.asarray(boxes, np.float32)
-            polarity, diameter = sc.box_polarity(gray, boxes), sc.box_scale(boxes)
+            polarity, diameter = sc.box_polarity(gray, boxes), sc.box_scale(boxes, (H, W))
         else:
             exemplar, polarity = False, sc.estimate_polarity(gray)
             diameter = float(diameter) if diameter else sc.estimate_scale(gray, polarity)

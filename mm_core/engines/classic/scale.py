@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from mm_core.engines.classic.bank import blob_response
-from mm_core.transforms import resize_map
+from mm_core.transforms import box_diameters, resize_map
 
 #: Longest side of the thumbnail used for scale estimation.
 SCALE_THUMB_SIDE = 384
@@ -111,11 +111,10 @@ def estimate_scale(gray: np.ndarray, polarity: float) -> float:
     return float(np.sqrt(d_log * d_comp))
 
 
-def box_scale(boxes: np.ndarray) -> float:
-    """Object diameter from exemplar boxes: geometric mean of their sides, averaged."""
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    return float(np.mean(np.sqrt(w * h)))
+def box_scale(boxes: np.ndarray, image_shape: tuple[int, int]) -> float:
+    """Object diameter from exemplar boxes: :func:`~mm_core.transforms.box_diameters`, averaged
+    (a box on the image's edge counts its cut object whole)."""
+    return float(np.mean(box_diameters(boxes, image_shape)))
 
 
 def box_polarity(gray: np.ndarray, boxes: np.ndarray) -> float:

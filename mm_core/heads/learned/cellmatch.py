@@ -34,6 +34,7 @@ from mm_core.heads.flows import distance_to_labels, flows_to_labels
 from mm_core.heads.learned.base import CounterView, LearnedHead
 from mm_core.heads.learned.inputs import object_diameter
 from mm_core.heads.learned.layers import UNet
+from mm_core.transforms import box_diameters
 
 #: Input channels: red, green, blue, box mask, box cross-correlation.
 INPUTS = ("red", "green", "blue", "box_mask", "box_ncc")
@@ -191,8 +192,7 @@ class CellMatchHead(LearnedHead):
         hi = min(hi, max(lo, float(np.sqrt(self.config["max_work_pixels"] / max(image_shape[0] * image_shape[1], 1)))))
         d = self.config["target_diameter"]
         if boxes is not None and len(boxes):
-            b = np.asarray(boxes, float)
-            size = float(np.median(np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))))
+            size = float(np.median(box_diameters(boxes, image_shape)))
             return float(np.clip(d / max(size, 1.0), lo, hi))
         if found is None:
             return 1.0

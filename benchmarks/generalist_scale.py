@@ -74,7 +74,7 @@ def validation_items(data: list[str], fraction: float, seed: int, cache_version:
 
 def evaluate(head, items) -> dict:
     """Per strategy: AP50 / AP per (dataset, mode), probes and seconds per image."""
-    from mm_core.heads.learned.inputs import object_diameter
+    from mm_core.heads.objects import object_diameter
     from mm_core.evaluation.metrics import average_precision
 
     rows = []

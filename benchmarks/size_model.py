@@ -32,7 +32,7 @@ def errors(model, samples) -> dict:
     from mm_core.train.data import load_image, load_labels
     from mm_core.engines.classic import scale as sc
     from mm_core.engines.classic.engine import gray_of
-    from mm_core.heads.learned.inputs import object_diameter
+    from mm_core.heads.objects import object_diameter
     from mm_core.transforms import normalize
 
     out = {}

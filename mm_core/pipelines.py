@@ -19,7 +19,7 @@ from skimage.segmentation import relabel_sequential
 from mm_core import checks
 from mm_core.engines.base import Engine, MatchMaps
 from mm_core.errors import InputError
-from mm_core.heads.objects import boxes_from_labels
+from mm_core.heads.objects import boxes_from_labels, object_diameter
 from mm_core.heads.shares import count_from_density
 from mm_core.io.calibration import UNKNOWN, check_pixel_size, describe_pixel_size, resolve_pixel_size
 from mm_core.io.limits import Limits
@@ -33,9 +33,12 @@ from mm_core.transforms import normalize, prepare_boxes
 MAX_EXEMPLARS = 64
 #: Chaining exemplars can drift: on the bundled time-lapse the estimated object scale
 #: shrank from 18.5 to 11.4 px in 5 frames, then frames over-segmented. When a frame's
-#: scale leaves [scale0 / SCALE_DRIFT, scale0 * SCALE_DRIFT] of frame 0's, the frame is
-#: matched again with the seed (the user's boxes, or automatic mode). Widening the chained
-#: boxes instead (10% a side) lowered SEG on Fluo-N2DH-SIM+ from 0.81 to 0.58.
+#: scale leaves [d0 / SCALE_DRIFT, d0 * SCALE_DRIFT], d0 the median diameter of the objects
+#: found on frame 0, the frame is matched again in automatic mode at d0 (:func:`_rematch`).
+#: Widening the chained boxes instead (10% a side) lowered SEG on Fluo-N2DH-SIM+ from 0.81 to
+#: 0.58. Measuring the drift against the box's size and matching again with the frame-0 boxes
+#: (as before 2026-12-07) failed with a box that is not typical: on a cell the image's edge
+#: cuts, the chain kept going back to a box that by then held background (TRA 0.32).
 SCALE_DRIFT = 1.3
 
 
@@ -300,14 +303,25 @@ def as_frames(frames) -> list[np.ndarray]:
     return frames
 
 
+def _rematch(engine: Engine, frame: np.ndarray, seed, diameter: float) -> MatchMaps:
+    """A frame matched again after the chain drifted: automatic mode at the object ``diameter`` of
+    frame 0 when the engine takes one (the classic engine), else with the ``seed`` (the first
+    frame's boxes, or automatic mode)."""
+    import inspect
+
+    if "diameter" in inspect.signature(engine.match).parameters:
+        return engine.match(frame, None, diameter=diameter)
+    return engine.match(frame, seed)
+
+
 def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: ProgressFn | None = None,
               keep_maps: bool = False, notes: tuple[str, str] = ("", ""), pixel_size=None) -> TrackResult:
     """Track objects through a time-lapse.
 
     Frame 0 is matched against ``boxes`` (or in automatic mode); every later frame
     is matched using the previous frame's objects as exemplars (at most
-    ``MAX_EXEMPLARS``), and again with the seed when the chain drifts in scale
-    (``SCALE_DRIFT``). ``seg_head`` turns each frame's maps into objects and
+    ``MAX_EXEMPLARS``), and again at frame 0's object size when the chain drifts in
+    scale (``SCALE_DRIFT``, :func:`_rematch`). ``seg_head`` turns each frame's maps into objects and
     ``linker`` links them (both directions, divisions, gap closing).
 
     Parameters
@@ -361,12 +375,11 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
                 kept.append(kept[-1])
             continue
         maps = engine.match(frame, exemplars)
-        if t == 0:
-            scale0, seed_mode = maps.scale, maps.mode
-        elif not scale0 / SCALE_DRIFT <= maps.scale <= scale0 * SCALE_DRIFT:
-            maps = engine.match(frame, seed)  # the chain drifted: back to the seed
+        if t and not d0 / SCALE_DRIFT <= maps.scale <= d0 * SCALE_DRIFT:
+            maps = _rematch(engine, frame, seed, d0)  # the chain drifted: back to frame 0's object size
         lab = relabel_sequential(np.asarray(seg_head.predict(maps, frame)))[0]
         if t == 0:
+            seed_mode, d0 = maps.mode, object_diameter(lab) or maps.scale
             first = [f"First frame: {w}" for w in checks.check_segmentation(lab, maps, n_seed, boxes=seed, image=frame)]
         labels.append(lab)
         summaries.append(linker.frame_summary(lab, maps, frame))

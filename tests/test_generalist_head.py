@@ -17,7 +17,7 @@ from mm_core.heads.learned.generalist import (
     GeneralistHead,
     targets,
 )
-from mm_core.heads.learned.inputs import object_diameter
+from mm_core.heads.objects import object_diameter
 from mm_core.train import generalist_data as gd
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

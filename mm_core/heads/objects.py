@@ -70,6 +70,13 @@ def object_features(labels: np.ndarray, features: np.ndarray | None) -> np.ndarr
     return (out / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
+def object_diameter(labels: np.ndarray) -> float:
+    """Median equivalent diameter of the objects in ``labels`` (0 when there are none)."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    areas = areas[areas > 0]
+    return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else 0.0
+
+
 def boxes_from_labels(labels: np.ndarray, max_boxes: int | None = None, pad: float = 0.0) -> np.ndarray | None:
     """Bounding boxes ``(N, 4)`` as ``x0, y0, x1, y1`` (exclusive), or None without objects.
 

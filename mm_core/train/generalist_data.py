@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mm_core.train.data import Sample, load_image, load_labels
 from mm_core.heads.learned.generalist import head_inputs, targets
-from mm_core.heads.learned.inputs import object_diameter
+from mm_core.heads.objects import object_diameter
 from mm_core.heads.learned.inputs import sample_region
 from mm_core.train.dense import square_region
 

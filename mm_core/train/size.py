@@ -60,7 +60,7 @@ def _profiles(args: tuple) -> list[tuple[np.ndarray, float]]:
     """Profiles and target bins of one image's views (run in a worker process)."""
     from mm_core.train.data import load_image, load_labels
     from mm_core.engines.classic.engine import gray_of
-    from mm_core.heads.learned.inputs import object_diameter
+    from mm_core.heads.objects import object_diameter
     from mm_core.transforms import normalize
 
     image_path, mask_path, key, n_views, seed, augment = args

@@ -93,13 +93,6 @@ def align_polarity(gray: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     return gray if gray[fg].mean() >= gray[~fg].mean() else (1.0 - gray)
 
 
-def object_diameter(labels: np.ndarray) -> float:
-    """Median equivalent diameter of the objects in ``labels`` (0 when there are none)."""
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
-    areas = areas[areas > 0]
-    return float(2.0 * np.sqrt(np.median(areas) / np.pi)) if len(areas) else 0.0
-
-
 def working_factor(scale: float, target_diameter: float, lo: float = 0.25, hi: float = 4.0) -> float:
     """Zoom factor that brings objects of ``scale`` pixels to ``target_diameter``."""
     if not np.isfinite(scale) or scale <= 0:

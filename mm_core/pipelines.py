@@ -304,9 +304,11 @@ def as_frames(frames) -> list[np.ndarray]:
 
 
 def _rematch(engine: Engine, frame: np.ndarray, seed, diameter: float) -> MatchMaps:
-    """A frame matched again after the chain drifted: automatic mode at the object ``diameter`` of
-    frame 0 when the engine takes one (the classic engine), else with the ``seed`` (the first
-    frame's boxes, or automatic mode)."""
+    """A frame matched again after the chain drifted.
+
+    Automatic mode at the object ``diameter`` of frame 0 when the engine takes one (the
+    classic engine), else with the ``seed`` (the first frame's boxes, or automatic mode).
+    """
     import inspect
 
     if "diameter" in inspect.signature(engine.match).parameters:

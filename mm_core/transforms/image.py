@@ -181,8 +181,11 @@ def prepare_boxes(boxes, image_shape: tuple[int, int], min_size: float = 2.0,
 
 
 def boxes_cut_by_edge(boxes: np.ndarray, image_shape: tuple[int, int], edge: float = 1.0) -> np.ndarray:
-    """``(N, 2)`` bool: whether each ``x0, y0, x1, y1`` box reaches the image's left/right (column 0)
-    or top/bottom (column 1) edge, within ``edge`` pixels: its object is probably cut there."""
+    """Whether each box reaches the image's edges, where its object is probably cut.
+
+    Returns ``(N, 2)`` bool: column 0 the left or right edge, column 1 the top or bottom one,
+    within ``edge`` pixels, for ``x0, y0, x1, y1`` boxes on an image of ``image_shape``.
+    """
     b = np.asarray(boxes, float).reshape(-1, 4)
     h, w = image_shape[:2]
     return np.stack([(b[:, 0] <= edge) | (b[:, 2] >= w - edge), (b[:, 1] <= edge) | (b[:, 3] >= h - edge)], 1)

@@ -366,6 +366,7 @@ def run_track(engine: Engine, seg_head, linker, frames, boxes=None, progress: Pr
     labels, summaries, kept = [], [], []
     keep = keep_maps or bool(getattr(linker, "needs_maps", False))
     exemplars, T = seed, len(frames)
+    d0 = 0.0  # the median diameter of the objects found on frame 0 (set there)
     n_seed = 0 if seed is None else len(seed)
     change = [float("inf")] + [checks.frame_change(frames[t - 1], frames[t]) for t in range(1, T)]
     for t, frame in enumerate(frames):

@@ -100,7 +100,7 @@ def test_a_box_on_an_object_the_edge_cuts_reads_the_whole_object(engine):
     import mm_core
 
     img, gt = make_disks(n=14, size=192, diameter=24, seed=5)
-    cx = int(round(np.nonzero(gt == 1)[1].mean()))
+    cx = round(np.nonzero(gt == 1)[1].mean())
     cut, g = img[:, cx:], gt[:, cx:]  # the image's left edge runs through disk 1's centre
     assert 0.4 < (g == 1).sum() / (gt == 1).sum() < 0.6
     box = np.array([bbox(g, 1)], np.float32)

@@ -32,8 +32,8 @@ from scipy import ndimage as ndi
 from mm_core.engines.base import MatchMaps
 from mm_core.heads.flows import distance_to_labels, flows_to_labels
 from mm_core.heads.learned.base import CounterView, LearnedHead
-from mm_core.heads.objects import object_diameter
 from mm_core.heads.learned.layers import UNet
+from mm_core.heads.objects import object_diameter
 from mm_core.transforms import box_diameters
 
 #: Input channels: red, green, blue, box mask, box cross-correlation.

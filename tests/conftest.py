@@ -106,3 +106,12 @@ def write_disk_folder(root: Path, r: int, n_images: int = 3, seed: int = 0) -> P
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
         tifffile.imwrite(root / "masks" / f"im{i}.tif", lab)
     return root
+
+
+def tiny_train_argv(kind: str, tmp_path: Path, out: Path, r: int, *settings: str) -> list[str]:
+    """``python -m mm_core.train KIND`` arguments for a 1-epoch, 2-step run on a disk folder (:func:`write_disk_folder`)."""
+    root = write_disk_folder(tmp_path / "seg" / "disks", r=r)
+    return [kind, "--data", str(root), "--out", str(out), "--epochs", "1", "--steps", "2", "--batch-size", "2",
+            "--crop", "32", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--set", "base=4", "levels=2",
+            *settings]
+

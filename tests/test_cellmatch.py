@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_disk_folder
+from conftest import tiny_train_argv
 from scipy import ndimage as ndi
 
 from mm_core.engines.base import MatchMaps
@@ -155,11 +155,8 @@ def test_instance_density_sums_to_the_objects():
 def test_train_cellmatch_cli_and_resume(tmp_path):
     from mm_core.train.cli import main
 
-    root = write_disk_folder(tmp_path / "seg" / "disks", r=6)
     out = tmp_path / "cm"
-    argv = ["cellmatch", "--data", str(root), "--out", str(out), "--epochs", "1", "--steps", "2",
-            "--batch-size", "2", "--crop", "32", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-            "--set", "base=4", "levels=2", "synthetic=3"]
+    argv = tiny_train_argv("cellmatch", tmp_path, out, 6, "synthetic=3")
     assert main(argv) == 0
     head = load_head(out)
     assert isinstance(head, CellMatchHead) and head.config["info"]["recipe"]["synthetic"] == 3

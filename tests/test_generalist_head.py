@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_disk_folder
+from conftest import tiny_train_argv
 from scipy import ndimage as ndi
 
 from mm_core.engines.base import MatchMaps
@@ -162,11 +162,8 @@ def test_imprecise_boxes_and_crops():
 def test_train_generalist_cli(tmp_path):
     from mm_core.train.cli import main
 
-    root = write_disk_folder(tmp_path / "seg" / "disks", r=4)
     out = tmp_path / "g"
-    argv = ["generalist", "--data", str(root), "--out", str(out), "--epochs", "1", "--steps", "2",
-            "--batch-size", "2", "--crop", "32", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-            "--set", "base=4", "levels=2", "tile=64"]
+    argv = tiny_train_argv("generalist", tmp_path, out, 4, "tile=64")
     assert main(argv) == 0
     head = load_head(out, engine="classic")
     assert isinstance(head, GeneralistHead) and "generalist" in head.config["info"]["train_command"]

@@ -306,12 +306,11 @@ def as_frames(frames) -> list[np.ndarray]:
 def _rematch(engine: Engine, frame: np.ndarray, seed, diameter: float) -> MatchMaps:
     """A frame matched again after the chain drifted.
 
-    Automatic mode at the object ``diameter`` of frame 0 when the engine takes one (the
-    classic engine), else with the ``seed`` (the first frame's boxes, or automatic mode).
+    Automatic mode at the object ``diameter`` of frame 0 when the engine says it takes one
+    (``engine.takes_diameter``, the classic engine), else with the ``seed`` (the first frame's
+    boxes, or automatic mode).
     """
-    import inspect
-
-    if "diameter" in inspect.signature(engine.match).parameters:
+    if getattr(engine, "takes_diameter", False):
         return engine.match(frame, None, diameter=diameter)
     return engine.match(frame, seed)
 

@@ -87,6 +87,17 @@ def blobs_image(seed: int = 0, shape=(96, 96), centres=((24, 24), (24, 70), (70,
     return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)
 
 
+def disk_labels(shape=(80, 80), r: int = 5, centres=((20, 20), (20, 50), (55, 30), (60, 62))):
+    """Instance labels ``1..N`` of disks of radius ``r`` at ``centres`` (row, col), int32."""
+    import numpy as np
+
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for k, (y, x) in enumerate(centres, 1):
+        lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    return lab
+
+
 def write_disk_folder(root: Path, r: int, n_images: int = 3, seed: int = 0) -> Path:
     """A segmentation folder ``root/images/*.png`` + ``root/masks/*.tif``: 64² images of 5 disks of radius ``r``."""
     import numpy as np

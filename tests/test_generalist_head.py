@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import disk_labels as _disks
 from conftest import tiny_train_argv
 from scipy import ndimage as ndi
 
@@ -22,14 +23,6 @@ from mm_core.train import generalist_data as gd
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 TINY = {"base": 4, "levels": 2, "tile": 64, "tile_overlap": 8, "size_model": ""}  # search from the engine scale
-
-
-def _disks(shape=(80, 80), r=5, centres=((20, 20), (20, 50), (55, 30), (60, 62))):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    lab = np.zeros(shape, np.int32)
-    for k, (y, x) in enumerate(centres, 1):
-        lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
-    return lab
 
 
 def _maps(img, scale=10.0, engine="classic"):

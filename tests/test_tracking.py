@@ -13,7 +13,6 @@ from scipy import ndimage as ndi
 
 from mm_core.engines.base import MatchMaps
 from mm_core.export import write_ctc
-from mm_core.io import read_ctc
 from mm_core.heads.linking import (
     TRACK_COLUMNS,
     LinkParams,
@@ -23,6 +22,7 @@ from mm_core.heads.linking import (
 )
 from mm_core.heads.segmentation import WatershedHead
 from mm_core.heads.tracking import AnalyticLinker
+from mm_core.io import read_ctc
 from mm_core.pipelines import SCALE_DRIFT, run_track
 
 
@@ -295,6 +295,8 @@ def test_track_frames_goes_back_to_the_seed_when_the_scale_drifts():
 
 class _DriftingSizedEngine(_DriftingEngine):
     """A drifting engine that, like the classic one, can be told the object diameter."""
+
+    takes_diameter = True
 
     def match(self, image, boxes=None, diameter=None):
         self.diameters = [*getattr(self, "diameters", []), diameter]

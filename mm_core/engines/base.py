@@ -74,7 +74,11 @@ class MatchMaps:
 
 @runtime_checkable
 class Engine(Protocol):
-    """Anything with a ``name`` and a ``match`` method is an engine."""
+    """Anything with a ``name`` and a ``match`` method is an engine.
+
+    An engine whose automatic mode can be told the object size sets ``takes_diameter = True``
+    and accepts ``match(image, None, diameter=d)`` (used when tracking drifts off scale).
+    """
 
     name: str
 

@@ -219,6 +219,8 @@ class ClassicEngine:
     """
 
     name = "classic"
+    #: ``match(image, None, diameter=d)`` runs automatic mode at a known object size.
+    takes_diameter = True
 
     def match(self, image: np.ndarray, boxes: np.ndarray | None = None,
               diameter: float | None = None, fit: ClassicFit | None = None) -> MatchMaps:

@@ -323,6 +323,7 @@ def tables(folder: Path) -> str:
                 + f"{'yes' if r['box_never_worse']['passes'] else 'no'} "
                 + f"(worst {r['box_never_worse']['worst_exemplar_minus_automatic']:+.3f})")
     lines += loo_table(folder, dev)
+    lines += ablation_table(folder, dev)
     if boxes:
         lines += ["", "| dsb2018_stage1_test | AP50 | share of the precise box's AP50 |", "|---|---|---|",
                   f"| automatic mode (no box) | {boxes['automatic']['ap50']:.3f} | |"]
@@ -352,6 +353,34 @@ def loo_table(folder: Path, dev: dict | None) -> list[str]:
     head = ("| left out | dev set | mode | AP50, all sources | AP50, source left out | count MAE, all sources "
             "| count MAE, source left out |")
     return ["", head, "|---|---|---|---|---|---|---|", *rows]
+
+
+#: Ablations of the shipped recipe (issue 21): ``abl_<key>.json`` in the tables folder, and their column title.
+ABLATIONS = {"nosynth": "without synthetic images", "maps": "with the classic engine's maps"}
+
+
+def ablation_table(folder: Path, dev: dict | None) -> list[str]:
+    """Markdown rows: AP50 and count MAE of the shipped model beside each ablation (:data:`ABLATIONS`) found."""
+    runs = {k: json.loads((folder / f"abl_{k}.json").read_text())
+            for k in ABLATIONS if (folder / f"abl_{k}.json").is_file()}
+    if not runs:
+        return []
+    rows = []
+    for name in (*SEG_SETS, "vgg_cells"):
+        key = f"flows/{name}"
+        if not any(key in r for r in runs.values()):
+            continue
+        count = "mae" if name == "vgg_cells" else "count_mae"
+        for mode in ("automatic", "exemplar"):
+            cells = [dev[key][mode] if dev and key in dev else None] + [r[key][mode] if key in r else None
+                                                                         for r in runs.values()]
+            ap = ["-" if name == "vgg_cells" or c is None else f"{c['ap50']:.3f}" for c in cells]
+            mae = [_fmt(c, count, 1) for c in cells]
+            rows.append("| " + " | ".join([name, mode, *ap, *mae]) + " |")
+    titles = ["shipped", *(ABLATIONS[k] for k in runs)]
+    head = ("| data set | mode | " + " | ".join(f"AP50, {t}" for t in titles) + " | "
+            + " | ".join(f"count MAE, {t}" for t in titles) + " |")
+    return ["", head, "|---|---|" + "---|" * (2 * len(titles)), *rows]
 
 
 def _fmt(d: dict | None, key: str, digits: int) -> str:

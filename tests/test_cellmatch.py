@@ -246,6 +246,11 @@ def test_issue21_default_rule(monkeypatch, tmp_path):
     (tmp_path / "loo_usiigaci_phase_contrast_train.json").write_text(json.dumps(loo))
     text = ce.tables(tmp_path)
     assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.600 | 0.100 | 9.0 | 40.0 |" in text
+    assert "without synthetic images" not in text  # no ablation run yet
+    (tmp_path / "abl_nosynth.json").write_text(json.dumps(new(0.30, 0.35, 40.0)))
+    text = ce.tables(tmp_path)
+    assert "| isbi2012_em_cells | exemplar | 0.480 | 0.350 | 9.0 | 9.0 |" in text
+    assert "| vgg_cells | automatic | - | - | 16.0 | 40.0 |" in text and "with the classic engine" not in text
 
 
 def test_zoom_follows_boxes_and_found_sizes_within_limits():
@@ -304,8 +309,3 @@ def test_one_unet_serves_both_learned_heads(norm, upsample):
         UNet(5, 4, norm="layer")
     with pytest.raises(ValueError, match="upsample"):
         UNet(5, 4, upsample="nearest")
-    assert "without synthetic images" not in text  # no ablation run yet
-    (tmp_path / "abl_nosynth.json").write_text(json.dumps(new(0.30, 0.35, 40.0)))
-    text = ce.tables(tmp_path)
-    assert "| isbi2012_em_cells | exemplar | 0.480 | 0.350 | 9.0 | 9.0 |" in text
-    assert "| vgg_cells | automatic | - | - | 16.0 | 40.0 |" in text and "with the classic engine" not in text

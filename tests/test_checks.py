@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import disk_labels
 from scipy import ndimage as ndi
 
 from mm_core import checks
@@ -18,14 +19,8 @@ def _maps(fg: np.ndarray, scale: float, mode: str = "automatic") -> MatchMaps:
 
 
 def _disks(shape=(200, 200), r=8, step=40) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    lab = np.zeros(shape, np.int32)
-    k = 0
-    for y in range(step // 2, shape[0], step):
-        for x in range(step // 2, shape[1], step):
-            k += 1
-            lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
-    return lab
+    centres = [(y, x) for y in range(step // 2, shape[0], step) for x in range(step // 2, shape[1], step)]
+    return disk_labels(shape, r, centres)
 
 
 def test_good_segmentation_has_no_warning():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import disk_labels
 from scipy import ndimage as ndi
 
 from mm_core.engines.base import MatchMaps
@@ -30,10 +31,7 @@ TINY = {"stem": 8, "dim": 16, "depth": 2, "heads": 2, "tile": 64, "tile_overlap"
 
 def disks(shape=(64, 64), centres=((16, 16), (16, 40), (44, 28), (46, 50)), r=7):
     """Instance labels of disks (two of them touching) and a blurred image of them."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    lab = np.zeros(shape, np.int32)
-    for k, (y, x) in enumerate(centres, 1):
-        lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    lab = disk_labels(shape, r, centres)
     img = ndi.gaussian_filter((lab > 0).astype(np.float32), 1.0)
     return lab, img
 

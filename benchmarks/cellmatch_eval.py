@@ -10,6 +10,7 @@ Subcommands::
     python benchmarks/cellmatch_eval.py boxes --head PATH [--limit N] [--out F.json]
     python benchmarks/cellmatch_eval.py speed --head PATH
     python benchmarks/cellmatch_eval.py scale --head PATH [--out F.json]  # pick the second pass (train/ val slice)
+    python benchmarks/cellmatch_eval.py val --head PATH [--out F.json]    # pick the recipe (train/ val slice)
     python benchmarks/cellmatch_eval.py tables --out runs/eval            # the docs tables from the JSON files
 
     # leave-one-source-out: a model trained without one train/ source, on the dev sets of its kind
@@ -27,6 +28,11 @@ precise box's AP50 each keeps. ``speed``: the whole ``mm_core.segment`` call per
 same seeded split; never the dev sets) for each ``second_pass`` setting; the rule, fixed before
 the run: the highest mean AP50 over the sources (equal weight) wins, and within 0.005 of it the
 one with fewer passes ("none", then "zoom_out", then "both").
+``val``: on the same validation slice, AP50 in automatic and exemplar mode (one ground-truth
+object's box per image, seeded as ``dev``) and the relative count error, per source; ``score`` is
+the mean over the sources (equal weight) of the two modes' AP50. The rule that picks between two
+training recipes, fixed before the run: the higher ``score`` ships; within 0.01 of each other, the
+lower best validation loss of the training (``log.csv``).
 """
 
 from __future__ import annotations
@@ -89,9 +95,9 @@ def seg_scores(name: str, head, limit, box_error=None, modes=("automatic", "exem
             lab = head.segment_image(img, bx)["labels"]
             res[m]["sec"] += time.perf_counter() - t
             res[m]["ap"].append(average_precision(gt, lab)["ap"])
-            res[m]["count"].append(int(len(np.unique(lab[lab > 0]))))
+            res[m]["count"].append(len(np.unique(lab[lab > 0])))
             n = _points(name, stem)
-            res[m]["true"].append(int(len(np.unique(gt[gt > 0]))) if n is None else n)
+            res[m]["true"].append(len(np.unique(gt[gt > 0])) if n is None else n)
     out = {}
     for m, r in res.items():
         c, t = np.array(r["count"], float), np.array(r["true"], float)
@@ -156,7 +162,7 @@ def cmd_baseline(a) -> dict:
                 res[k]["ap"].append(average_precision(gt, m.segment(img, boxes=bx).labels)["ap"])
                 res[k]["count"].append(m.count(img, boxes=bx).count)
                 n = _points(name, stem)
-                res[k]["true"].append(int(len(np.unique(gt[gt > 0]))) if n is None else n)
+                res[k]["true"].append(len(np.unique(gt[gt > 0])) if n is None else n)
         out[name] = {}
         for k, r in res.items():
             c, t = np.array(r["count"], float), np.array(r["true"], float)
@@ -185,26 +191,32 @@ def cmd_baseline(a) -> dict:
 SECOND_PASS = ("none", "zoom_out", "both")  #: fewest passes first (the tie-break order)
 
 
-def cmd_scale(a) -> dict:
-    """Automatic-mode AP50 per ``train/`` source on the validation slice, per ``second_pass`` setting."""
-    from mm_core.evaluation.metrics import average_precision
+def val_items(limit: int | None = None):
+    """``(source, image, labels)`` of the training's validation slice of ``train/`` (the same seeded
+    10 % of each source as ``python -m mm_core.train cellmatch --val-fraction 0.1 --seed 0``)."""
     from mm_core.train.cli import _find
     from mm_core.train.data import load_image, load_labels
     from mm_core.train.generalist import split_by_dataset
     from mm_core.transforms import normalize
 
     _train, val = split_by_dataset(_find("cellmatch", [str(DATA / "train" / "seg")], []), 0.1, 0)
+    for s in val[:limit]:
+        labels = load_labels(s.target).astype(np.int32)
+        if labels.max() > 0:
+            yield s.dataset, normalize(np.asarray(load_image(s.image), np.float32)), labels
+
+
+def cmd_scale(a) -> dict:
+    """Automatic-mode AP50 per ``train/`` source on the validation slice, per ``second_pass`` setting."""
+    from mm_core.evaluation.metrics import average_precision
+
     head = _head(a.head)
     per: dict = {k: {} for k in SECOND_PASS}
-    for s in val[: a.limit]:
-        labels = load_labels(s.target).astype(np.int32)
-        if labels.max() == 0:
-            continue
-        img = normalize(np.asarray(load_image(s.image), np.float32))
+    for source, img, labels in val_items(a.limit):
         for k in SECOND_PASS:
             head.config["second_pass"] = k
             ap50 = float(average_precision(labels, head.segment_image(img)["labels"])["ap"][0])
-            per[k].setdefault(s.dataset, []).append(ap50)
+            per[k].setdefault(source, []).append(ap50)
     out = {k: {d: float(np.mean(v)) for d, v in srcs.items()} for k, srcs in per.items()}
     for k in SECOND_PASS:
         out[k]["mean over sources"] = float(np.mean(list(out[k].values())))
@@ -213,6 +225,31 @@ def cmd_scale(a) -> dict:
     out["picked"] = next(k for k in SECOND_PASS if out[k]["mean over sources"] >= best - 0.005)
     out["images"] = {d: len(v) for d, v in per["none"].items()}
     print("picked", out["picked"], out["images"], flush=True)
+    return out
+
+
+def cmd_val(a) -> dict:
+    """AP50 in both modes and the relative count error, per ``train/`` source, on the validation slice."""
+    from mm_core.evaluation.metrics import average_precision
+
+    rng = np.random.default_rng(0)
+    head = _head(a.head)
+    per: dict = {}
+    for source, img, labels in val_items(a.limit):
+        box = _boxes(seg_exemplar(labels, rng), img.shape[:2])
+        true = len(np.unique(labels[labels > 0]))
+        for mode, bx in (("automatic", None), ("exemplar", box)):
+            lab = head.segment_image(img, bx)["labels"]
+            got = per.setdefault(source, {}).setdefault(mode, {"ap50": [], "count_rel": []})
+            got["ap50"].append(float(average_precision(labels, lab)["ap"][0]))
+            got["count_rel"].append(abs(len(np.unique(lab[lab > 0])) - true) / true)
+    out = {src: {m: {k: float(np.mean(v)) for k, v in r.items()} | {"n": len(r["ap50"])} for m, r in modes.items()}
+           for src, modes in per.items()}
+    out["mean over sources"] = {m: {k: float(np.mean([out[s][m][k] for s in per])) for k in ("ap50", "count_rel")}
+                                for m in ("automatic", "exemplar")}
+    out["score"] = float(np.mean([out["mean over sources"][m]["ap50"] for m in ("automatic", "exemplar")]))
+    for k, v in out.items():
+        print(k, json.dumps(v), flush=True)
     return out
 
 
@@ -323,6 +360,7 @@ def tables(folder: Path) -> str:
                 + f"{'yes' if r['box_never_worse']['passes'] else 'no'} "
                 + f"(worst {r['box_never_worse']['worst_exemplar_minus_automatic']:+.3f})")
     lines += loo_table(folder, dev)
+    lines += loo_table(folder, load("abl_nosynth"), prefix="loo_nosynth", title="without synthetic images")
     lines += ablation_table(folder, dev)
     if boxes:
         lines += ["", "| dsb2018_stage1_test | AP50 | share of the precise box's AP50 |", "|---|---|---|",
@@ -334,11 +372,12 @@ def tables(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def loo_table(folder: Path, dev: dict | None) -> list[str]:
-    """Markdown rows: each ``loo_<source>.json`` (:data:`LOO_FOLDS`) beside the model trained on every source."""
+def loo_table(folder: Path, dev: dict | None, prefix: str = "loo", title: str = "") -> list[str]:
+    """Markdown rows: each ``<prefix>_<source>.json`` (:data:`LOO_FOLDS`) beside ``dev``, the same
+    recipe trained on every source (``title`` names the recipe in the header)."""
     rows = []
     for src, sets in LOO_FOLDS.items():
-        f = folder / f"loo_{src}.json"
+        f = folder / f"{prefix}_{src}.json"
         if not f.is_file():
             continue
         loo = json.loads(f.read_text())
@@ -350,7 +389,8 @@ def loo_table(folder: Path, dev: dict | None) -> list[str]:
                             f"{_fmt(a, 'count_mae', 1)} | {n['count_mae']:.1f} |")
     if not rows:
         return []
-    head = ("| left out | dev set | mode | AP50, all sources | AP50, source left out | count MAE, all sources "
+    t = f" ({title})" if title else ""
+    head = (f"| left out{t} | dev set | mode | AP50, all sources | AP50, source left out | count MAE, all sources "
             "| count MAE, source left out |")
     return ["", head, "|---|---|---|---|---|---|---|", *rows]
 
@@ -389,7 +429,7 @@ def _fmt(d: dict | None, key: str, digits: int) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed", "scale", "tables"))
+    p.add_argument("cmd", choices=("dev", "baseline", "boxes", "speed", "scale", "val", "tables"))
     p.add_argument("--head", default="cellmatch")
     p.add_argument("--decoders", nargs="*", default=["flows"])
     p.add_argument("--sets", nargs="*", default=None)
@@ -403,7 +443,8 @@ def main(argv=None) -> int:
     if a.cmd == "tables":
         print(tables(a.out or Path("runs/eval")))
         return 0
-    res = {"dev": cmd_dev, "baseline": cmd_baseline, "boxes": cmd_boxes, "speed": cmd_speed, "scale": cmd_scale}[a.cmd](a)
+    res = {"dev": cmd_dev, "baseline": cmd_baseline, "boxes": cmd_boxes, "speed": cmd_speed, "scale": cmd_scale,
+           "val": cmd_val}[a.cmd](a)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=1))

@@ -87,14 +87,16 @@ def blobs_image(seed: int = 0, shape=(96, 96), centres=((24, 24), (24, 70), (70,
     return (img + rng.normal(0, 20, shape)).clip(0, 65535).astype(np.uint16)
 
 
-def disk_labels(shape=(80, 80), r: int = 5, centres=((20, 20), (20, 50), (55, 30), (60, 62))):
-    """Instance labels ``1..N`` of disks of radius ``r`` at ``centres`` (row, col), int32."""
+def disk_labels(shape=(80, 80), r=5, centres=((20, 20), (20, 50), (55, 30), (60, 62)), labels=None):
+    """Instance labels of disks at ``centres`` (row, col), int32: radius ``r`` (one for all, or one
+    per disk), label ``1..N`` or ``labels[k]``; later disks overwrite earlier ones."""
     import numpy as np
 
+    radii = np.broadcast_to(np.asarray(r, float), (len(centres),))
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     lab = np.zeros(shape, np.int32)
-    for k, (y, x) in enumerate(centres, 1):
-        lab[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    for k, ((y, x), rk) in enumerate(zip(centres, radii)):
+        lab[(yy - y) ** 2 + (xx - x) ** 2 <= rk * rk] = k + 1 if labels is None else labels[k]
     return lab
 
 

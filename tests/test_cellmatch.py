@@ -68,7 +68,7 @@ def test_crops_with_and_without_a_box():
     assert x[3].sum() > 0  # the box is drawn
     x2, t2, w2 = cd.crop(item, 48, np.random.default_rng(0), exemplar=False)
     x3, t3, w3 = cd.crop(item, 48, np.random.default_rng(0), exemplar=False)
-    assert torch.equal(x2, x3) and torch.equal(t2, t3)  # seeded
+    assert torch.equal(x2, x3) and torch.equal(t2, t3) and torch.equal(w2, w3)  # seeded
 
 
 def test_engine_maps_are_two_more_inputs_cropped_and_zoomed_with_the_image(tmp_path, monkeypatch):
@@ -251,6 +251,44 @@ def test_issue21_default_rule(monkeypatch, tmp_path):
     text = ce.tables(tmp_path)
     assert "| isbi2012_em_cells | exemplar | 0.480 | 0.350 | 9.0 | 9.0 |" in text
     assert "| vgg_cells | automatic | - | - | 16.0 | 40.0 |" in text and "with the classic engine" not in text
+    assert "without synthetic images) |" not in text  # no no-synthetic fold yet
+    nosynth = new(0.30, 0.35, 40.0)
+    nosynth["flows/usiigaci_phase_contrast"]["exemplar"] = res(0.55, 7.0, 0.1)
+    (tmp_path / "abl_nosynth.json").write_text(json.dumps(nosynth))
+    (tmp_path / "loo_nosynth_usiigaci_phase_contrast_train.json").write_text(json.dumps(loo))
+    text = ce.tables(tmp_path)  # the fold beside the no-synthetic model trained on every source
+    assert ("| left out (without synthetic images) | dev set | mode | AP50, all sources | AP50, source left out"
+            in text)
+    assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.550 | 0.100 | 7.0 | 40.0 |" in text
+    assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.600 | 0.100 | 9.0 | 40.0 |" in text
+
+
+def test_validation_slice_scores_both_modes_per_source(monkeypatch):
+    """benchmarks/cellmatch_eval.py val: AP50 and count error per source and mode; the score is the
+    mean over sources of the two modes' AP50 (a model that finds everything without a box and
+    nothing with one scores 0.5)."""
+    import importlib
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("cellmatch_eval", None)
+    ce = importlib.import_module("cellmatch_eval")
+    gt = _disks()
+    monkeypatch.setattr(ce, "val_items", lambda limit: iter([("a", (gt > 0).astype(np.float32), gt),
+                                                             ("a", (gt > 0).astype(np.float32), gt),
+                                                             ("b", (gt > 0).astype(np.float32), gt)]))
+
+    class Head:
+        def segment_image(self, image, boxes=None):
+            return {"labels": gt if boxes is None else np.zeros_like(gt)}
+
+    monkeypatch.setattr(ce, "_head", lambda path: Head())
+    out = ce.cmd_val(Namespace(head="x", limit=None))
+    assert out["a"]["automatic"] == {"ap50": 1.0, "count_rel": 0.0, "n": 2}
+    assert out["b"]["exemplar"] == {"ap50": 0.0, "count_rel": 1.0, "n": 1}
+    assert out["mean over sources"]["automatic"]["ap50"] == 1.0 and out["score"] == 0.5
 
 
 def test_zoom_follows_boxes_and_found_sizes_within_limits():

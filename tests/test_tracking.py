@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import disk_labels
 from scipy import ndimage as ndi
 
 from mm_core.engines.base import MatchMaps
@@ -35,12 +36,8 @@ SHAPE = (96, 128)
 
 
 def disks(centres, radii, shape=SHAPE, labels=None) -> np.ndarray:
-    """Label image with one disk per centre (row, col); later disks overwrite earlier ones."""
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    out = np.zeros(shape, np.int32)
-    for k, ((y, x), r) in enumerate(zip(centres, radii)):
-        out[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k + 1 if labels is None else labels[k]
-    return out
+    """Label image with one disk per centre (row, col) and radius (conftest.disk_labels)."""
+    return disk_labels(shape, radii, centres, labels)
 
 
 def scramble(masks, seed=0):

@@ -360,7 +360,7 @@ def tables(folder: Path) -> str:
                 + f"{'yes' if r['box_never_worse']['passes'] else 'no'} "
                 + f"(worst {r['box_never_worse']['worst_exemplar_minus_automatic']:+.3f})")
     lines += loo_table(folder, dev)
-    lines += loo_table(folder, load("abl_nosynth"), prefix="loo_nosynth", title="without synthetic images")
+    lines += loo_table(folder, load("abl_synth"), prefix="loo_synth", title="with synthetic images")
     lines += ablation_table(folder, dev)
     if boxes:
         lines += ["", "| dsb2018_stage1_test | AP50 | share of the precise box's AP50 |", "|---|---|---|",
@@ -396,7 +396,7 @@ def loo_table(folder: Path, dev: dict | None, prefix: str = "loo", title: str = 
 
 
 #: Ablations of the shipped recipe (issue 21): ``abl_<key>.json`` in the tables folder, and their column title.
-ABLATIONS = {"nosynth": "without synthetic images", "maps": "with the classic engine's maps"}
+ABLATIONS = {"synth": "with synthetic images", "maps": "with the classic engine's maps"}
 
 
 def ablation_table(folder: Path, dev: dict | None) -> list[str]:

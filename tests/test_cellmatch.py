@@ -246,18 +246,18 @@ def test_issue21_default_rule(monkeypatch, tmp_path):
     (tmp_path / "loo_usiigaci_phase_contrast_train.json").write_text(json.dumps(loo))
     text = ce.tables(tmp_path)
     assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.600 | 0.100 | 9.0 | 40.0 |" in text
-    assert "without synthetic images" not in text  # no ablation run yet
-    (tmp_path / "abl_nosynth.json").write_text(json.dumps(new(0.30, 0.35, 40.0)))
+    assert "with synthetic images" not in text  # no ablation run yet
+    (tmp_path / "abl_synth.json").write_text(json.dumps(new(0.30, 0.35, 40.0)))
     text = ce.tables(tmp_path)
     assert "| isbi2012_em_cells | exemplar | 0.480 | 0.350 | 9.0 | 9.0 |" in text
     assert "| vgg_cells | automatic | - | - | 16.0 | 40.0 |" in text and "with the classic engine" not in text
-    assert "without synthetic images) |" not in text  # no no-synthetic fold yet
-    nosynth = new(0.30, 0.35, 40.0)
-    nosynth["flows/usiigaci_phase_contrast"]["exemplar"] = res(0.55, 7.0, 0.1)
-    (tmp_path / "abl_nosynth.json").write_text(json.dumps(nosynth))
-    (tmp_path / "loo_nosynth_usiigaci_phase_contrast_train.json").write_text(json.dumps(loo))
-    text = ce.tables(tmp_path)  # the fold beside the no-synthetic model trained on every source
-    assert ("| left out (without synthetic images) | dev set | mode | AP50, all sources | AP50, source left out"
+    assert "with synthetic images) |" not in text  # no fold of the ablation's recipe yet
+    synth = new(0.30, 0.35, 40.0)
+    synth["flows/usiigaci_phase_contrast"]["exemplar"] = res(0.55, 7.0, 0.1)
+    (tmp_path / "abl_synth.json").write_text(json.dumps(synth))
+    (tmp_path / "loo_synth_usiigaci_phase_contrast_train.json").write_text(json.dumps(loo))
+    text = ce.tables(tmp_path)  # the fold beside the ablation's model trained on every source
+    assert ("| left out (with synthetic images) | dev set | mode | AP50, all sources | AP50, source left out"
             in text)
     assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.550 | 0.100 | 7.0 | 40.0 |" in text
     assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.600 | 0.100 | 9.0 | 40.0 |" in text

@@ -1,13 +1,15 @@
-"""``python -m mm_core.train cellmatch``: the CellMatch model on ``train/`` + synthetic images.
+"""``python -m mm_core.train cellmatch``: the CellMatch model on ``train/`` (synthetic images optional).
 
 Example (the shipped model's command is in ``docs/training.md``)::
 
     python -m mm_core.train cellmatch --data ../shared/data/train/seg --out runs/cellmatch \\
-        --epochs 60 --steps 100 --batch-size 8 --crop 128 --threads 1 --set synthetic=600
+        --epochs 60 --steps 100 --batch-size 8 --crop 128 --threads 1
 
-``--set synthetic=0`` trains without synthetic images, ``--set engine_maps=1`` with the classic
-engine's automatic maps as two more inputs (the ablations). The validation slice is a
-seeded share of each ``train/`` source (never the dev sets); its loss picks the epoch.
+The shipped recipe reads only the real ``train/`` images (``synthetic=0``, picked on the
+validation slice). ``--set synthetic=300`` adds 300 domain-randomised synthetic label maps
+(``mm_core.train.synthetic``), ``--set engine_maps=1`` the classic engine's automatic maps as two
+more inputs (the ablations). The validation slice is a seeded share of each ``train/`` source
+(never the dev sets); its loss picks the epoch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 #: Training-recipe settings (``--set KEY=VALUE``); the rest of ``--set`` goes to the model.
-RECIPE = {"synthetic": 600, "p_synth": 0.4, "p_exemplar": 0.4}
+RECIPE = {"synthetic": 0, "p_synth": 0.4, "p_exemplar": 0.4}
 
 
 def split_settings(settings: dict) -> tuple[dict, dict]:

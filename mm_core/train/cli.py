@@ -10,7 +10,7 @@ The generalist head (both modes, own scale estimate) on the training corpus::
 
     python -m mm_core.train generalist --data ../shared/data/train/seg --out runs/generalist --threads 1
 
-The CellMatch model (image + boxes, train/ + synthetic images; issue 21)::
+The CellMatch model (image + boxes, train/; `--set synthetic=300` adds synthetic images; issue 21)::
 
     python -m mm_core.train cellmatch --data ../shared/data/train/seg --out runs/cellmatch --threads 1
 

@@ -132,9 +132,10 @@ class CellMatchHead(LearnedHead):
         name = self.config["info"].get("name") or self.head_type
         reads = "the image, the boxes and the classic engine's maps" if self.config["engine_maps"] else \
             "the image and the boxes"
+        synthetic = self.config["info"].get("recipe", {}).get("synthetic", 0)
         return (f"learned CellMatch model '{name}' (U-Net on {reads}, {self.config['decoder']} "
-                f"decoder, trained on {', '.join(self.config['info'].get('train_data', [])) or 'train/'} "
-                f"+ synthetic images)")
+                f"decoder, trained on {', '.join(self.config['info'].get('train_data', [])) or 'train/'}"
+                f"{' + synthetic images' if synthetic else ''})")
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -79,36 +79,60 @@ def _points(name: str, stem: str) -> int | None:
     return len(pd.read_csv(f)) if f.is_file() else None
 
 
-def seg_scores(name: str, head, limit, box_error=None, modes=("automatic", "exemplar")) -> dict:
-    """AP50 / AP and count errors of ``head`` on dev set ``name``."""
+def _score(items, run, modes=("automatic", "exemplar"), box_error=None) -> dict:
+    """AP50 / AP and count errors per group of ``items``, in each mode.
+
+    ``items`` yields ``(group, image, labels, true_count)``; ``run(image, boxes)`` returns
+    ``(labels, count)``. One ground-truth object's box per image (seeded; drawn in item order).
+    """
     from mm_core.evaluation.metrics import average_precision
-    from mm_core.transforms import normalize
 
     rng = np.random.default_rng(0)
-    res: dict = {m: {"ap": [], "count": [], "true": [], "sec": 0.0} for m in modes}
-    for stem, raw, gt in seg_items(name, limit):
-        img = normalize(np.asarray(raw, np.float32))
+    res: dict = {}
+    for group, img, gt, true in items:
         box = seg_exemplar(gt, rng)
         for m in modes:
             bx = None if m == "automatic" else _boxes(box if box_error is None else box_error(box), img.shape[:2])
             t = time.perf_counter()
-            lab = head.segment_image(img, bx)["labels"]
-            res[m]["sec"] += time.perf_counter() - t
-            res[m]["ap"].append(average_precision(gt, lab)["ap"])
-            res[m]["count"].append(len(np.unique(lab[lab > 0])))
-            n = _points(name, stem)
-            res[m]["true"].append(len(np.unique(gt[gt > 0])) if n is None else n)
-    out = {}
-    for m, r in res.items():
-        c, t = np.array(r["count"], float), np.array(r["true"], float)
-        out[m] = {"ap50": float(np.mean([a[0] for a in r["ap"]])), "ap": float(np.mean([a.mean() for a in r["ap"]])),
-                  "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
-                  "n": len(r["ap"]), "sec_per_image": r["sec"] / max(len(r["ap"]), 1)}
-    return out
+            lab, count = run(img, bx)
+            r = res.setdefault(group, {}).setdefault(m, {"ap": [], "count": [], "true": [], "sec": 0.0})
+            r["sec"] += time.perf_counter() - t
+            r["ap"].append(average_precision(gt, lab)["ap"])
+            r["count"].append(count)
+            r["true"].append(true)
+    return {g: {m: _stats(r) for m, r in per.items()} for g, per in res.items()}
 
 
-def vgg_scores(head, limit) -> dict:
-    """VGG cells MAE in both modes (count = objects found)."""
+def _stats(r: dict) -> dict:
+    c, t = np.array(r["count"], float), np.array(r["true"], float)
+    return {"ap50": float(np.mean([a[0] for a in r["ap"]])), "ap": float(np.mean([a.mean() for a in r["ap"]])),
+            "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
+            "n": len(r["ap"]), "sec_per_image": r["sec"] / max(len(r["ap"]), 1)}
+
+
+def _dev_items(name: str, limit):
+    """``(name, image, labels, true count)`` of a segmentation dev set; the count from its ``points/``."""
+    from mm_core.transforms import normalize
+
+    for stem, raw, gt in seg_items(name, limit):
+        n = _points(name, stem)
+        yield name, normalize(np.asarray(raw, np.float32)), gt, len(np.unique(gt[gt > 0])) if n is None else n
+
+
+def _head_run(head):
+    def run(img, boxes):
+        lab = head.segment_image(img, boxes)["labels"]
+        return lab, len(np.unique(lab[lab > 0]))
+    return run
+
+
+def seg_scores(name: str, head, limit, box_error=None, modes=("automatic", "exemplar")) -> dict:
+    """AP50 / AP and count errors of ``head`` on dev set ``name``."""
+    return _score(_dev_items(name, limit), _head_run(head), modes, box_error)[name]
+
+
+def count_scores(count, limit) -> dict:
+    """VGG cells MAE in both modes; ``count(image, boxes)`` returns the count."""
     from mm_core.transforms import normalize
 
     rng = np.random.default_rng(0)
@@ -117,12 +141,17 @@ def vgg_scores(head, limit) -> dict:
         img = normalize(np.asarray(raw, np.float32))
         box = count_exemplar(pts, raw.shape, rng)
         true.append(len(pts))
-        pred["automatic"].append(head.segment_image(img)["labels"].max())
-        pred["exemplar"].append(head.segment_image(img, _boxes(box, img.shape[:2]))["labels"].max())
+        pred["automatic"].append(count(img, None))
+        pred["exemplar"].append(count(img, _boxes(box, img.shape[:2])))
     t = np.array(true, float)
     return {m: {"mae": float(np.mean(np.abs(np.array(p, float) - t))),
                 "count_rel": float(np.mean(np.abs(np.array(p, float) - t) / t)), "n": len(t)}
             for m, p in pred.items()}
+
+
+def vgg_scores(head, limit) -> dict:
+    """VGG cells MAE in both modes (count = objects found)."""
+    return count_scores(lambda img, boxes: head.segment_image(img, boxes)["labels"].max(), limit)
 
 
 def cmd_dev(a) -> dict:
@@ -144,46 +173,19 @@ def cmd_dev(a) -> dict:
 def cmd_baseline(a) -> dict:
     """Today's defaults (``mm_core.Matcher("classic")``): AP50 / AP and the count on the points, both modes."""
     import mm_core
-    from mm_core.evaluation.metrics import average_precision
-    from mm_core.transforms import normalize
 
     m = mm_core.Matcher("classic")
+
+    def run(img, boxes):
+        return m.segment(img, boxes=boxes).labels, m.count(img, boxes=boxes).count
+
     out = {}
     for name in SEG_SETS:
-        if a.sets and name not in a.sets:
-            continue
-        rng = np.random.default_rng(0)
-        res = {k: {"ap": [], "count": [], "true": []} for k in ("automatic", "exemplar")}
-        for stem, raw, gt in seg_items(name, a.limit):
-            img = normalize(np.asarray(raw, np.float32))
-            box = seg_exemplar(gt, rng)
-            for k in res:
-                bx = None if k == "automatic" else _boxes(box, img.shape[:2])
-                res[k]["ap"].append(average_precision(gt, m.segment(img, boxes=bx).labels)["ap"])
-                res[k]["count"].append(m.count(img, boxes=bx).count)
-                n = _points(name, stem)
-                res[k]["true"].append(len(np.unique(gt[gt > 0])) if n is None else n)
-        out[name] = {}
-        for k, r in res.items():
-            c, t = np.array(r["count"], float), np.array(r["true"], float)
-            out[name][k] = {"ap50": float(np.mean([x[0] for x in r["ap"]])),
-                            "ap": float(np.mean([x.mean() for x in r["ap"]])),
-                            "count_mae": float(np.mean(np.abs(c - t))), "count_rel": float(np.mean(np.abs(c - t) / t)),
-                            "n": len(t)}
-        print(name, json.dumps(out[name]), flush=True)
+        if not a.sets or name in a.sets:
+            out[name] = _score(_dev_items(name, a.limit), run)[name]
+            print(name, json.dumps(out[name]), flush=True)
     if not a.sets or "vgg_cells" in a.sets:
-        rng = np.random.default_rng(0)
-        true, pred = [], {"automatic": [], "exemplar": []}
-        for _stem, raw, pts in count_items("vgg_cells", a.limit):
-            img = normalize(np.asarray(raw, np.float32))
-            box = count_exemplar(pts, raw.shape, rng)
-            true.append(len(pts))
-            pred["automatic"].append(m.count(img).count)
-            pred["exemplar"].append(m.count(img, boxes=_boxes(box, img.shape[:2])).count)
-        t = np.array(true, float)
-        out["vgg_cells"] = {k: {"mae": float(np.mean(np.abs(np.array(p, float) - t))),
-                                "count_rel": float(np.mean(np.abs(np.array(p, float) - t) / t)), "n": len(t)}
-                            for k, p in pred.items()}
+        out["vgg_cells"] = count_scores(lambda img, boxes: m.count(img, boxes=boxes).count, a.limit)
         print("vgg_cells", json.dumps(out["vgg_cells"]), flush=True)
     return out
 
@@ -230,22 +232,10 @@ def cmd_scale(a) -> dict:
 
 def cmd_val(a) -> dict:
     """AP50 in both modes and the relative count error, per ``train/`` source, on the validation slice."""
-    from mm_core.evaluation.metrics import average_precision
-
-    rng = np.random.default_rng(0)
-    head = _head(a.head)
-    per: dict = {}
-    for source, img, labels in val_items(a.limit):
-        box = _boxes(seg_exemplar(labels, rng), img.shape[:2])
-        true = len(np.unique(labels[labels > 0]))
-        for mode, bx in (("automatic", None), ("exemplar", box)):
-            lab = head.segment_image(img, bx)["labels"]
-            got = per.setdefault(source, {}).setdefault(mode, {"ap50": [], "count_rel": []})
-            got["ap50"].append(float(average_precision(labels, lab)["ap"][0]))
-            got["count_rel"].append(abs(len(np.unique(lab[lab > 0])) - true) / true)
-    out = {src: {m: {k: float(np.mean(v)) for k, v in r.items()} | {"n": len(r["ap50"])} for m, r in modes.items()}
-           for src, modes in per.items()}
-    out["mean over sources"] = {m: {k: float(np.mean([out[s][m][k] for s in per])) for k in ("ap50", "count_rel")}
+    items = ((src, img, lab, len(np.unique(lab[lab > 0]))) for src, img, lab in val_items(a.limit))
+    out = _score(items, _head_run(_head(a.head)))
+    srcs = list(out)
+    out["mean over sources"] = {m: {k: float(np.mean([out[s][m][k] for s in srcs])) for k in ("ap50", "count_rel")}
                                 for m in ("automatic", "exemplar")}
     out["score"] = float(np.mean([out["mean over sources"][m]["ap50"] for m in ("automatic", "exemplar")]))
     for k, v in out.items():

@@ -286,8 +286,9 @@ def test_validation_slice_scores_both_modes_per_source(monkeypatch):
 
     monkeypatch.setattr(ce, "_head", lambda path: Head())
     out = ce.cmd_val(Namespace(head="x", limit=None))
-    assert out["a"]["automatic"] == {"ap50": 1.0, "count_rel": 0.0, "n": 2}
-    assert out["b"]["exemplar"] == {"ap50": 0.0, "count_rel": 1.0, "n": 1}
+    pick = ("ap50", "count_rel", "count_mae", "n")
+    assert {k: out["a"]["automatic"][k] for k in pick} == {"ap50": 1.0, "count_rel": 0.0, "count_mae": 0.0, "n": 2}
+    assert {k: out["b"]["exemplar"][k] for k in pick} == {"ap50": 0.0, "count_rel": 1.0, "count_mae": float(gt.max()), "n": 1}
     assert out["mean over sources"]["automatic"]["ap50"] == 1.0 and out["score"] == 0.5
 
 

@@ -6,7 +6,7 @@ only measured here. Exemplar boxes are those of ``benchmarks/evaluate.py`` (fixe
 Subcommands::
 
     python benchmarks/cellmatch_eval.py dev   --head PATH [--decoders flows distance] [--limit N] [--out F.json]
-    python benchmarks/cellmatch_eval.py baseline [--out F.json]         # today's defaults, same measures
+    python benchmarks/cellmatch_eval.py baseline [--out F.json]         # the defaults before, same measures
     python benchmarks/cellmatch_eval.py boxes --head PATH [--limit N] [--out F.json]
     python benchmarks/cellmatch_eval.py speed --head PATH
     python benchmarks/cellmatch_eval.py scale --head PATH [--out F.json]  # pick the second pass (train/ val slice)
@@ -171,13 +171,16 @@ def cmd_dev(a) -> dict:
 
 
 def cmd_baseline(a) -> dict:
-    """Today's defaults (``mm_core.Matcher("classic")``): AP50 / AP and the count on the points, both modes."""
+    """The defaults before CellMatch (issue 21's baseline): the generalist head segments in automatic
+    mode, the analytic heads do the rest. AP50 / AP and the count on the points, both modes."""
     import mm_core
 
-    m = mm_core.Matcher("classic")
+    m = mm_core.Matcher("classic", head="analytic")
+    auto = mm_core.Matcher("classic", head={"segment": "generalist-classic", "count": "analytic"})
 
     def run(img, boxes):
-        return m.segment(img, boxes=boxes).labels, m.count(img, boxes=boxes).count
+        seg = m if boxes is not None else auto
+        return seg.segment(img, boxes=boxes).labels, m.count(img, boxes=boxes).count
 
     out = {}
     for name in SEG_SETS:
@@ -315,6 +318,37 @@ def rule(new: dict, base: dict, decoder: str = "flows") -> dict:
     return out
 
 
+def _box_gap(auto: dict, ex: dict) -> float:
+    """Worst exemplar-minus-automatic AP50 over the segmentation sets (``{set: ap50}`` per mode)."""
+    return float(min(ex[s] - auto[s] for s in auto))
+
+
+def pick_defaults(new: dict, base: dict, decoder: str = "flows") -> dict:
+    """Which model each (task, mode) defaults to, and why.
+
+    :func:`rule` per (task, mode) first. Then the box condition on what a user gets: if the
+    new model becomes the automatic-mode segmentation default but exemplar mode keeps today's
+    default, and that pair lets a box lose more than :data:`BOX_SLACK` AP50 against no box on
+    some set, exemplar mode follows automatic mode (the new model, whose own box condition
+    passes): a box must never make the result worse.
+    """
+    r = rule(new, base, decoder)
+    out = {k: {"model": "new" if v["passes"] else "today", "why": "rule " + ("passes" if v["passes"] else "fails")}
+           for k, v in r.items() if isinstance(k, tuple)}
+    sets = [s for s in SEG_SETS if s in base and f"{decoder}/{s}" in new]
+    ap = {(who, m): {s: (new[f"{decoder}/{s}"] if who == "new" else base[s])[m]["ap50"] for s in sets}
+          for who in ("new", "today") for m in ("automatic", "exemplar")}
+    auto, ex = out[("segment", "automatic")]["model"], out[("segment", "exemplar")]["model"]
+    gap = _box_gap(ap[(auto, "automatic")], ap[(ex, "exemplar")])
+    if gap < -BOX_SLACK and auto == "new" and ex == "today" and r["box_never_worse"]["passes"]:
+        out[("segment", "exemplar")] = {"model": "new", "why": (
+            f"rule fails, but with today's exemplar default a box would lose {-gap:.3f} AP50 against "
+            "the new automatic default; the new model in both modes keeps a box never worse")}
+        gap = _box_gap(ap[("new", "automatic")], ap[("new", "exemplar")])
+    out["box_gap"] = gap
+    return out
+
+
 def tables(folder: Path) -> str:
     """Markdown tables of the JSON files in ``folder`` (dev.json, baseline.json, boxes.json, speed.json)."""
     def load(name):
@@ -325,8 +359,8 @@ def tables(folder: Path) -> str:
     lines = []
     if dev and base:
         decs = sorted({k.split("/")[0] for k in dev})
-        lines += ["| data set | mode | today's default AP50 | " + " | ".join(f"CellMatch ({d}) AP50" for d in decs)
-                  + " | today's count: MAE (rel.) | " + " | ".join(f"CellMatch ({d}) count: MAE (rel.)" for d in decs)
+        lines += ["| data set | mode | default before AP50 | " + " | ".join(f"CellMatch ({d}) AP50" for d in decs)
+                  + " | count before: MAE (rel.) | " + " | ".join(f"CellMatch ({d}) count: MAE (rel.)" for d in decs)
                   + " |", "|---|---|---|" + "---|" * len(decs) + "---|" + "---|" * len(decs)]
         for name in (*SEG_SETS, "vgg_cells"):
             if name not in base:
@@ -349,7 +383,13 @@ def tables(folder: Path) -> str:
                 + f"; box never worse than automatic by > {BOX_SLACK}: "
                 + f"{'yes' if r['box_never_worse']['passes'] else 'no'} "
                 + f"(worst {r['box_never_worse']['worst_exemplar_minus_automatic']:+.3f})")
+            pick = pick_defaults(dev, base, d)
+            lines.append(f"Defaults ({d} decoder): " + "; ".join(
+                f"{t} {m}: {'CellMatch' if v['model'] == 'new' else 'unchanged'} ({v['why']})"
+                for (t, m), v in ((k, v) for k, v in pick.items() if isinstance(k, tuple)))
+                + f"; worst box minus no box with these defaults: {pick['box_gap']:+.3f}")
     lines += loo_table(folder, dev)
+    lines += loo_table(folder, load("abl_nomaps"), prefix="loo_nomaps", title="without the engine's maps")
     lines += loo_table(folder, load("abl_synth"), prefix="loo_synth", title="with synthetic images")
     lines += ablation_table(folder, dev)
     if boxes:
@@ -386,7 +426,7 @@ def loo_table(folder: Path, dev: dict | None, prefix: str = "loo", title: str = 
 
 
 #: Ablations of the shipped recipe (issue 21): ``abl_<key>.json`` in the tables folder, and their column title.
-ABLATIONS = {"synth": "with synthetic images", "maps": "with the classic engine's maps"}
+ABLATIONS = {"nomaps": "without the engine's maps", "synth": "without the engine's maps, with synthetic images"}
 
 
 def ablation_table(folder: Path, dev: dict | None) -> list[str]:

@@ -250,7 +250,7 @@ def test_issue21_default_rule(monkeypatch, tmp_path):
     (tmp_path / "abl_synth.json").write_text(json.dumps(new(0.30, 0.35, 40.0)))
     text = ce.tables(tmp_path)
     assert "| isbi2012_em_cells | exemplar | 0.480 | 0.350 | 9.0 | 9.0 |" in text
-    assert "| vgg_cells | automatic | - | - | 16.0 | 40.0 |" in text and "with the classic engine" not in text
+    assert "| vgg_cells | automatic | - | - | 16.0 | 40.0 |" in text and "without the engine's maps |" not in text
     assert "with synthetic images) |" not in text  # no fold of the ablation's recipe yet
     synth = new(0.30, 0.35, 40.0)
     synth["flows/usiigaci_phase_contrast"]["exemplar"] = res(0.55, 7.0, 0.1)
@@ -261,6 +261,38 @@ def test_issue21_default_rule(monkeypatch, tmp_path):
             in text)
     assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.550 | 0.100 | 7.0 | 40.0 |" in text
     assert "| usiigaci_phase_contrast_train | usiigaci_phase_contrast | exemplar | 0.600 | 0.100 | 9.0 | 40.0 |" in text
+
+
+def test_issue21_defaults_keep_a_box_never_worse(monkeypatch):
+    """benchmarks/cellmatch_eval.pick_defaults: a mode becomes the new model's where the rule passes;
+    exemplar segmentation follows automatic when today's exemplar default would make a box worse."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("cellmatch_eval", None)
+    ce = importlib.import_module("cellmatch_eval")
+
+    def res(ap50):
+        return {"ap50": ap50, "ap": ap50 / 2, "count_mae": 9.0, "mae": 9.0, "count_rel": 0.2}
+
+    last = ce.SEG_SETS[-1]
+    base = {s: {"automatic": res(0.5), "exemplar": res(0.6 if s == last else 0.3)} for s in ce.SEG_SETS}
+    new = {f"flows/{s}": {"automatic": res(0.48 if s == last else 0.6), "exemplar": res(0.47 if s == last else 0.6)}
+           for s in ce.SEG_SETS}
+    pick = ce.pick_defaults(new, base)
+    assert not ce.rule(new, base)[("segment", "exemplar")]["passes"]  # 0.47 vs 0.6 on the last set
+    assert pick[("segment", "automatic")]["model"] == "new" and pick[("segment", "exemplar")]["model"] == "new"
+    assert "never worse" in pick[("segment", "exemplar")]["why"] and pick["box_gap"] == pytest.approx(-0.01)
+    new[f"flows/{last}"]["exemplar"] = res(0.40)  # the new model's own box is worse: exemplar stays today's
+    pick = ce.pick_defaults(new, base)
+    assert pick[("segment", "exemplar")] == {"model": "today", "why": "rule fails"}
+    assert pick["box_gap"] == pytest.approx(-0.3)
+    base = {s: {m: res(0.5) for m in ("automatic", "exemplar")} for s in ce.SEG_SETS}  # today's box is fine
+    new = {f"flows/{s}": {"automatic": res(0.6), "exemplar": res(0.45 if s == last else 0.6)} for s in ce.SEG_SETS}
+    pick = ce.pick_defaults(new, base)
+    assert pick[("segment", "exemplar")]["model"] == "today" and pick["box_gap"] == pytest.approx(-0.1)
 
 
 def test_validation_slice_scores_both_modes_per_source(monkeypatch):
@@ -319,20 +351,23 @@ def test_second_pass_follows_the_setting(monkeypatch, rule, found, passes):
     assert len(zooms) == passes + 1
 
 
-def test_shipped_cellmatch_is_opt_in_small_and_loads_by_name():
-    """The shipped weights: <= 10 MB, the picked second pass, reachable by name, a default nowhere
-    (it failed issue 21's rule in every task and mode, docs/quality.md)."""
+def test_shipped_cellmatch_is_small_reads_the_engine_maps_and_is_the_segment_default():
+    """The shipped weights: <= 10 MB, the picked second pass, the engine's maps as inputs, reachable
+    by name, the segmentation default in both modes and no counting default (issue 21's rule,
+    docs/quality.md)."""
     from mm_core.heads.learned.checkpoints import WEIGHTS_DIR
     from mm_core.heads.registry import DEFAULTS
 
     folder = WEIGHTS_DIR / "cellmatch"
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 10 * 2**20
-    assert "cellmatch" not in DEFAULTS.values()
+    assert {k: v for k, v in DEFAULTS.items() if v == "cellmatch"} == {
+        ("segment", "classic", "automatic"): "cellmatch", ("segment", "classic", "exemplar"): "cellmatch"}
     import mm_core
 
     m = mm_core.Matcher("classic", head="cellmatch")
     head = m.head("segment")
     assert isinstance(head, CellMatchHead) and head.config["second_pass"] == "none"
+    assert head.config["engine_maps"] and "the classic engine's maps" in head.describe()
     img = ndi.gaussian_filter((_disks(r=8) > 0).astype(np.float32), 1.0)
     res = m.segment(img)
     assert res.n_objects == 4 and "learned CellMatch model 'cellmatch'" in res.head_note

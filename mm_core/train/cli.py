@@ -184,7 +184,8 @@ def _run_generalist(args, argv, samples) -> dict:
         from mm_core.train.cellmatch import cellmatch_task
 
         head, step, validate, used = cellmatch_task(args, samples, _settings(args.set))
-        cache, extra = None, {"engine_mode": "none (the image and the boxes)"}
+        reads = "the classic engine's automatic maps" if head.config["engine_maps"] else "none"
+        cache, extra = None, {"engine_mode": f"{reads} (with the image and the boxes)"}
     else:
         cache = EngineCache(ClassicEngine(), None if str(args.cache_dir).lower() == "none" else args.cache_dir,
                             args.cache_version, features=False)  # the generalist head reads no engine features

@@ -230,19 +230,19 @@ def test_tiled_count_is_a_whole_number_its_centres_add_up_to():
     assert abs(float(dens.sum()) - summary.count) <= 0.5
 
 
-def test_tiles_read_by_the_learned_default_head_share_one_object_size(monkeypatch):
-    """The automatic-mode default (generalist head) measures the object size once for all tiles."""
+def test_tiles_read_by_the_generalist_head_share_one_object_size(monkeypatch):
+    """The generalist head (the automatic-mode default before CellMatch) measures the object size
+    once for all tiles."""
     from mm_core import Matcher
-    from mm_core.heads.learned.generalist import GeneralistHead
     from mm_core.batching.tiled import segment_large
+    from mm_core.heads.learned.generalist import GeneralistHead
     from mm_core.transforms import normalize
 
     img, _ = _disks((512, 512), 5, 120, 8)
     img = img + np.random.default_rng(4).normal(0, 60, img.shape)
-    m = Matcher(engine="classic")
+    m = Matcher(engine="classic", head="generalist-classic")
     head = m.head("segment")
-    if not isinstance(head, GeneralistHead):
-        pytest.skip("the shipped automatic-mode segmentation default is not the generalist head")
+    assert isinstance(head, GeneralistHead)
     calls = []
     real = GeneralistHead.fit_scale
     monkeypatch.setattr(GeneralistHead, "fit_scale", lambda self, *a: calls.append(1) or real(self, *a))
@@ -254,3 +254,22 @@ def test_tiles_read_by_the_learned_default_head_share_one_object_size(monkeypatc
     x = normalize(img)
     whole = head.predict(m.engine.match(x), x)
     assert _f1(whole, tiled) >= 0.95
+
+
+def test_tiles_read_by_the_default_cellmatch_share_one_object_size(monkeypatch):
+    """The segmentation default (CellMatch) reads the object size once; the tiles agree with the
+    whole image."""
+    from mm_core import Matcher
+    from mm_core.batching.tiled import segment_large
+    from mm_core.heads.learned.cellmatch import CellMatchHead
+
+    img, _ = _disks((512, 512), 5, 120, 8)
+    img = img + np.random.default_rng(4).normal(0, 60, img.shape)
+    m = Matcher(engine="classic")
+    assert isinstance(m.head("segment"), CellMatchHead)
+    calls = []
+    real = CellMatchHead.fit_scale
+    monkeypatch.setattr(CellMatchHead, "fit_scale", lambda self, *a: calls.append(1) or real(self, *a))
+    tiled, summary = segment_large(img, m, tile=256)
+    assert summary.tiles > 1 and len(calls) == 1
+    assert _f1(m.segment(img).labels, tiled) >= 0.95

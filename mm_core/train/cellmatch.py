@@ -3,13 +3,13 @@
 Example (the shipped model's command is in ``docs/training.md``)::
 
     python -m mm_core.train cellmatch --data ../shared/data/train/seg --out runs/cellmatch \\
-        --epochs 60 --steps 100 --batch-size 8 --crop 128 --threads 1
+        --epochs 60 --steps 100 --batch-size 8 --crop 128 --threads 1 --set engine_maps=1
 
-The shipped recipe reads only the real ``train/`` images (``synthetic=0``, picked on the
-validation slice). ``--set synthetic=300`` adds 300 domain-randomised synthetic label maps
-(``mm_core.train.synthetic``), ``--set engine_maps=1`` the classic engine's automatic maps as two
-more inputs (the ablations). The validation slice is a seeded share of each ``train/`` source
-(never the dev sets); its loss picks the epoch.
+The shipped recipe (picked on the validation slice) trains on the real ``train/`` images only
+(``synthetic=0``, the default) and adds ``--set engine_maps=1``: the classic engine's automatic
+maps as two more inputs. Without it, or with ``--set synthetic=300`` (300 domain-randomised
+synthetic label maps, ``mm_core.train.synthetic``), it trains the ablations. The validation slice
+is a seeded share of each ``train/`` source (never the dev sets); its loss picks the epoch.
 """
 
 from __future__ import annotations

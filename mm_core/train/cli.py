@@ -4,15 +4,17 @@ Examples
 --------
 Train a segmentation head on the weight-free engine's maps::
 
-    python -m mm_core.train segment --data ../shared/data/seg --engine classic --out runs/seg
+    python -m mm_core.train segment --data ../shared/data/train/seg --engine classic --out runs/seg
 
 The generalist head (both modes, own scale estimate) on the training corpus::
 
     python -m mm_core.train generalist --data ../shared/data/train/seg --out runs/generalist --threads 1
 
-The CellMatch model (image + boxes, train/; `--set synthetic=300` adds synthetic images; issue 21)::
+The CellMatch model (image + boxes + the classic engine's maps, train/; `--set synthetic=300` adds
+synthetic images; issue 21)::
 
-    python -m mm_core.train cellmatch --data ../shared/data/train/seg --out runs/cellmatch --threads 1
+    python -m mm_core.train cellmatch --data ../shared/data/train/seg --out runs/cellmatch --threads 1 \
+        --set engine_maps=1
 
 The object-size model (no engine maps, scale profiles only)::
 

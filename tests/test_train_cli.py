@@ -113,6 +113,27 @@ def test_engine_cache_runs_the_engine_once(tmp_path):
     assert cache.misses == 2 and len(list((tmp_path / "cache" / "classic").glob("*.npz"))) == 2
 
 
+def test_cache_writes_from_many_writers_never_clash(tmp_path):
+    """Two trainings side by side share one cache folder: writers of the same entry must not
+    rename each other's temporary file (they once did, and one training died at its start)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mm_core.train.cache import atomic_savez
+
+    path = tmp_path / "entry.npz"
+    data = np.arange(200_000, dtype=np.float32)
+
+    def write(i):
+        atomic_savez(path, labels=data + i)
+        return i
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(write, range(64))) == list(range(64))
+    with np.load(path) as z:
+        assert z["labels"].shape == data.shape and float(z["labels"][0]) in set(map(float, range(64)))
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.npz"]
+
+
 @pytest.mark.parametrize("task", ["segment", "count"])
 def test_cli_trains_one_epoch_and_writes_a_loadable_head(tmp_path, task, seg_folder, count_folder, capsys,
                                                          monkeypatch):

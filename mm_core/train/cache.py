@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,16 +113,29 @@ class EngineCache:
         return maps
 
 
+def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to the npz file ``path`` through a temporary file of a unique name in the
+    same folder, then rename it, so that processes sharing a cache folder (two trainings side by
+    side) never read a half-written file or rename each other's temporary file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_maps(path: Path, maps: MatchMaps) -> None:
-    """Write ``maps`` to ``path`` (npz; written to a temporary name, then renamed)."""
+    """Write ``maps`` to ``path`` (npz, through :func:`atomic_savez`)."""
     arrays = {"foreground": maps.foreground.astype(np.float32), "centers": maps.centers.astype(np.float32)}
     if maps.features is not None:
         arrays["features"] = np.asarray(maps.features).astype(np.float16)
     meta = {"scale": float(maps.scale), "image_shape": list(maps.image_shape), "engine": maps.engine,
             "mode": maps.mode, "conditioning": maps.conditioning}
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-    tmp.replace(path)
+    atomic_savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
 
 
 def load_maps(path: Path, features: bool = True) -> MatchMaps:

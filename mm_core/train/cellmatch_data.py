@@ -32,6 +32,7 @@ from mm_core.heads.learned.cellmatch import (
     median_diameter,
     prompt_channels,
 )
+from mm_core.train.cache import atomic_savez
 from mm_core.train.generalist_data import imprecise_box
 
 DIAMETERS = (8.0, 100.0)  #: object diameters (working pixels) of automatic-mode crops
@@ -93,11 +94,10 @@ def real_items(samples, progress: bool = True, cache_dir=None, engine=None) -> l
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 lab = it.labels if it is not None else np.zeros((1, 1), np.int32)
-                np.savez(path.with_suffix(".tmp.npz"), labels=lab,
-                         flows=it.flows if it is not None else np.zeros((2, 1, 1), np.float16),
-                         dist=it.dist if it is not None else np.zeros((1, 1), np.float16),
-                         diameter=it.diameter if it is not None else 0.0)
-                path.with_suffix(".tmp.npz").replace(path)
+                atomic_savez(path, labels=lab,
+                             flows=it.flows if it is not None else np.zeros((2, 1, 1), np.float16),
+                             dist=it.dist if it is not None else np.zeros((1, 1), np.float16),
+                             diameter=np.float64(it.diameter if it is not None else 0.0))
         if it is not None:
             if engine is not None:
                 it.maps = engine_channels(img, engine).astype(np.float16)

@@ -295,7 +295,8 @@ def rule(new: dict, base: dict, decoder: str = "flows") -> dict:
     """Which (task, mode) the new model becomes the default for.
 
     ``new``: :func:`cmd_dev` output; ``base``: :func:`cmd_baseline` output. A (task, mode) passes when no set is
-    worse than today's default by more than :data:`AP50_SLACK` AP50 (segmentation) or
+    worse than the baseline default (the defaults before it) by more than :data:`AP50_SLACK` AP50
+    (segmentation) or
     :data:`MAE_SLACK` of its MAE (counting: the points of the segmentation sets and VGG), and
     the mean over the sets (AP50; relative count error) is better.
     """
@@ -327,22 +328,22 @@ def pick_defaults(new: dict, base: dict, decoder: str = "flows") -> dict:
     """Which model each (task, mode) defaults to, and why.
 
     :func:`rule` per (task, mode) first. Then the box condition on what a user gets: if the
-    new model becomes the automatic-mode segmentation default but exemplar mode keeps today's
+    new model becomes the automatic-mode segmentation default but exemplar mode keeps the baseline
     default, and that pair lets a box lose more than :data:`BOX_SLACK` AP50 against no box on
     some set, exemplar mode follows automatic mode (the new model, whose own box condition
     passes): a box must never make the result worse.
     """
     r = rule(new, base, decoder)
-    out = {k: {"model": "new" if v["passes"] else "today", "why": "rule " + ("passes" if v["passes"] else "fails")}
+    out = {k: {"model": "new" if v["passes"] else "baseline", "why": "rule " + ("passes" if v["passes"] else "fails")}
            for k, v in r.items() if isinstance(k, tuple)}
     sets = [s for s in SEG_SETS if s in base and f"{decoder}/{s}" in new]
     ap = {(who, m): {s: (new[f"{decoder}/{s}"] if who == "new" else base[s])[m]["ap50"] for s in sets}
-          for who in ("new", "today") for m in ("automatic", "exemplar")}
+          for who in ("new", "baseline") for m in ("automatic", "exemplar")}
     auto, ex = out[("segment", "automatic")]["model"], out[("segment", "exemplar")]["model"]
     gap = _box_gap(ap[(auto, "automatic")], ap[(ex, "exemplar")])
-    if gap < -BOX_SLACK and auto == "new" and ex == "today" and r["box_never_worse"]["passes"]:
+    if gap < -BOX_SLACK and auto == "new" and ex == "baseline" and r["box_never_worse"]["passes"]:
         out[("segment", "exemplar")] = {"model": "new", "why": (
-            f"rule fails, but with today's exemplar default a box would lose {-gap:.3f} AP50 against "
+            f"rule fails, but with the baseline exemplar default a box would lose {-gap:.3f} AP50 against "
             "the new automatic default; the new model in both modes keeps a box never worse")}
         gap = _box_gap(ap[("new", "automatic")], ap[("new", "exemplar")])
     out["box_gap"] = gap

@@ -265,7 +265,7 @@ def test_issue21_default_rule(monkeypatch, tmp_path):
 
 def test_issue21_defaults_keep_a_box_never_worse(monkeypatch):
     """benchmarks/cellmatch_eval.pick_defaults: a mode becomes the new model's where the rule passes;
-    exemplar segmentation follows automatic when today's exemplar default would make a box worse."""
+    exemplar segmentation follows automatic when the baseline exemplar default would make a box worse."""
     import importlib
     import sys
     from pathlib import Path
@@ -285,14 +285,14 @@ def test_issue21_defaults_keep_a_box_never_worse(monkeypatch):
     assert not ce.rule(new, base)[("segment", "exemplar")]["passes"]  # 0.47 vs 0.6 on the last set
     assert pick[("segment", "automatic")]["model"] == "new" and pick[("segment", "exemplar")]["model"] == "new"
     assert "never worse" in pick[("segment", "exemplar")]["why"] and pick["box_gap"] == pytest.approx(-0.01)
-    new[f"flows/{last}"]["exemplar"] = res(0.40)  # the new model's own box is worse: exemplar stays today's
+    new[f"flows/{last}"]["exemplar"] = res(0.40)  # the new model's own box is worse: exemplar stays the baseline's
     pick = ce.pick_defaults(new, base)
-    assert pick[("segment", "exemplar")] == {"model": "today", "why": "rule fails"}
+    assert pick[("segment", "exemplar")] == {"model": "baseline", "why": "rule fails"}
     assert pick["box_gap"] == pytest.approx(-0.3)
-    base = {s: {m: res(0.5) for m in ("automatic", "exemplar")} for s in ce.SEG_SETS}  # today's box is fine
+    base = {s: {m: res(0.5) for m in ("automatic", "exemplar")} for s in ce.SEG_SETS}  # the baseline's box is fine
     new = {f"flows/{s}": {"automatic": res(0.6), "exemplar": res(0.45 if s == last else 0.6)} for s in ce.SEG_SETS}
     pick = ce.pick_defaults(new, base)
-    assert pick[("segment", "exemplar")]["model"] == "today" and pick["box_gap"] == pytest.approx(-0.1)
+    assert pick[("segment", "exemplar")]["model"] == "baseline" and pick["box_gap"] == pytest.approx(-0.1)
 
 
 def test_validation_slice_scores_both_modes_per_source(monkeypatch):

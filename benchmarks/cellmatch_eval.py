@@ -296,9 +296,8 @@ def rule(new: dict, base: dict, decoder: str = "flows") -> dict:
 
     ``new``: :func:`cmd_dev` output; ``base``: :func:`cmd_baseline` output. A (task, mode) passes when no set is
     worse than the baseline default (the defaults before it) by more than :data:`AP50_SLACK` AP50
-    (segmentation) or
-    :data:`MAE_SLACK` of its MAE (counting: the points of the segmentation sets and VGG), and
-    the mean over the sets (AP50; relative count error) is better.
+    (segmentation) or :data:`MAE_SLACK` of its MAE (counting: the points of the segmentation sets
+    and VGG), and the mean over the sets (AP50; relative count error) is better.
     """
     out = {}
     for mode in ("automatic", "exemplar"):

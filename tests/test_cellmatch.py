@@ -377,8 +377,19 @@ def test_shipped_cellmatch_is_small_reads_the_engine_maps_and_is_the_segment_def
 def test_one_unet_serves_both_learned_heads(norm, upsample):
     from mm_core.heads.learned.layers import UNet
 
+    torch.manual_seed(0)
     net = UNet(5, 4, base=4, levels=3, norm=norm, upsample=upsample).eval()
-    assert net(torch.rand(2, 5, 32, 48)).shape == (2, 4, 32, 48)
+    x = torch.rand(2, 5, 32, 48)
+    out = net(x)
+    assert out.shape == (2, 4, 32, 48) and out.is_contiguous()
+    # channels-last weights (the CPU speed-up) give the numbers of the plain layout
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    plain = UNet(5, 4, base=4, levels=3, norm=norm, upsample=upsample).eval()
+    plain.load_state_dict(net.state_dict())
+    plain.to(memory_format=torch.contiguous_format)
+    assert next(m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous()
+    torch.testing.assert_close(plain(x), out, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="norm"):
         UNet(5, 4, norm="layer")
     with pytest.raises(ValueError, match="upsample"):

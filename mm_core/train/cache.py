@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mm_core.engines.base import MatchMaps
+from mm_core.io.atomic import atomic_path
 
 DEFAULT_CACHE = Path(".cache") / "mm_heads"
 
@@ -114,18 +113,11 @@ class EngineCache:
 
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to the npz file ``path`` through a temporary file of a unique name in the
-    same folder, then rename it, so that processes sharing a cache folder (two trainings side by
-    side) never read a half-written file or rename each other's temporary file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``arrays`` to the npz file ``path`` through :func:`mm_core.io.atomic.atomic_path` (a
+    temporary file of a unique name, then renamed), so that processes sharing a cache folder (two
+    trainings side by side) never read a half-written file or rename each other's temporary file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def save_maps(path: Path, maps: MatchMaps) -> None:

@@ -3,6 +3,8 @@ resume, and the exemplar objective / UNet-feature heads on a tiny random-weight 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -11,7 +13,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from mm_core.train.data import find_counting, find_segmentation, find_tracking, load_points
-from mm_core.errors import InputError
+from mm_core.errors import InputError, MMError
 from mm_core.heads.learned import load_head
 from mm_core.train.cli import main
 
@@ -279,3 +281,51 @@ def test_exemplar_projector_training_writes_heads_the_engine_loads(tiny_ldm, tmp
     eng.projector.load_state_dict(saved, strict=False)  # leave the shared engine as it was
     eng.projector.trained = False
     eng.projector.requires_grad_(False)
+
+
+class _TinyHead(torch.nn.Module):
+    """The least a head needs for ``fit``: parameters, a config with ``info``, ``save_pretrained``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.config = {"info": {}}
+
+    def save_pretrained(self, out):
+        torch.save(self.state_dict(), Path(out) / "tiny.pt")
+
+
+def _epochs_logged(folder):
+    import csv
+
+    with (folder / "log.csv").open(newline="") as fh:
+        return [int(r["epoch"]) for r in csv.DictReader(fh)]
+
+
+def test_a_run_folder_is_continued_or_started_again_never_mixed(tmp_path, capsys):
+    from mm_core.train.cli import main
+    from mm_core.train.loop import FitConfig, fit
+
+    head, out = _TinyHead(), tmp_path / "run"
+
+    def go(**kw):
+        cfg = FitConfig(steps_per_epoch=2, progress=False, **{"epochs": 2, **kw})
+        return fit(head, lambda rng: (head.w ** 2).sum(), lambda h: float((h.w ** 2).sum()), out, cfg,
+                   log=lambda s: None)
+
+    go()
+    assert _epochs_logged(out) == [1, 2]
+    with pytest.raises(MMError, match="already holds a training run.*--resume.*--overwrite"):
+        go()  # a fresh start would have appended epochs 1, 2 to this run's log
+    assert _epochs_logged(out) == [1, 2]
+    # the CLI says so before it reads any data (this data folder does not exist)
+    assert main(["segment", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    with (out / "log.csv").open("a") as fh:
+        fh.write("3,9,9,0.001,1.0\n")  # killed after logging epoch 3, before its state was saved
+    assert go(epochs=4, resume=True)["epochs_run"] == 4
+    assert _epochs_logged(out) == [1, 2, 3, 4]  # epoch 3 once: the stale row went
+    assert go(epochs=1, overwrite=True)["epochs_run"] == 1
+    assert _epochs_logged(out) == [1]
+    with pytest.raises(MMError, match="pass one"):
+        go(resume=True, overwrite=True)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from mm_core.errors import MMError
-from mm_core.train.loop import FitConfig, fit
+from mm_core.train.loop import FitConfig, check_out, fit
 
 TASKS = ("segment", "count", "track", "exemplar", "generalist", "size", "cellmatch")
 
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=15, help="early stop after this many epochs without improvement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/training_state.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out folder that holds a run (its checkpoint and log are replaced)")
     p.add_argument("--cache-dir", default=".cache/mm_heads", help="engine-output cache ('none' disables)")
     p.add_argument("--cache-version", default=None,
                    help="engine version used in cache keys (default: a hash of the engine's source code)")
@@ -134,6 +136,7 @@ def run(argv: list[str]) -> dict:
     from mm_core.engines import choose_engine, create_engine
     from mm_core.train.cache import EngineCache
 
+    check_out(args.out, args.resume, args.overwrite)  # before minutes of data preparation
     if args.threads:
         torch.set_num_threads(args.threads)
     samples = _slice(_find(args.task, args.data, args.exclude), args.subset)
@@ -154,8 +157,7 @@ def run(argv: list[str]) -> dict:
             "train_command": "python -m mm_core.train " + " ".join(shlex.quote(a) for a in argv),
             "train_data": sorted({s.dataset for s in train_s}), "engine_mode": args.mode,
             "engine_version": cache.version}
-    cfg = FitConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-                    patience=args.patience, seed=args.seed, resume=args.resume, progress=not args.no_progress)
+    cfg = _fit_config(args)
     if args.task in ("segment", "count"):
         head, step, validate = _dense_task(args, train_s, val_s, cache)
     elif args.task == "track":
@@ -196,12 +198,17 @@ def _run_generalist(args, argv, samples) -> dict:
     meta = {"name": args.name or Path(args.out).name,
             "train_command": "python -m mm_core.train " + " ".join(shlex.quote(a) for a in argv),
             "train_data": used, **extra, "machine": "CPU, " + f"{torch.get_num_threads()} thread(s)"}
-    cfg = FitConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-                    patience=args.patience, seed=args.seed, resume=args.resume, progress=not args.no_progress)
+    cfg = _fit_config(args)
     result = fit(head, step, validate, args.out, cfg, log=print, extra_meta=meta)
     used_cache = "" if cache is None else f" (engine cache: {cache.hits} hits, {cache.misses} engine runs)"
     print(f"best validation {result['best']:.4f} at epoch {result['best_epoch']}; head written to {args.out}{used_cache}")
     return result
+
+
+def _fit_config(args) -> FitConfig:
+    return FitConfig(epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, weight_decay=args.weight_decay,
+                     patience=args.patience, seed=args.seed, resume=args.resume, overwrite=args.overwrite,
+                     progress=not args.no_progress)
 
 
 def _dense_task(args, train_s, val_s, cache):

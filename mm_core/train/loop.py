@@ -3,7 +3,8 @@ early stopping, tqdm progress and resumable checkpoints.
 
 ``out/`` receives the best head so far (``model.safetensors`` + ``config.json``, loadable
 by :func:`mm_core.heads.learned.load_head`), ``training_state.pt`` (everything needed by
-``--resume``) and ``log.csv`` (one row per epoch).
+``--resume``) and ``log.csv`` (one row per epoch). A folder that already holds a run is
+continued (``resume``) or started again (``overwrite``), never silently mixed with a new one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mm_core.errors import MMError
+
 STATE_NAME = "training_state.pt"
+LOG_NAME = "log.csv"
 
 
 @dataclass
@@ -34,7 +38,24 @@ class FitConfig:
     warmup_steps: int = 20
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  #: start again in a folder that holds a run (its log starts anew)
     progress: bool = True
+
+
+def check_out(out, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over the one in ``out`` unless told to (one clear message).
+
+    Raises
+    ------
+    MMError
+        ``out`` holds a run (``training_state.pt``) and neither ``resume`` nor ``overwrite`` is set,
+        or both are set.
+    """
+    if resume and overwrite:
+        raise MMError("--resume continues the run in the output folder and --overwrite starts it again: pass one")
+    if not (resume or overwrite) and (Path(out) / STATE_NAME).is_file():
+        raise MMError(f"{out} already holds a training run ({STATE_NAME}): pass --resume to continue it, "
+                      "--overwrite to start it again, or choose another --out folder")
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -73,6 +94,7 @@ def fit(head: torch.nn.Module, step_loss: Callable[[np.random.Generator], torch.
         ``best`` score, ``best_epoch``, ``epochs_run``, ``stopped_early``.
     """
     out = Path(out)
+    check_out(out, cfg.resume, cfg.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -90,6 +112,11 @@ def fit(head: torch.nn.Module, step_loss: Callable[[np.random.Generator], torch.
         rng.bit_generator.state = ck["numpy_rng"]
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {state_path} at epoch {state['epoch']} (best {state['best']:.4g})")
+    elif cfg.resume:
+        log(f"nothing to resume in {out} (no {STATE_NAME}): starting at epoch 1")
+    else:
+        state_path.unlink(missing_ok=True)  # --overwrite: a run stopped early must not resume the old one
+    _keep_log_rows(out / LOG_NAME, state["epoch"])
     head.config["info"].update(extra_meta or {})
     head.config["info"]["fit"] = asdict(cfg)
     stopped = False
@@ -119,7 +146,7 @@ def fit(head: torch.nn.Module, step_loss: Callable[[np.random.Generator], torch.
             head.save_pretrained(out)
         else:
             state["bad"] += 1
-        _append_log(out / "log.csv", epoch + 1, float(np.mean(losses)), score, sched.get_last_lr()[0],
+        _append_log(out / LOG_NAME, epoch + 1, float(np.mean(losses)), score, sched.get_last_lr()[0],
                     time.perf_counter() - t0)
         log(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}, validation {score:.4f}"
             f"{' (best, saved)' if improved else ''}")
@@ -132,6 +159,21 @@ def fit(head: torch.nn.Module, step_loss: Callable[[np.random.Generator], torch.
             break
     return {"best": state["best"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "stopped_early": stopped}
+
+
+def _keep_log_rows(path: Path, epochs: int) -> None:
+    """Keep the rows of ``log.csv`` for epochs ``1..epochs`` (the ones the training state holds)."""
+    if epochs == 0:
+        path.unlink(missing_ok=True)
+        return
+    if not path.is_file():
+        return
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs]
+    if len(kept) != len(rows):
+        with path.open("w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
 
 
 def _append_log(path: Path, epoch: int, train: float, val: float, lr: float, seconds: float) -> None:
